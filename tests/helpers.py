@@ -1,0 +1,101 @@
+"""Shared test helpers: the device, per-dtype tolerances against a float64 reference,
+and a counter of Triton kernel launches that proves a flag_gems kernel really ran."""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import Counter
+from typing import Iterator
+
+import torch
+
+DEVICE = os.environ.get("FLAGGEMS_TEST_DEVICE", "cpu")
+
+FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+INT_DTYPES = [torch.int32, torch.int64]
+
+# (rtol, atol) for comparing a low-precision result with a float64 reference.
+TOLERANCES = {
+    torch.float64: (1e-7, 1e-7),
+    torch.float32: (1.3e-6, 1e-5),
+    torch.float16: (1e-3, 1e-3),
+    torch.bfloat16: (1.6e-2, 1e-2),
+}
+
+
+def to_reference(x):
+    """Upcast floating tensors (and those inside lists) to float64 for the reference."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(torch.float64) if x.is_floating_point() else x.detach().clone()
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_reference(v) for v in x)
+    return x
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None, *, equal_nan: bool = True, reduce_dim: int = 1, atol: float | None = None, rtol: float | None = None) -> None:
+    """Compare ``actual`` with a (float64) reference under ``dtype``'s tolerance.
+
+    ``reduce_dim`` scales atol for reductions over that many elements."""
+    dtype = dtype or actual.dtype
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    if not actual.is_floating_point() and not expected.is_floating_point():
+        assert actual.dtype == expected.dtype or dtype == actual.dtype, f"dtype {actual.dtype} vs {expected.dtype}"
+        torch.testing.assert_close(actual.cpu(), expected.cpu(), rtol=0, atol=0)
+        return
+    r, a = TOLERANCES.get(dtype, (1e-5, 1e-5))
+    rtol = r if rtol is None else rtol
+    atol = a * max(1.0, reduce_dim ** 0.5) if atol is None else atol
+    torch.testing.assert_close(
+        actual.to(torch.float64).cpu(), expected.to(torch.float64).cpu(), rtol=rtol, atol=atol, equal_nan=equal_nan, check_dtype=False
+    )
+
+
+def _jit_classes():
+    classes = []
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        classes.append(InterpretedFunction)
+    except ImportError:
+        pass
+    from triton.runtime.jit import JITFunction
+
+    classes.append(JITFunction)
+    return classes
+
+
+@contextlib.contextmanager
+def count_kernels() -> Iterator[Counter]:
+    """Count Triton kernel launches by kernel function name inside the block.
+
+    A flag_gems op that silently fell back to aten launches nothing, so tests assert
+    on this counter."""
+    launched: Counter = Counter()
+    patched = []
+    for cls in _jit_classes():
+        orig = cls.run
+
+        def run(self, *args, __orig=orig, **kwargs):
+            fn = getattr(self, "fn", None)
+            launched[getattr(fn, "__name__", "?")] += 1
+            return __orig(self, *args, **kwargs)
+
+        cls.run = run
+        patched.append((cls, orig))
+    try:
+        yield launched
+    finally:
+        for cls, orig in patched:
+            cls.run = orig
+
+
+@contextlib.contextmanager
+def gems_ran(*names: str) -> Iterator[Counter]:
+    """``use_gems()`` for a block and assert a Triton kernel (named, if given) launched."""
+    import flag_gems
+
+    with count_kernels() as launched, flag_gems.use_gems():
+        yield launched
+    assert sum(launched.values()) > 0, "no Triton kernel ran: the op fell back to aten"
+    for n in names:
+        assert launched[n] > 0, f"kernel {n} did not run; ran: {dict(launched)}"

@@ -1,0 +1,175 @@
+"""LibTuner in the Triton interpreter: miss policies, key strategies, nearest-key
+fallback, failing configs, counters, and cross-process reuse of a tuned DB."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import tuner
+from tuner import bench, keys, settings
+from tuner.libtuner import NoConfigError
+from tuner.store import default_store
+from tests.helpers import DEVICE
+from tests.tuner.kernels import fake_time, scale, scale_kernel
+
+BEST = {"BLOCK": 64, "num_warps": 2}
+
+
+@pytest.fixture
+def policy(isolated_store, monkeypatch):
+    def set_policy(name):
+        monkeypatch.setenv("FLAGGEMS_AUTOTUNE", name)
+        settings.reload()
+
+    bench.set_timer(fake_time)
+    yield set_policy
+    bench.set_timer(None)
+
+
+def cfg_subset(cfg):
+    return {k: cfg[k] for k in ("BLOCK", "num_warps")}
+
+
+def test_miss_tunes_once_persists_and_result_is_right(policy):
+    policy("miss")
+    x = torch.randn(100, device=DEVICE)
+    torch.testing.assert_close(scale(x), x * 2)
+    s = tuner.stats()
+    assert (s["misses"], s["benchmarks_run"], s["configs_timed"], s["store_writes"]) == (1, 1, 8, 1)
+    # same bucket (log: 100 and 120 -> 128): no new tuning, not even a store read
+    scale(torch.randn(120, device=DEVICE))
+    assert tuner.stats()["benchmarks_run"] == 1 and tuner.stats()["store_reads"] == 2
+    (rec,) = default_store().layers[1].records()
+    assert cfg_subset(rec.config) == BEST and rec.configs_tried == 8
+    assert json.loads(rec.identity.key) == [128, "float32", "float32"]
+    timings = default_store().layers[1].timings(rec.identity)
+    failed = [t for t in timings if t.median_ms is None]
+    assert len(failed) == 2 and all("out of resources" in t.error for t in failed)
+
+
+def test_new_process_reads_db_hit_without_benchmark(policy):
+    policy("miss")
+    scale(torch.randn(100, device=DEVICE))
+    tuner.clear_caches()
+    tuner.reset_stats()
+    from tuner.store import set_default_store
+
+    set_default_store(None)  # as a fresh process: nothing in memory
+    scale(torch.randn(100, device=DEVICE))
+    s = tuner.stats()
+    assert (s["hits"], s["misses"], s["benchmarks_run"]) == (1, 0, 0)
+    assert cfg_subset(scale_kernel.cache[(128, torch.float32, torch.float32)]) == BEST
+
+
+def test_always_retunes(policy):
+    policy("miss")
+    scale(torch.randn(100, device=DEVICE))
+    policy("always")
+    tuner.clear_caches()
+    scale(torch.randn(100, device=DEVICE))
+    assert tuner.stats()["benchmarks_run"] == 2
+
+
+def test_never_uses_default_then_nearest_and_records_miss(policy):
+    policy("never")
+    x = torch.randn(300, device=DEVICE)
+    torch.testing.assert_close(scale(x), x * 2)
+    s = tuner.stats()
+    assert (s["benchmarks_run"], s["misses"], s["fallbacks"]) == (0, 1, 1)
+    assert cfg_subset(scale_kernel.cache[(512, torch.float32, torch.float32)]) == {"BLOCK": 128, "num_warps": 2}
+    sql = default_store().layers[1]
+    (miss,) = sql.misses()
+    assert json.loads(miss.identity.key) == [512, "float32", "float32"]
+    assert json.loads(miss.raw_args)["n"] == 300
+    # tune two keys under `miss`; `never` then picks the nearest one for a new key
+    policy("miss")
+    bench.set_timer(lambda req: (1.0, 1.0, 1.0) if req.config == {"BLOCK": 32, "num_warps": 1, "num_stages": 3, "num_ctas": 1} else (2.0, 2.0, 2.0))
+    scale(torch.randn(4000, device=DEVICE))  # key 4096
+    bench.set_timer(fake_time)
+    scale(torch.randn(20, device=DEVICE))  # key 32
+    policy("never")
+    tuner.clear_caches()
+    scale(torch.randn(3000, device=DEVICE))  # key 4096: tuned, a hit
+    scale(torch.randn(2000, device=DEVICE))  # key 2048: nearest is 4096 (1 octave) not 32 (6 octaves)
+    assert cfg_subset(scale_kernel.cache[(2048, torch.float32, torch.float32)]) == {"BLOCK": 32, "num_warps": 1}
+    # a float16 key never borrows a float32 config: dtypes must match
+    scale(torch.randn(2000, device=DEVICE).half())
+    assert cfg_subset(scale_kernel.cache[(2048, torch.float16, torch.float16)]) == {"BLOCK": 128, "num_warps": 2}
+
+
+def test_all_configs_failing_is_a_clear_error(policy):
+    policy("miss")
+
+    def broken(req):
+        raise RuntimeError("nope")
+
+    bench.set_timer(broken)
+    with pytest.raises(NoConfigError, match="every config failed"):
+        scale(torch.randn(10, device=DEVICE))
+
+
+def test_real_wall_timer_picks_a_working_config(isolated_store, monkeypatch):
+    monkeypatch.setenv("FLAGGEMS_AUTOTUNE", "miss")
+    settings.reload()
+    x = torch.randn(50, device=DEVICE)
+    torch.testing.assert_close(scale(x, 3.0), x * 3)
+    assert tuner.stats()["configs_timed"] == 8
+
+
+@pytest.mark.parametrize(
+    "spec,value,expected",
+    [("identity", 100, 100), ("log", 100, 128), ("log", 128, 128), ("log", 1, 1), ("log", 0, 0), ("align32", 33, 64), ("align32", 32, 32), (lambda v: v // 10, 105, 10)],
+)
+def test_key_strategies(spec, value, expected):
+    assert keys.resolve(spec)(value) == expected
+
+
+def test_bad_strategy_and_key_names_are_errors():
+    with pytest.raises(ValueError, match="unknown key strategy"):
+        keys.resolve("cubic")
+    with pytest.raises(ValueError, match="not arguments"):
+        tuner.libtuner(configs=[{}], key=["nope"])(scale_kernel.fn)
+
+
+def test_kernel_hash_changes_with_config_space():
+    from tuner.kernel_hash import kernel_hash
+
+    a = kernel_hash(scale_kernel.fn, scale_kernel.configs)
+    assert a == kernel_hash(scale_kernel.fn, scale_kernel.configs)
+    assert a != kernel_hash(scale_kernel.fn, scale_kernel.configs[:-1])
+
+
+def test_bad_policy_value_is_clear(monkeypatch):
+    monkeypatch.setenv("FLAGGEMS_AUTOTUNE", "sometimes")
+    with pytest.raises(settings.SettingsError, match="FLAGGEMS_AUTOTUNE"):
+        settings.reload()
+    monkeypatch.undo()
+    settings.reload()
+
+
+def test_never_process_on_db_tuned_by_another_process(isolated_store):
+    """Process 1 tunes under `miss`; process 2 under `never` runs 0 benchmarks."""
+    script = textwrap.dedent(
+        """
+        import json, sys, torch, tuner
+        from tuner import bench
+        from tests.helpers import DEVICE
+        from tests.tuner.kernels import fake_time, scale
+        bench.set_timer(fake_time)
+        for n in (100, 1000):
+            scale(torch.randn(n, device=DEVICE))
+        print(json.dumps(tuner.stats()))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])), )
+    run = lambda policy: json.loads(subprocess.run(
+        [sys.executable, "-c", script], env=env | {"FLAGGEMS_AUTOTUNE": policy}, check=True, capture_output=True, text=True
+    ).stdout.strip().splitlines()[-1])
+    first = run("miss")
+    assert first["benchmarks_run"] == 2
+    second = run("never")
+    assert (second["benchmarks_run"], second["misses"], second["hits"]) == (0, 0, 2)

@@ -1,0 +1,1 @@
+"""Console scripts: gems-pretune, gems-tunedb."""

@@ -1,0 +1,121 @@
+"""gems-pretune: tune a model's kernel shapes offline, so inference never autotunes.
+
+    gems-pretune workloads/llama7b.yaml                 # tune into the per-device DB
+    gems-pretune workloads/llama7b.yaml --dry-run       # list the jobs, tune nothing
+    gems-pretune --from-misses                          # tune what inference missed
+    gems-pretune --from-record run.jsonl --capture-out w.yaml   # record -> workload
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gems-pretune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("workloads", nargs="*", metavar="WORKLOAD", help="workload YAML files (workloads/*.yaml)")
+    p.add_argument("--db", help="tuning DB path or SQLAlchemy URL (default: the per-device SQLite file)")
+    p.add_argument("--server", help="tunerd URL to share jobs and results with (not implemented yet)")
+    p.add_argument("--devices", help="comma-separated GPU indices, one worker process each, one shared DB")
+    p.add_argument("--dry-run", action="store_true", help="list the jobs and an estimate; tune nothing")
+    p.add_argument("--force", action="store_true", help="retune keys that are already tuned")
+    p.add_argument("--from-misses", action="store_true", help="tune the keys inference recorded as misses")
+    p.add_argument("--from-record", metavar="JSONL", action="append", default=[],
+                   help="a record of a real run (flag_gems.enable(record=True, path=...)): tune the calls it made")
+    p.add_argument("--capture-out", metavar="YAML", help="with --from-record: write the captured workload here and tune nothing")
+    p.add_argument("--provider", default="flag_gems.tuning", help="module that runs jobs (default: flag_gems.tuning)")
+    p.add_argument("--report", metavar="FILE", help="write a JSON report")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _err(msg: str) -> int:
+    print(f"gems-pretune: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.server:
+        return _err("--server: tunerd has no pretune job queue yet (not implemented yet); "
+                    "use --db with a shared database URL, or FLAGGEMS_TUNERD_URL for results")
+    if not (args.workloads or args.from_misses or args.from_record):
+        return _err("give workload files, --from-misses or --from-record")
+    if args.capture_out and len(args.from_record) != 1:
+        return _err("--capture-out needs exactly one --from-record file")
+
+    from tuner import settings
+    from tuner import workload as wl
+    from tuner.store import set_default_store
+
+    if args.db:
+        from tuner.store.db import resolve_url
+
+        os.environ["FLAGGEMS_TUNING_DB"] = resolve_url(args.db)
+        settings.reload()
+        set_default_store(None)
+
+    from tuner import pretune as pt
+
+    try:
+        if args.capture_out:
+            prov = pt.load_provider(args.provider)
+            n = prov.capture_workload(args.from_record[0], args.capture_out)
+            print(f"wrote {n} op calls to {args.capture_out}")
+            return 0
+        jobs = wl.load_jobs(args.workloads)  # every file validated before anything runs
+        for rec in args.from_record:
+            prov = pt.load_provider(args.provider)
+            lines = [json.loads(s) for s in Path(rec).read_text().splitlines() if s.strip()]
+            jobs += [wl.Job.from_dict(d, phase="record") for d in prov.record_to_ops(lines)]
+        unreplayable: list = []
+        if args.from_misses:
+            mjobs, unreplayable = pt.jobs_from_misses(args.provider)
+            jobs += mjobs
+    except wl.WorkloadError as e:
+        return _err(str(e))
+    except (pt.PretuneError, OSError, ValueError) as e:
+        return _err(str(e))
+
+    if args.dry_run:
+        for j in jobs:
+            print(f"{j.phase or '-':<9} {j.describe()}")
+        est = pt.estimate(jobs)
+        print(f"{est['jobs']} jobs ({', '.join(f'{k}: {v}' for k, v in sorted(est['per_op'].items()))}); "
+              f"GPU time ~{est['estimate_s']:.0f} s or less ({est['max_configs_per_key']} configs per key at ~125 ms each, "
+              f"keys shared between jobs are tuned once, stored keys are skipped)")
+        for u in unreplayable:
+            print(f"no replay for a miss of {u['kernel']} key {u['key']} ({u['count']}x)")
+        return 0
+
+    try:
+        if args.devices:
+            from tuner.store.db import resolve_url
+
+            devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+            summary = pt.run_parallel(jobs, devices, db_url=resolve_url(None), provider=args.provider,
+                                      force=args.force, progress=not args.no_progress)
+        else:
+            summary = pt.run_jobs(jobs, provider=args.provider, force=args.force, progress=not args.no_progress)
+    except pt.PretuneError as e:
+        return _err(str(e))
+    except KeyboardInterrupt:
+        print("gems-pretune: interrupted; every key finished so far is stored: rerun to tune the rest", file=sys.stderr)
+        return 130
+    print(summary.table())
+    for u in unreplayable:
+        print(f"no replay for a miss of {u['kernel']} key {u['key']} ({u['count']}x)", file=sys.stderr)
+    if args.report:
+        report = summary.as_dict() | {"unreplayable_misses": unreplayable, "workloads": args.workloads}
+        Path(args.report).write_text(json.dumps(report, indent=2, default=str))
+    return 1 if summary.jobs_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The version of a kernel: a hash of its Triton source, the sources of the jit functions
+it calls, the global constants it reads, and its config space.
+
+An edited kernel, helper or config list gets a new hash, so stale rows are never served.
+Works the same for compiled ``triton.jit`` functions and the Triton interpreter.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import types
+from typing import Any, Iterable
+
+
+def python_fn(obj: Any) -> types.FunctionType | None:
+    """The Python function under a jit function (through wrappers such as heuristics)."""
+    for _ in range(4):
+        if isinstance(obj, types.FunctionType):
+            return obj
+        obj = getattr(obj, "fn", None)
+    return None
+
+
+def _is_jit(obj: Any) -> bool:
+    return python_fn(obj) is not None and hasattr(obj, "arg_names")
+
+
+def _source(fn: types.FunctionType) -> str:
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        return fn.__code__.co_code.hex()
+
+
+def _names(code: types.CodeType) -> Iterable[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _names(const)
+
+
+def _walk(obj: Any, seen: dict[str, str]) -> None:
+    fn = python_fn(obj)
+    qualname = f"{fn.__module__}.{fn.__qualname__}"
+    if qualname in seen:
+        return
+    seen[qualname] = _source(fn)
+    for name in sorted(set(_names(fn.__code__))):
+        value = fn.__globals__.get(name)
+        if value is None:
+            continue
+        if _is_jit(value):
+            _walk(value, seen)
+        elif isinstance(value, (int, float, str, bool)):
+            seen[f"{qualname}:{name}"] = repr(value)
+        elif hasattr(value, "value") and type(value).__name__ == "constexpr":
+            seen[f"{qualname}:{name}"] = repr(value.value)
+
+
+def config_repr(config: Any) -> dict:
+    """A plain dict of a ``triton.Config``: its kwargs and launch options."""
+    out = dict(getattr(config, "kwargs", {}))
+    for opt in ("num_warps", "num_stages", "num_ctas", "maxnreg"):
+        value = getattr(config, opt, None)
+        if value is not None:
+            out[opt] = value
+    return out
+
+
+def kernel_hash(kernel: Any, configs: Iterable[Any] = ()) -> str:
+    """sha256 of the kernel's source closure and config space, hex, 32 chars."""
+    sources: dict[str, str] = {}
+    _walk(kernel, sources)
+    space = [config_repr(c) for c in configs]
+    blob = json.dumps({"src": sources, "configs": space}, sort_keys=True, default=repr)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]

@@ -1,0 +1,280 @@
+"""LibTuner: a ``triton.jit`` kernel whose launch config comes from the tuning DB.
+
+    @libtuner(configs=[triton.Config({"BLOCK": 256}, num_warps=4), ...],
+              key=["n_cols"], strategy=["log"])
+    @triton.jit
+    def kernel(X, Y, n_cols, BLOCK: tl.constexpr): ...
+
+    kernel[grid](x, y, n)
+
+A call computes the bucketed key and looks it up in one dict; on a hit it launches.
+Only the first call of a key in a process goes further: to the tuning store, and on a
+true miss to the miss policy (``FLAGGEMS_AUTOTUNE``: never | miss | always).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+from typing import Any, Callable, Iterable, Sequence
+
+import filelock
+
+from tuner import bench, settings
+from tuner.fingerprint import current as current_fingerprint
+from tuner.kernel_hash import python_fn, config_repr, kernel_hash
+from tuner.keys import StrategySpec, resolve_all
+from tuner.stats import bump
+from tuner.store import Identity, Miss, Record, Timing, canonical_json, default_store
+
+log = logging.getLogger(__name__)
+
+# Every LibTuner, so tests and tools can clear their in-process caches.
+_REGISTRY: list["LibTuner"] = []
+
+
+class NoConfigError(RuntimeError):
+    """Every config of a kernel failed to compile or run for a key."""
+
+
+def _key_json_value(v: Any) -> Any:
+    import torch
+
+    if isinstance(v, torch.dtype):
+        return str(v).removeprefix("torch.")
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def _distance(a: list, b: list) -> float:
+    """How far two keys are: infinite unless every non-numeric part matches; else the
+    sum of log2 ratios of the numeric parts (16 -> 32 is as far as 2048 -> 4096)."""
+    if len(a) != len(b):
+        return math.inf
+    d = 0.0
+    for x, y in zip(a, b):
+        numeric = isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool)
+        if not numeric:
+            if x != y:
+                return math.inf
+            continue
+        d += abs(math.log2(max(float(x), 1.0)) - math.log2(max(float(y), 1.0)))
+    return d
+
+
+def nearest(key: list, records: Iterable[Record]) -> Record | None:
+    best, best_d = None, math.inf
+    for rec in records:
+        d = _distance(key, json.loads(rec.identity.key))
+        if d < best_d:
+            best, best_d = rec, d
+    return best
+
+
+class LibTuner:
+    def __init__(
+        self,
+        fn: Any,
+        configs: Sequence[Any],
+        key: Sequence[str],
+        strategy: StrategySpec | Sequence[StrategySpec] = None,
+        *,
+        default: Any = None,
+        warmup: int = 25,
+        rep: int = 100,
+        prune_configs_by: Callable | dict | None = None,
+        reset_to_zero: Sequence[str] = (),
+        restore_value: Sequence[str] = (),
+        name: str | None = None,
+    ) -> None:
+        if not configs:
+            raise ValueError("libtuner needs at least one config")
+        self.fn = fn
+        self.configs = [config_repr(c) for c in configs]
+        self.default = config_repr(default) if default is not None else self.configs[0]
+        self.arg_names: list[str] = list(fn.arg_names)
+        unknown = [k for k in key if k not in self.arg_names]
+        if unknown:
+            raise ValueError(f"key names {unknown} are not arguments of {self.arg_names}")
+        strategies = resolve_all(strategy, len(key))
+        self._key_specs = tuple((self.arg_names.index(k), k, s) for k, s in zip(key, strategies))
+        self.key_names = list(key)
+        self._last_key_pos = max(i for i, _, _ in self._key_specs)
+        self.warmup, self.rep = warmup, rep
+        if isinstance(prune_configs_by, dict):
+            prune_configs_by = prune_configs_by.get("early_config_prune")
+        self.prune = prune_configs_by
+        self.reset_to_zero, self.restore_value = list(reset_to_zero), list(restore_value)
+        pyfn = python_fn(fn)
+        self.name = name or f"{pyfn.__module__}.{pyfn.__qualname__}"
+        self._hash: str | None = None
+        self.cache: dict[tuple, dict] = {}
+        import torch  # here, not at module level: tunerd and gems-tunedb import tuner without torch
+
+        self._tensor = torch.Tensor
+        _REGISTRY.append(self)
+
+    @property
+    def kernel_hash(self) -> str:
+        if self._hash is None:
+            self._hash = kernel_hash(self.fn, self.configs)
+        return self._hash
+
+    # -- the hot path ------------------------------------------------------------------
+    def key_of(self, args: tuple, kwargs: dict) -> tuple:
+        if len(args) > self._last_key_pos:  # every key argument positional: the common call
+            vals = [s(args[i]) for i, _, s in self._key_specs]
+        else:
+            n = len(args)
+            vals = [s(args[i] if i < n else kwargs[name]) for i, name, s in self._key_specs]
+        tensor = self._tensor
+        vals += [a.dtype for a in args if isinstance(a, tensor)]
+        return tuple(vals)
+
+    def __getitem__(self, grid: Any) -> Callable[..., Any]:
+        return functools.partial(self.run, grid=grid)  # a C-level partial: no extra Python frame
+
+    def run(self, *args: Any, grid: Any, **kwargs: Any) -> Any:
+        key = self.key_of(args, kwargs)
+        cfg = self.cache.get(key)
+        if cfg is None:
+            cfg = self._resolve(key, args, kwargs, grid)
+        return self.fn[grid](*args, **kwargs, **cfg)
+
+    # -- the miss path: once per key per process ----------------------------------------
+    def identity(self, key: tuple) -> Identity:
+        key_json = canonical_json([_key_json_value(v) for v in key])
+        return Identity(self.name, self.kernel_hash, key_json, current_fingerprint())
+
+    def _resolve(self, key: tuple, args: tuple, kwargs: dict, grid: Any) -> dict:
+        ident = self.identity(key)
+        store = default_store()
+        policy = settings.get().autotune
+        if policy != "always":
+            bump("store_reads")
+            rec = store.lookup(ident)
+            if rec is not None:
+                bump("hits")
+                self.cache[key] = rec.config
+                return rec.config
+        bump("misses")
+        if policy == "never":
+            cfg = self._fallback(ident, store)
+            bump("store_writes")
+            store.record_miss(Miss(ident, raw_args=self._raw_args(args, kwargs)))
+        else:
+            cfg = self._tune_single_flight(ident, key, args, kwargs, grid, store, recheck=policy == "miss")
+        self.cache[key] = cfg
+        return cfg
+
+    def _raw_args(self, args: tuple, kwargs: dict) -> str:
+        n = len(args)
+        raw = {name: _key_json_value(args[i] if i < n else kwargs[name]) for i, name, _ in self._key_specs}
+        raw["dtypes"] = [_key_json_value(a.dtype) for a in args if isinstance(a, self._tensor)]
+        return canonical_json(raw)
+
+    def _fallback(self, ident: Identity, store: Any) -> dict:
+        """``never``: the nearest tuned key of this kernel version, else the default."""
+        bump("fallbacks")
+        bump("store_reads")
+        rec = nearest(json.loads(ident.key), store.candidates(ident.kernel, ident.kernel_hash, ident.fingerprint))
+        return rec.config if rec is not None else self.default
+
+    def _lock_path(self, ident: Identity) -> str:
+        digest = hashlib.sha256(f"{ident.kernel}|{ident.kernel_hash}|{ident.key}|{ident.env_id}".encode()).hexdigest()[:24]
+        path = settings.get().cache_dir / "locks"
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path / f"{digest}.lock")
+
+    def _tune_single_flight(self, ident, key, args, kwargs, grid, store, *, recheck: bool) -> dict:
+        """One process tunes a key; the others wait on its lock, then read its row."""
+        with filelock.FileLock(self._lock_path(ident)):
+            if recheck:
+                bump("store_reads")
+                rec = store.lookup(ident)
+                if rec is not None:
+                    bump("hits")
+                    return rec.config
+            rec, timings = self.tune(ident, key, args, kwargs, grid)
+            bump("store_writes")
+            store.save(rec, timings)
+            return rec.config
+
+    def candidate_configs(self, args: tuple, kwargs: dict) -> list[dict]:
+        if self.prune is None:
+            return list(self.configs)
+        named = dict(zip(self.arg_names, args)) | kwargs
+        kept = list(self.prune(list(self.configs), named))
+        return kept or [self.default]
+
+    def tune(self, ident: Identity, key: tuple, args: tuple, kwargs: dict, grid: Any, *, source: str = "online") -> tuple[Record, list[Timing]]:
+        """Benchmark every candidate config on these arguments; a failing config is
+        timed as infinite. Restores ``restore_value`` arguments afterwards."""
+        timer = bench.get_timer()
+        named = dict(zip(self.arg_names, args)) | kwargs
+        saved = {n: named[n].clone() for n in self.restore_value}
+        timings: list[Timing] = []
+        bump("benchmarks_run")
+        try:
+            for cfg in self.candidate_configs(args, kwargs):
+                timings.append(self._time_one(timer, cfg, key, named, args, kwargs, grid))
+        finally:
+            for n, t in saved.items():
+                named[n].copy_(t)
+        ok = [t for t in timings if t.median_ms is not None and math.isfinite(t.median_ms)]
+        if not ok:
+            errors = "; ".join(f"{t.config}: {t.error}" for t in timings)
+            raise NoConfigError(f"{self.name} key {ident.key}: every config failed: {errors}")
+        best = min(ok, key=lambda t: t.median_ms)
+        rec = Record(ident, best.config, best.median_ms, best.p20_ms, best.p80_ms, len(timings), source=source)
+        return rec, timings
+
+    def _time_one(self, timer, cfg, key, named, args, kwargs, grid) -> Timing:
+        zero = [named[n] for n in self.reset_to_zero]
+
+        def launch() -> None:
+            for t in zero:
+                t.zero_()
+            self.fn[grid](*args, **kwargs, **cfg)
+
+        bump("configs_timed")
+        try:
+            med, p20, p80 = timer(bench.BenchRequest(launch, self.name, cfg, key, self.warmup, self.rep))
+        except Exception as e:  # a config that cannot compile or launch never wins
+            log.debug("config %s of %s failed: %s", cfg, self.name, e)
+            return Timing(cfg, None, error=f"{type(e).__name__}: {e}"[:2000])
+        return Timing(cfg, med, p20, p80)
+
+
+def libtuner(
+    configs: Sequence[Any],
+    key: Sequence[str],
+    strategy: StrategySpec | Sequence[StrategySpec] = None,
+    *,
+    default: Any = None,
+    warmup: int = 25,
+    rep: int = 100,
+    prune_configs_by: Callable | dict | None = None,
+    reset_to_zero: Sequence[str] = (),
+    restore_value: Sequence[str] = (),
+    name: str | None = None,
+) -> Callable[[Any], LibTuner]:
+    """Decorate a ``triton.jit`` function so its config comes from the tuning DB."""
+
+    def wrap(fn: Any) -> LibTuner:
+        return LibTuner(
+            fn, configs, key, strategy, default=default, warmup=warmup, rep=rep,
+            prune_configs_by=prune_configs_by, reset_to_zero=reset_to_zero,
+            restore_value=restore_value, name=name,
+        )
+
+    return wrap
+
+
+def clear_caches() -> None:
+    """Forget every key resolved in this process (the next call asks the store again)."""
+    for t in _REGISTRY:
+        t.cache.clear()

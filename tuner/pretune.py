@@ -1,0 +1,355 @@
+"""Offline pretuning: run a workload's jobs (op calls) so every LibTuner they hit tunes
+and stores the key it requests.
+
+The op library is reached through a *provider* module loaded by name (default
+``flag_gems.tuning``; this package never imports flag_gems). The provider exposes
+``run_job(job)``, ``known_op(name)`` and ``replay_job(kernel, raw_args)``.
+
+How jobs become tuned keys: each job runs once under ``FLAGGEMS_AUTOTUNE=miss``
+(``always`` with ``force``). A LibTuner key that is already stored for this kernel
+version and environment is a hit: nothing is benchmarked. A missing key is benchmarked
+over its config space and saved (with every config's timing) in its own transaction
+before the next key starts. So the state of a run lives in the DB only: a run stopped
+by Ctrl-C, a crash or an error loses at most the key in flight, and rerunning the same
+command re-executes every job but benchmarks only keys not yet stored ("skipped" jobs
+are those that needed no benchmark). With ``force`` every key is retuned once per run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+from tuner import settings
+from tuner.stats import stats
+from tuner.store import LayeredStore, Record, Timing, canonical_json, default_store, set_default_store
+from tuner.workload import Job
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROVIDER = "flag_gems.tuning"
+
+
+class PretuneError(RuntimeError):
+    """A pretune run that cannot start (unknown op, no provider, bad arguments)."""
+
+
+def load_provider(name: str = DEFAULT_PROVIDER) -> Any:
+    try:
+        mod = importlib.import_module(name)
+    except ImportError as e:
+        raise PretuneError(f"cannot import the pretune provider {name!r}: {e}") from e
+    for attr in ("run_job", "known_op"):
+        if not hasattr(mod, attr):
+            raise PretuneError(f"provider {name!r} has no {attr}()")
+    return mod
+
+
+# -- what a run tuned ------------------------------------------------------------------------
+@dataclass
+class Tuned:
+    kernel: str
+    key: str
+    config: dict
+    best_ms: float
+    default_ms: float | None  # the kernel's default config's time, when it was among those timed
+    configs_tried: int
+
+    @property
+    def speedup(self) -> float | None:
+        if self.default_ms is None or not self.best_ms or not math.isfinite(self.default_ms):
+            return None
+        return self.default_ms / self.best_ms
+
+
+@dataclass
+class Summary:
+    jobs: int = 0
+    jobs_tuned: int = 0  # jobs that benchmarked at least one key
+    jobs_skipped: int = 0  # jobs whose every key was already stored
+    jobs_failed: int = 0
+    tuned: list[Tuned] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def merge(self, other: "Summary") -> None:
+        self.jobs += other.jobs
+        self.jobs_tuned += other.jobs_tuned
+        self.jobs_skipped += other.jobs_skipped
+        self.jobs_failed += other.jobs_failed
+        self.tuned += other.tuned
+        self.errors += other.errors
+
+    def per_kernel(self) -> list[dict[str, Any]]:
+        by: dict[str, list[Tuned]] = defaultdict(list)
+        for t in self.tuned:
+            by[t.kernel].append(t)
+        rows = []
+        for kernel, ts in sorted(by.items()):
+            sp = [t.speedup for t in ts if t.speedup is not None]
+            geo = math.exp(sum(math.log(s) for s in sp) / len(sp)) if sp else None
+            rows.append({
+                "kernel": kernel, "keys_tuned": len(ts), "speedup_geomean": geo,
+                "speedup_max": max(sp) if sp else None, "keys_with_default_timed": len(sp),
+            })
+        return rows
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "jobs": self.jobs, "jobs_tuned": self.jobs_tuned, "jobs_skipped": self.jobs_skipped,
+            "jobs_failed": self.jobs_failed, "keys_tuned": len(self.tuned), "wall_s": round(self.wall_s, 3),
+            "kernels": self.per_kernel(), "keys": [dataclasses.asdict(t) | {"speedup": t.speedup} for t in self.tuned],
+            "errors": self.errors,
+        }
+
+    def table(self) -> str:
+        rows = self.per_kernel()
+        head = f"{'kernel':<60} {'keys':>5} {'speedup vs default (geomean / max)':>36}"
+        lines = [head, "-" * len(head)]
+        for r in rows:
+            sp = "n/a (default not timed)" if r["speedup_geomean"] is None else f"{r['speedup_geomean']:.2f}x / {r['speedup_max']:.2f}x"
+            lines.append(f"{r['kernel']:<60} {r['keys_tuned']:>5} {sp:>36}")
+        lines.append(
+            f"{len(self.tuned)} keys tuned; {self.jobs} jobs: {self.jobs_tuned} tuned, {self.jobs_skipped} "
+            f"already tuned, {self.jobs_failed} failed; {self.wall_s:.1f} s"
+        )
+        return "\n".join(lines)
+
+
+class _TrackingStore(LayeredStore):
+    """The process store's layers, with every saved record marked ``source="pretune"``
+    and reported to the run."""
+
+    def __init__(self, inner: LayeredStore, on_save: Callable[[Record, Sequence[Timing]], None]) -> None:
+        super().__init__(inner.layers)
+        self.counters = inner.counters
+        self._on_save = on_save
+
+    def save(self, record: Record, timings: Sequence[Timing] = ()) -> None:
+        record = dataclasses.replace(record, source="pretune")
+        super().save(record, timings)
+        self._on_save(record, timings)
+
+
+def _default_config_of(kernel: str) -> dict | None:
+    from tuner.libtuner import _REGISTRY
+
+    for t in _REGISTRY:
+        if t.name == kernel:
+            return t.default
+    return None
+
+
+def _tuned_from(record: Record, timings: Sequence[Timing]) -> Tuned:
+    default = _default_config_of(record.identity.kernel)
+    default_ms = None
+    if default is not None:
+        want = canonical_json(default)
+        for t in timings:
+            if canonical_json(t.config) == want:
+                default_ms = t.median_ms if t.median_ms is not None else math.inf
+    return Tuned(record.identity.kernel, record.identity.key, record.config, record.median_ms, default_ms, record.configs_tried)
+
+
+@contextmanager
+def _policy(name: str) -> Iterator[None]:
+    old = os.environ.get("FLAGGEMS_AUTOTUNE")
+    os.environ["FLAGGEMS_AUTOTUNE"] = name
+    settings.reload()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FLAGGEMS_AUTOTUNE", None)
+        else:
+            os.environ["FLAGGEMS_AUTOTUNE"] = old
+        settings.reload()
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    *,
+    provider: str | Any = DEFAULT_PROVIDER,
+    force: bool = False,
+    progress: bool = True,
+    on_job: Callable[[int, Job, bool], None] | None = None,
+    stop_on_error: bool = False,
+) -> Summary:
+    """Run every job once under the ``miss`` policy (``always`` with ``force``)."""
+    from tuner.libtuner import clear_caches
+
+    prov = load_provider(provider) if isinstance(provider, str) else provider
+    unknown = sorted({j.op for j in jobs if not prov.known_op(j.op)})
+    if unknown:
+        raise PretuneError(f"unknown ops {unknown}: the provider {getattr(prov, '__name__', prov)} has no such op")
+    summary = Summary(jobs=len(jobs))
+    inner = default_store()
+    saved: list[Tuned] = []
+    tracking = _TrackingStore(inner, lambda r, ts: saved.append(_tuned_from(r, ts)))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), unit="job", desc="pretune", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    set_default_store(tracking)
+    clear_caches()  # every key goes to the store once in this run
+    try:
+        with _policy("always" if force else "miss"):
+            for i, job in enumerate(jobs):
+                before = stats()["benchmarks_run"]
+                try:
+                    prov.run_job(job)
+                except Exception as e:  # one bad job must not stop the others
+                    if stop_on_error:
+                        raise
+                    summary.jobs_failed += 1
+                    summary.errors.append({"job": job.describe(), "error": f"{type(e).__name__}: {e}"[:2000]})
+                    log.warning("job %s failed: %s", job.describe(), e)
+                    tuned_any = False
+                else:
+                    tuned_any = stats()["benchmarks_run"] > before
+                    if tuned_any:
+                        summary.jobs_tuned += 1
+                    else:
+                        summary.jobs_skipped += 1
+                if on_job is not None:
+                    on_job(i, job, tuned_any)
+                if bar is not None:
+                    bar.set_postfix(keys=len(saved), refresh=False)
+                    bar.update(1)
+    finally:
+        set_default_store(inner)
+        clear_caches()
+        if bar is not None:
+            bar.close()
+        summary.tuned = saved
+        summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+# -- dry run --------------------------------------------------------------------------------
+def estimate(jobs: Sequence[Job]) -> dict[str, Any]:
+    """A static estimate (no device, no op runs): jobs per op and an upper bound of the
+    GPU time at do_bench's default 25 + 100 ms per config and the largest config space of
+    an op's kernels (keys shared between jobs are tuned once, so real runs are shorter)."""
+    per_op: dict[str, int] = defaultdict(int)
+    for j in jobs:
+        per_op[j.op] += 1
+    from tuner.libtuner import _REGISTRY
+
+    max_configs = max((len(t.configs) for t in _REGISTRY), default=16)
+    return {"jobs": len(jobs), "per_op": dict(per_op), "max_configs_per_key": max_configs,
+            "estimate_s": round(len(jobs) * max_configs * 0.125, 1)}
+
+
+# -- misses ---------------------------------------------------------------------------------
+def _sql_layer(store: LayeredStore) -> Any:
+    for layer in store.layers:
+        if hasattr(layer, "misses"):
+            return layer
+    raise PretuneError("the tuning store has no SQL layer to read misses from")
+
+
+def jobs_from_misses(provider: str | Any = DEFAULT_PROVIDER) -> tuple[list[Job], list[dict[str, Any]]]:
+    """Jobs that replay the misses recorded for this environment, and the misses that
+    have no replay (kernel, key, count)."""
+    from tuner.fingerprint import current
+
+    prov = load_provider(provider) if isinstance(provider, str) else provider
+    replay = getattr(prov, "replay_job", None)
+    jobs: dict[Job, None] = {}
+    unreplayable = []
+    for miss in _sql_layer(default_store()).misses(fingerprint=current()):
+        raw = json.loads(miss.raw_args) if miss.raw_args else None
+        job = replay(miss.identity.kernel, raw) if (replay is not None and raw is not None) else None
+        if job is None:
+            unreplayable.append({"kernel": miss.identity.kernel, "key": miss.identity.key, "count": miss.count})
+        else:
+            jobs.setdefault(dataclasses.replace(job, phase="miss"), None)
+    return list(jobs), unreplayable
+
+
+def remaining_misses() -> int:
+    from tuner.fingerprint import current
+
+    return len(_sql_layer(default_store()).misses(fingerprint=current()))
+
+
+# -- several devices ------------------------------------------------------------------------
+def _worker(device: str, jobs: list[dict], db_url: str, provider: str, force: bool, queue: Any) -> None:
+    os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch is imported in this process
+    os.environ["FLAGGEMS_TUNING_DB"] = db_url
+    settings.reload()
+    set_default_store(None)
+    try:
+        s = run_jobs(
+            [Job.from_dict(j) for j in jobs], provider=provider, force=force, progress=False,
+            on_job=lambda i, job, tuned: queue.put(("job", device, tuned)),
+        )
+        queue.put(("done", device, s.as_dict()))
+    except BaseException as e:  # report, then die
+        queue.put(("error", device, f"{type(e).__name__}: {e}"))
+        raise
+
+
+def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, provider: str = DEFAULT_PROVIDER,
+                 force: bool = False, progress: bool = True) -> Summary:
+    """One spawned worker per device, jobs split round-robin, all writing to one DB."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = []
+    for i, dev in enumerate(devices):
+        share = [j.as_dict() for j in jobs[i::len(devices)]]
+        p = ctx.Process(target=_worker, args=(dev, share, db_url, provider, force, queue), daemon=False)
+        p.start()
+        procs.append(p)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), unit="job", desc=f"pretune x{len(devices)}", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    total = Summary()
+    done = 0
+    try:
+        while done < len(procs):
+            try:
+                kind, dev, payload = queue.get(timeout=1.0)
+            except Exception:
+                if all(not p.is_alive() for p in procs) and queue.empty():
+                    break
+                continue
+            if kind == "job":
+                if bar is not None:
+                    bar.update(1)
+            elif kind == "done":
+                done += 1
+                total.merge(_summary_from_dict(payload))
+            else:
+                done += 1
+                total.errors.append({"job": f"worker {dev}", "error": payload})
+    finally:
+        for p in procs:
+            p.join()
+        if bar is not None:
+            bar.close()
+    total.wall_s = time.perf_counter() - t0
+    return total
+
+
+def _summary_from_dict(d: dict[str, Any]) -> Summary:
+    s = Summary(jobs=d["jobs"], jobs_tuned=d["jobs_tuned"], jobs_skipped=d["jobs_skipped"], jobs_failed=d["jobs_failed"])
+    s.tuned = [Tuned(k["kernel"], k["key"], k["config"], k["best_ms"], k["default_ms"], k["configs_tried"]) for k in d["keys"]]
+    s.errors = list(d["errors"])
+    return s
