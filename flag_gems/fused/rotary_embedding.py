@@ -1,0 +1,120 @@
+"""Rotary position embedding for q and k, neox (rotate-half) or GPT-J (interleaved).
+
+Layout: ``q`` is ``[..., seq, heads, head_dim]`` (``[tokens, heads, head_dim]`` too),
+``k`` the same with its own head count. The cos/sin cache is 2-D, ``[max_seq, R/2]``
+(one value per rotated pair) or ``[max_seq, R]`` (the full-width cache HF builds:
+``cat(f, f)`` for neox, ``repeat_interleave(f, 2)`` for interleaved). ``R`` (rotary_dim)
+may be smaller than head_dim: the remaining dims pass through unchanged.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def rotary_kernel(
+    X, sx_t, sx_h, sx_d, Out, so_t, so_h, so_d,
+    Cos, sc_s, sc_j, Sin, ss_s, ss_j, Pos, seq_len, H, HALF, D,
+    HAS_POS: tl.constexpr, INTERLEAVED: tl.constexpr, COPY_REST: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_REST: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    j = tl.arange(0, BLOCK_HALF)
+    if HAS_POS:
+        pos = tl.load(Pos + t).to(tl.int64)
+    else:
+        pos = t % seq_len
+    jm = j < HALF
+    c = tl.load(Cos + pos * sc_s + j * sc_j, mask=jm, other=0.0).to(tl.float32)[None, :]
+    s = tl.load(Sin + pos * ss_s + j * ss_j, mask=jm, other=0.0).to(tl.float32)[None, :]
+    if INTERLEAVED:
+        d1 = 2 * j
+        d2 = 2 * j + 1
+    else:
+        d1 = j
+        d2 = j + HALF
+    m = (heads < H)[:, None] & jm[None, :]
+    xh = X + t * sx_t + heads[:, None] * sx_h
+    oh = Out + t * so_t + heads[:, None] * so_h
+    x1 = tl.load(xh + d1[None, :] * sx_d, mask=m, other=0.0).to(tl.float32)
+    x2 = tl.load(xh + d2[None, :] * sx_d, mask=m, other=0.0).to(tl.float32)
+    tl.store(oh + d1[None, :] * so_d, x1 * c - x2 * s, mask=m)
+    tl.store(oh + d2[None, :] * so_d, x2 * c + x1 * s, mask=m)
+    if COPY_REST:  # not in place: the dims past rotary_dim are copied through
+        r = 2 * HALF + tl.arange(0, BLOCK_REST)
+        rm = (heads < H)[:, None] & (r < D)[None, :]
+        v = tl.load(xh + r[None, :] * sx_d, mask=rm)
+        tl.store(oh + r[None, :] * so_d, v, mask=rm)
+
+
+def _half_cache(t: torch.Tensor, rot: int, full: bool, interleaved: bool) -> torch.Tensor:
+    if not full:
+        return t
+    return t[:, ::2] if interleaved else t[:, : rot // 2]
+
+
+def _rotary_dim(cache_dim: int, head_dim: int, rotary_dim: int | None) -> tuple[int, bool]:
+    """(R, whether the cache is full width)."""
+    if rotary_dim is None:
+        rotary_dim = cache_dim if 2 * cache_dim > head_dim else 2 * cache_dim
+    if rotary_dim % 2 or rotary_dim > head_dim or cache_dim not in (rotary_dim, rotary_dim // 2):
+        raise ValueError(f"cos/sin last dim {cache_dim} does not fit rotary_dim {rotary_dim} (head_dim {head_dim})")
+    return rotary_dim, cache_dim == rotary_dim
+
+
+def _rotate(x, cos, sin, pos, seq_len, rot, interleaved, inplace) -> torch.Tensor:
+    H, D = x.shape[-2], x.shape[-1]
+    x3 = x.reshape(-1, H, D)  # a view when the token dims merge, else a copy
+    T = x3.shape[0]
+    out3 = x3 if inplace else torch.empty((T, H, D), dtype=x.dtype, device=x.device)
+    if T and H:
+        block_h = min(triton.next_power_of_2(H), 16)
+        rest = D - rot
+        copy_rest = not inplace and rest > 0
+        rotary_kernel[(T, triton.cdiv(H, block_h))](
+            x3, *x3.stride(), out3, *out3.stride(), cos, *cos.stride(), sin, *sin.stride(),
+            pos if pos is not None else x3, seq_len, H, rot // 2, D,
+            HAS_POS=pos is not None, INTERLEAVED=interleaved, COPY_REST=copy_rest,
+            BLOCK_H=block_h, BLOCK_HALF=triton.next_power_of_2(max(rot // 2, 1)),
+            BLOCK_REST=triton.next_power_of_2(max(rest, 1)),
+        )
+    if inplace:
+        if x3.data_ptr() != x.data_ptr():
+            x.copy_(x3.view(x.shape))
+        return x
+    return out3.view(x.shape)
+
+
+def apply_rotary_pos_emb(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    rotary_interleaved: bool = False,
+    inplace: bool = False,
+    rotary_dim: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q and k by the angles of each token's position.
+
+    Without ``position_ids`` a token's position is its index along the seq dim
+    (``q.shape[-3]``). ``rotary_dim`` defaults to the cache width for a full-width
+    cache wider than head_dim/2, else twice the cache width; pass it when a
+    full-width cache is used for a partial rotary dim."""
+    if cos.dim() != 2 or sin.shape != cos.shape:
+        raise ValueError(f"cos/sin must be 2-D [max_seq, dim] of one shape, got {tuple(cos.shape)}, {tuple(sin.shape)}")
+    if q.shape[:-2] != k.shape[:-2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in token dims or head_dim")
+    rot, full = _rotary_dim(cos.shape[-1], q.shape[-1], rotary_dim)
+    cos = _half_cache(cos, rot, full, rotary_interleaved)
+    sin = _half_cache(sin, rot, full, rotary_interleaved)
+    pos = None
+    if position_ids is not None:
+        pos = position_ids.expand(q.shape[:-2]).reshape(-1).contiguous()
+    seq_len = q.shape[-3] if q.dim() >= 3 else 1
+    q_out = _rotate(q, cos, sin, pos, seq_len, rot, rotary_interleaved, inplace)
+    k_out = _rotate(k, cos, sin, pos, seq_len, rot, rotary_interleaved, inplace)
+    return q_out, k_out

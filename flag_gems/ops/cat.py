@@ -1,0 +1,208 @@
+"""cat and stack: one launch copies up to GROUP inputs into their slices of the output.
+
+Along ``dim`` the output is (rows, out_row) with input k's (rows, w_k) block at column
+col_k. Each program copies BLOCK contiguous elements of one row of one input (vectorized
+loads and stores, no per-element division); the programs of one launch are split between
+the inputs by block counts, so the KV-cache append ``torch.cat([cache, new], dim=-2)`` is
+a single kernel launch. Inputs whose trailing dims are one contiguous run are read in
+place through their row stride (no ``.contiguous()`` copy).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from flag_gems.ops._reduce_common import Launch, _collapse
+from flag_gems.ops._tensor_nd import finish_out, out_buffer
+from flag_gems.registry import register
+from tuner import libtuner
+from tuner.keys import next_power_of_2
+
+log = logging.getLogger(__name__)
+
+GROUP = 4  # inputs per launch (constexpr-unrolled branches)
+
+
+@triton.jit
+def _copy_rows(src, s_row, out, blk, nb, w, col, out_row, BLOCK: tl.constexpr):
+    # block blk of a (rows, w) input: row blk // nb, columns (blk % nb) * BLOCK + [0, BLOCK);
+    # contiguous on both sides, so loads and stores vectorize
+    row = (blk // nb).to(tl.int64)
+    cols = (blk % nb) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < w
+    v = tl.load(src + row * s_row + cols, mask=m)
+    ot: tl.constexpr = out.dtype.element_ty
+    if v.dtype != ot and ot.is_floating() and ot.primitive_bitwidth < 64:
+        v = v.to(tl.float32)  # mixed dtypes: int -> bf16 directly is wrong in the interpreter
+    tl.store(out + row * out_row + col + cols, v.to(ot), mask=m)
+
+
+@libtuner(
+    configs=[triton.Config({"BLOCK": b}, num_warps=w) for b, w in [(1024, 4), (2048, 4), (4096, 8), (8192, 8), (512, 4)]],
+    key=["total"],
+    strategy=["log"],
+    default=triton.Config({"BLOCK": 2048}, num_warps=4),
+)
+@triton.jit
+def cat_kernel(
+    out, out_row, rows, total,
+    X0, w0, s0, c0,
+    X1, w1, s1, c1,
+    X2, w2, s2, c2,
+    X3, w3, s3, c3,
+    K: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # input k is a (rows, w_k) block with row stride s_k, at column c_k of (rows, out_row)
+    pid = tl.program_id(0)
+    nb0 = tl.cdiv(w0, BLOCK)
+    nb1 = tl.cdiv(w1, BLOCK)
+    nb2 = tl.cdiv(w2, BLOCK)
+    nb3 = tl.cdiv(w3, BLOCK)
+    e1 = rows * nb0
+    e2 = e1 + rows * nb1
+    e3 = e2 + rows * nb2
+    if pid < e1:
+        _copy_rows(X0, s0, out, pid, nb0, w0, c0, out_row, BLOCK)
+    if K > 1:
+        if (pid >= e1) & (pid < e2):
+            _copy_rows(X1, s1, out, pid - e1, nb1, w1, c1, out_row, BLOCK)
+    if K > 2:
+        if (pid >= e2) & (pid < e3):
+            _copy_rows(X2, s2, out, pid - e2, nb2, w2, c2, out_row, BLOCK)
+    if K > 3:
+        if pid >= e3:
+            _copy_rows(X3, s3, out, pid - e3, nb3, w3, c3, out_row, BLOCK)
+
+
+def _launch(out: torch.Tensor, out_row: int, rows: int, parts: list[tuple[torch.Tensor, int, int, int]]) -> None:
+    """parts: (input, width w, row stride, column offset), at most GROUP of them."""
+    args: list = []
+    widths = []
+    for x, w, st, c in parts:
+        args += [x, w, st, c]
+        widths.append(w)
+    for _ in range(GROUP - len(parts)):  # unused slots: never reached (K)
+        args += [parts[0][0], 1, 0, 0]
+    total = rows * sum(widths)
+    # the tuner key is (bucketed total, dtypes): one cached Launch per such key
+    key = (next_power_of_2(total), out.dtype, len(parts)) + tuple(x.dtype for x, _, _, _ in parts)
+    lc = _LAUNCH.get(key)
+    if lc is None:
+        if len(_LAUNCH) > 4096:
+            _LAUNCH.clear()
+        lc = _LAUNCH[key] = Launch(cat_kernel, None)
+    cfg = lc.tuner.cache.get(lc.key) if lc.key is not None else None
+    if cfg is not None:
+        b = cfg["BLOCK"]
+        grid = (rows * sum((w + b - 1) // b for w in widths),)
+    else:
+        grid = lambda META: (rows * sum(triton.cdiv(w, META["BLOCK"]) for w in widths),)
+    lc.fixed(grid, out, out_row, rows, total, *args, K=len(parts))
+
+
+_LAUNCH: dict = {}
+
+
+def _as_rows(t: torch.Tensor, dim: int, w: int) -> tuple[torch.Tensor, int]:
+    """``t`` as (rows, w) with unit column stride: (tensor, row stride); a copy only when
+    the dims from ``dim`` on are not one contiguous run or the outer dims do not collapse."""
+    if t.is_contiguous():
+        return t, w
+    shape, stride = t.shape, t.stride()
+    tail = _collapse(shape[dim:], stride[dim:])
+    head = _collapse(shape[:dim], stride[:dim])
+    if tail is not None and head is not None and (tail[1] == 1 or tail[0] <= 1):
+        return t, head[1] if head[0] > 1 else w
+    return t.contiguous(), w
+
+
+def _cat_into(tensors: Sequence[torch.Tensor], dim: int, out: torch.Tensor | None) -> torch.Tensor:
+    if len(tensors) == 0:
+        raise RuntimeError("torch.cat(): expected a non-empty list of Tensors")
+    t0 = tensors[0]
+    dtype = t0.dtype
+    for t in tensors:
+        if t.dtype != dtype:
+            dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors])
+            break
+    # torch's legacy rule: 1-D tensors of shape (0,) are skipped whatever the dim
+    live = [t for t in tensors if not (t.dim() == 1 and t.numel() == 0)]
+    if not live:
+        shape: list[int] = [0]
+        parts: list[torch.Tensor] = []
+    else:
+        ref = live[0]
+        if ref.dim() == 0:
+            raise RuntimeError("zero-dimensional tensor cannot be concatenated")
+        nd = ref.dim()
+        if not -nd <= dim < nd:
+            raise IndexError(f"Dimension out of range (expected to be in range of [{-nd}, {nd - 1}], but got {dim})")
+        dim %= nd
+        rshape = ref.shape
+        for i, t in enumerate(live):
+            ts = t.shape
+            if len(ts) != nd or (ts != rshape and any(ts[d] != rshape[d] for d in range(nd) if d != dim)):
+                raise RuntimeError(
+                    f"Sizes of tensors must match except in dimension {dim}. Expected {tuple(ref.shape)} but got {tuple(t.shape)} for tensor number {i} in the list."
+                )
+        shape = list(rshape)
+        shape[dim] = sum(t.shape[dim] for t in live)
+        parts = [t for t in live if t.numel() > 0]
+    device = t0.device
+    buf = torch.empty(shape, dtype=dtype, device=device) if out is None else out_buffer(out, shape, dtype)
+    if parts:
+        tail = math.prod(shape[dim + 1:])
+        out_row = shape[dim] * tail
+        rows = math.prod(shape[:dim])
+        col = 0
+        items = []
+        for t in live:
+            w = t.shape[dim] * tail
+            if t.numel() > 0:
+                x, st = _as_rows(t, dim, w)
+                items.append((x, w, st, col))
+            col += w
+        for g in range(0, len(items), GROUP):
+            _launch(buf, out_row, rows, items[g:g + GROUP])
+    return buf if out is None else finish_out(out, buf)
+
+
+@register("cat")
+def cat(tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    return _cat_into(tensors, dim, None)
+
+
+@register("cat.out")
+def cat_out(tensors: Sequence[torch.Tensor], dim: int = 0, *, out: torch.Tensor) -> torch.Tensor:
+    return _cat_into(tensors, dim, out)
+
+
+def _stack_views(tensors: Sequence[torch.Tensor], dim: int) -> list[torch.Tensor]:
+    if len(tensors) == 0:
+        raise RuntimeError("stack expects a non-empty TensorList")
+    ref = tensors[0]
+    for i, t in enumerate(tensors):
+        if t.shape != ref.shape:
+            raise RuntimeError(f"stack expects each tensor to be equal size, but got {tuple(ref.shape)} at entry 0 and {tuple(t.shape)} at entry {i}")
+    nd = ref.dim() + 1
+    if not -nd <= dim < nd:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-nd}, {nd - 1}], but got {dim})")
+    return [t.unsqueeze(dim % nd) for t in tensors]
+
+
+@register("stack")
+def stack(tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    views = _stack_views(tensors, dim)
+    return _cat_into(views, dim % views[0].dim(), None)
+
+
+@register("stack.out")
+def stack_out(tensors: Sequence[torch.Tensor], dim: int = 0, *, out: torch.Tensor) -> torch.Tensor:
+    views = _stack_views(tensors, dim)
+    return _cat_into(views, dim % views[0].dim(), out)

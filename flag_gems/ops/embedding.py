@@ -1,0 +1,92 @@
+"""embedding: aten ``embedding`` (a row gather) and ``embedding_dense_backward``.
+
+The backward scatters each grad row into an fp32 buffer with atomic adds (indices may
+repeat), skipping ``padding_idx``; ``scale_grad_by_freq`` first counts each index's
+occurrences the same way and divides by them.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import triton
+import triton.language as tl
+
+from flag_gems.ops import _reduce_common as rc
+from flag_gems.registry import register
+from tuner import libtuner
+
+log = logging.getLogger(__name__)
+
+_CONFIGS = [triton.Config({"BLOCK": b}, num_warps=w) for b, w in [(128, 2), (256, 4), (512, 4), (1024, 4), (2048, 8)]]
+
+
+@triton.jit
+def embedding_fwd_kernel(W, sw_r, sw_c, Idx, Out, D, BLOCK: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < D
+    row = tl.load(Idx + i).to(tl.int64)
+    v = tl.load(W + row * sw_r + cols * sw_c, mask=m)
+    tl.store(Out + i * D + cols, v, mask=m)
+
+
+# tuned per size class of D: the default copies a whole row (up to 8192) per program with
+# BLOCK = next_power_of_2(D), see _reduce_common.ROW_CLASSES
+embedding_fwd_kernel = rc.row_tuners(embedding_fwd_kernel, key="D")  # .fn is the kernel
+_FWD: dict = {}
+
+
+@triton.jit
+def embedding_count_kernel(Idx, Counts, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    idx = tl.load(Idx + i, mask=m, other=0).to(tl.int64)
+    tl.atomic_add(Counts + idx, tl.full([BLOCK], 1.0, tl.float32), mask=m)
+
+
+@libtuner(configs=_CONFIGS, key=["D"], strategy=["log"], default=triton.Config({"BLOCK": 1024}, num_warps=4))
+@triton.jit
+def embedding_bwd_kernel(G, Idx, Counts, Acc, D, padding_idx, SCALE_BY_FREQ: tl.constexpr, BLOCK: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row = tl.load(Idx + i).to(tl.int64)
+    # a block-shaped comparison: the interpreter rejects a scalar-broadcast mask in atomics
+    m = (cols < D) & ((cols * 0 + row) != padding_idx)
+    g = tl.load(G + i * D + cols, mask=m, other=0.0).to(tl.float32)
+    if SCALE_BY_FREQ:
+        g = g / tl.load(Counts + row)
+    tl.atomic_add(Acc + row * D + cols, g, mask=m)
+
+
+@register("embedding")
+def embedding(weight: torch.Tensor, indices: torch.Tensor, padding_idx: int = -1, scale_grad_by_freq: bool = False, sparse: bool = False) -> torch.Tensor:
+    if weight.dim() != 2:
+        raise ValueError(f"embedding weight must be 2-D, got {tuple(weight.shape)}")
+    D = weight.shape[1]
+    idx = indices.contiguous().view(-1)
+    out = torch.empty(*indices.shape, D, dtype=weight.dtype, device=weight.device)
+    n = idx.numel()
+    if n and D:
+        lc = embedding_fwd_kernel.launcher(D, _FWD, (D, weight.dtype, idx.dtype))
+        cfg = lc.tuner.cache.get(lc.key) if lc.key is not None else None
+        grid = (n, triton.cdiv(D, cfg["BLOCK"])) if cfg is not None else lambda META: (n, triton.cdiv(D, META["BLOCK"]))
+        lc.fixed(grid, weight, weight.stride(0), weight.stride(1), idx, out, D)
+    return out
+
+
+@register("embedding_dense_backward")
+def embedding_dense_backward(grad_output: torch.Tensor, indices: torch.Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool) -> torch.Tensor:
+    D = grad_output.shape[-1]
+    idx = indices.contiguous().view(-1)
+    n = idx.numel()
+    g = grad_output.contiguous().view(n, D)
+    acc = torch.zeros(num_weights, D, dtype=torch.float32, device=grad_output.device)
+    if n and D:
+        counts = acc  # unused unless scaling
+        if scale_grad_by_freq:
+            counts = torch.zeros(num_weights, dtype=torch.float32, device=grad_output.device)
+            embedding_count_kernel[(triton.cdiv(n, 1024),)](idx, counts, n, BLOCK=1024)
+        grid = lambda META: (n, triton.cdiv(D, META["BLOCK"]))
+        embedding_bwd_kernel[grid](g, idx, counts, acc, D, padding_idx, SCALE_BY_FREQ=scale_grad_by_freq)
+    return acc.to(grad_output.dtype)

@@ -1,0 +1,251 @@
+"""index_select, gather, scatter (src/value, reduce add) and scatter_add.
+
+gather/scatter walk the index tensor (rank <= 6, padded with size-1 dims); the "indexed"
+tensor's offset takes the index value along ``dim`` and the walk position elsewhere.
+Indices are not bounds-checked on the device (an out-of-range index is undefined, as
+in a CUDA kernel without device asserts); negative indices are not wrapped.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from flag_gems.ops._tensor_nd import MAX_RANK, finish_out, out_buffer
+from flag_gems.registry import aten_fallback, register
+from tuner import libtuner
+
+log = logging.getLogger(__name__)
+
+_CONFIGS = [triton.Config({"BLOCK": b}, num_warps=w) for b, w in [(256, 4), (512, 4), (1024, 4), (2048, 8)]]
+_DEFAULT = triton.Config({"BLOCK": 1024}, num_warps=4)
+
+
+def _norm_dim(dim: int, ndim: int) -> int:
+    n = max(ndim, 1)
+    if not -n <= dim < n:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {dim})")
+    return dim % n
+
+
+# -- index_select ------------------------------------------------------------------------
+@libtuner(configs=_CONFIGS, key=["n"], strategy=["log"], default=_DEFAULT)
+@triton.jit
+def index_select_kernel(x, idx, out, n, K, D, inner, BLOCK: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    r = i % inner
+    j = (i // inner) % K
+    o = i // (inner * K)
+    src_j = tl.load(idx + j, mask=m, other=0).to(tl.int64)
+    v = tl.load(x + (o * D + src_j) * inner + r, mask=m)
+    tl.store(out + i, v, mask=m)
+
+
+def _index_select(x: torch.Tensor, dim: int, index: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    if index.dim() > 1:
+        raise IndexError("index_select(): Index is supposed to be a vector")
+    if x.dim() == 0:  # scalar self: nothing to gather along
+        res = aten_fallback("index_select")(x, dim, index)
+        return res if out is None else finish_out(out, res)
+    dim = _norm_dim(dim, x.dim())
+    xs, index = x.contiguous(), index.reshape(-1).contiguous()
+    K, D = index.numel(), x.shape[dim]
+    shape = list(x.shape)
+    shape[dim] = K
+    buf = torch.empty(shape, dtype=x.dtype, device=x.device) if out is None else out_buffer(out, shape, x.dtype)
+    n = buf.numel()
+    if n:
+        grid = lambda META: (triton.cdiv(n, META["BLOCK"]),)
+        index_select_kernel[grid](xs, index, buf, n, K, D, math.prod(x.shape[dim + 1:]))
+    return buf if out is None else finish_out(out, buf)
+
+
+@register("index_select")
+def index_select(x: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    return _index_select(x, dim, index, None)
+
+
+@register("index_select.out")
+def index_select_out(x: torch.Tensor, dim: int, index: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
+    return _index_select(x, dim, index, out)
+
+
+# -- gather / scatter: one walk over the index tensor -------------------------------------
+GATHER, STORE, ADD = 0, 1, 2
+
+
+@triton.jit
+def _walk(i, a_off, b_off, i_off, O, A, B, I):
+    k = i % O
+    return i // O, a_off + k * A, b_off + k * B, i_off + k * I
+
+
+@libtuner(configs=_CONFIGS, key=["n"], strategy=["log"], default=_DEFAULT)
+@triton.jit
+def gather_scatter_kernel(
+    idx, a, b, n, AD, value,
+    O0, O1, O2, O3, O4, O5,
+    I0, I1, I2, I3, I4, I5,
+    A0, A1, A2, A3, A4, A5,
+    B0, B1, B2, B3, B4, B5,
+    MODE: tl.constexpr, HAS_SRC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """``a`` is the indexed tensor (strides A, dim stride AD); ``b`` the dense one (B).
+    GATHER: b[walk] = a[idx]; STORE: a[idx] = b[walk] (or value); ADD: a[idx] += ..."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    z = tl.zeros([BLOCK], dtype=tl.int64)
+    a_off, b_off, i_off = z, z, z
+    i, a_off, b_off, i_off = _walk(i, a_off, b_off, i_off, O5, A5, B5, I5)
+    i, a_off, b_off, i_off = _walk(i, a_off, b_off, i_off, O4, A4, B4, I4)
+    i, a_off, b_off, i_off = _walk(i, a_off, b_off, i_off, O3, A3, B3, I3)
+    i, a_off, b_off, i_off = _walk(i, a_off, b_off, i_off, O2, A2, B2, I2)
+    i, a_off, b_off, i_off = _walk(i, a_off, b_off, i_off, O1, A1, B1, I1)
+    i, a_off, b_off, i_off = _walk(i, a_off, b_off, i_off, O0, A0, B0, I0)
+    j = tl.load(idx + i_off, mask=m, other=0).to(tl.int64)
+    a_off += j * AD
+    if MODE == 0:
+        tl.store(b + b_off, tl.load(a + a_off, mask=m), mask=m)
+    else:
+        if HAS_SRC:
+            v = tl.load(b + b_off, mask=m)
+        else:
+            v = tl.full([BLOCK], value, a.dtype.element_ty)
+        if MODE == 1:
+            tl.store(a + a_off, v.to(a.dtype.element_ty), mask=m)
+        else:
+            tl.atomic_add(a + a_off, v.to(a.dtype.element_ty), mask=m)
+
+
+def _pad6(v: list[int], fill: int) -> list[int]:
+    return [fill] * (MAX_RANK - len(v)) + v
+
+
+def _launch(index: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None, dim: int, mode: int, value=0) -> None:
+    n = index.numel()
+    if n == 0:
+        return
+    A = list(a.stride())
+    AD, A[dim] = A[dim], 0
+    B = list(b.stride()) if b is not None else [0] * index.dim()
+    O = _pad6(list(index.shape), 1)
+    grid = lambda META: (triton.cdiv(n, META["BLOCK"]),)
+    gather_scatter_kernel[grid](
+        index, a, b if b is not None else a, n, AD, value,
+        *O, *_pad6(list(index.stride()), 0), *_pad6(A, 0), *_pad6(B, 0),
+        MODE=mode, HAS_SRC=b is not None,
+    )
+
+
+def _check(x: torch.Tensor, dim: int, index: torch.Tensor, name: str) -> int:
+    if index.dtype != torch.int64:
+        raise RuntimeError(f"{name}(): Expected dtype int64 for index")
+    if max(index.dim(), 1) != max(x.dim(), 1):
+        raise RuntimeError(f"Index tensor must have the same number of dimensions as {name} tensors")
+    dim = _norm_dim(dim, x.dim())
+    for d in range(index.dim()):
+        if d != dim and index.shape[d] > x.shape[d]:
+            raise RuntimeError(f"Size does not match at dimension {d} expected index {tuple(index.shape)} to be smaller than self {tuple(x.shape)} apart from dimension {dim}")
+    return dim
+
+
+def _as1d(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(1) if t.dim() == 0 else t
+
+
+def _gather(x: torch.Tensor, dim: int, index: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    dim = _check(x, dim, index, "gather")
+    buf = torch.empty(index.shape, dtype=x.dtype, device=x.device) if out is None else out_buffer(out, index.shape, x.dtype)
+    if index.dim() > MAX_RANK:
+        res = aten_fallback("gather")(x, dim, index)
+        return res if out is None else finish_out(out, res)
+    _launch(_as1d(index), _as1d(x), _as1d(buf), dim, GATHER)
+    return buf if out is None else finish_out(out, buf)
+
+
+@register("gather")
+def gather(x: torch.Tensor, dim: int, index: torch.Tensor, *, sparse_grad: bool = False) -> torch.Tensor:
+    return _gather(x, dim, index, None)
+
+
+@register("gather.out")
+def gather_out(x: torch.Tensor, dim: int, index: torch.Tensor, *, sparse_grad: bool = False, out: torch.Tensor) -> torch.Tensor:
+    return _gather(x, dim, index, out)
+
+
+def _scatter_into(target: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Tensor | None, value, reduce: str | None) -> torch.Tensor:
+    """Scatter into ``target`` in place (any strides); returns ``target``."""
+    dim = _check(target, dim, index, "scatter")
+    if src is not None:
+        if src.dim() != index.dim() and index.numel():
+            raise RuntimeError("Index tensor must have the same number of dimensions as src tensor")
+        src = src.to(target.dtype)
+    if reduce is None:
+        _launch(_as1d(index), _as1d(target), None if src is None else _as1d(src), dim, STORE, value)
+        return target
+    # atomics: low-precision floats accumulate in an fp32 copy
+    acc = target.float() if target.dtype in (torch.float16, torch.bfloat16) else target
+    if src is not None:
+        src = src.to(acc.dtype)
+    _launch(_as1d(index), _as1d(acc), None if src is None else _as1d(src), dim, ADD, value)
+    if acc is not target:
+        target.copy_(acc)
+    return target
+
+
+def _scalar(value, dtype: torch.dtype):
+    return float(value) if dtype.is_floating_point else (bool(value) if dtype == torch.bool else int(value))
+
+
+def _reduce_kind(reduce: str) -> str:
+    if reduce not in ("add", "multiply"):
+        raise RuntimeError(f"reduce argument must be either add or multiply, got {reduce}")
+    return reduce
+
+
+@register("scatter.src")
+def scatter_src(x: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    return _scatter_into(x.clone(), dim, index, src, 0, None)
+
+
+@register("scatter.value")
+def scatter_value(x: torch.Tensor, dim: int, index: torch.Tensor, value) -> torch.Tensor:
+    return _scatter_into(x.clone(), dim, index, None, _scalar(value, x.dtype), None)
+
+
+@register("scatter.reduce")
+def scatter_reduce_src(x: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Tensor, *, reduce: str) -> torch.Tensor:
+    if _reduce_kind(reduce) == "multiply":  # no atomic multiply: aten
+        return aten_fallback("scatter.reduce")(x, dim, index, src, reduce=reduce)
+    return _scatter_into(x.clone(), dim, index, src, 0, "add")
+
+
+@register("scatter.value_reduce")
+def scatter_value_reduce(x: torch.Tensor, dim: int, index: torch.Tensor, value, *, reduce: str) -> torch.Tensor:
+    if _reduce_kind(reduce) == "multiply":
+        return aten_fallback("scatter.value_reduce")(x, dim, index, value, reduce=reduce)
+    return _scatter_into(x.clone(), dim, index, None, _scalar(value, x.dtype), "add")
+
+
+@register("scatter_.src")
+def scatter_src_(x: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    return _scatter_into(x, dim, index, src, 0, None)
+
+
+@register("scatter_.value")
+def scatter_value_(x: torch.Tensor, dim: int, index: torch.Tensor, value) -> torch.Tensor:
+    return _scatter_into(x, dim, index, None, _scalar(value, x.dtype), None)
+
+
+@register("scatter_add")
+def scatter_add(x: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    return _scatter_into(x.clone(), dim, index, src, 0, "add")
+
+
+@register("scatter_add_")
+def scatter_add_(x: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    return _scatter_into(x, dim, index, src, 0, "add")

@@ -1,0 +1,218 @@
+"""layer_norm: aten ``native_layer_norm`` and ``native_layer_norm_backward``.
+
+The forward runs one program per row. When the row fits in one block it stays in
+registers (one read, one write); longer rows take a chunked three-pass path. The block
+size is the tuned parameter, keyed on the normalized size.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from flag_gems.ops import _reduce_common as rc
+from flag_gems.registry import register
+from tuner import libtuner
+
+log = logging.getLogger(__name__)
+
+# Row kernels: one block covers a whole LLM hidden row (4096..8192) in the common case.
+ROW_CONFIGS = [
+    triton.Config({"BLOCK": b}, num_warps=w)
+    for b, w in [(512, 4), (1024, 4), (2048, 8), (4096, 8), (8192, 8), (8192, 16), (16384, 16)]
+]
+ROW_DEFAULT = triton.Config({"BLOCK": 4096}, num_warps=8)  # the backward's (one config for every N)
+
+
+@triton.jit
+def layer_norm_fwd_kernel(X, Y, W, B, Mean, Rstd, N, eps, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = X + row * N
+    y_row = Y + row * N
+    cols = tl.arange(0, BLOCK)
+    if N <= BLOCK:
+        m = cols < N
+        x = tl.load(x_row + cols, mask=m, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=0) / N
+        d = tl.where(m, x - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / N + eps)
+        y = d * rstd
+        if HAS_W:
+            y = y * tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
+        if HAS_B:
+            y = y + tl.load(B + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(y_row + cols, y, mask=m)
+    else:
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for off in range(0, N, BLOCK):
+            c = off + cols
+            acc += tl.load(x_row + c, mask=c < N, other=0.0).to(tl.float32)
+        mean = tl.sum(acc, axis=0) / N
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for off in range(0, N, BLOCK):  # centred second pass: no cancellation
+            c = off + cols
+            x = tl.load(x_row + c, mask=c < N, other=0.0).to(tl.float32)
+            d = tl.where(c < N, x - mean, 0.0)
+            acc += d * d
+        rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / N + eps)
+        for off in range(0, N, BLOCK):
+            c = off + cols
+            m = c < N
+            y = (tl.load(x_row + c, mask=m, other=0.0).to(tl.float32) - mean) * rstd
+            if HAS_W:
+                y = y * tl.load(W + c, mask=m, other=0.0).to(tl.float32)
+            if HAS_B:
+                y = y + tl.load(B + c, mask=m, other=0.0).to(tl.float32)
+            tl.store(y_row + c, y, mask=m)
+    tl.store(Mean + row, mean)
+    tl.store(Rstd + row, rstd)
+
+
+# tuned per size class of N: each class's default fits it (BLOCK = next_power_of_2(N) up
+# to 8192, 4/8/16 warps), see _reduce_common.ROW_CLASSES
+layer_norm_fwd_kernel = rc.row_tuners(layer_norm_fwd_kernel)  # the name now holds the tuners; .fn is the kernel
+_FWD: dict = {}
+
+
+@libtuner(configs=ROW_CONFIGS, key=["N"], strategy=["log"], default=ROW_DEFAULT)
+@triton.jit
+def layer_norm_bwd_dx_kernel(DY, X, W, Mean, Rstd, DX, N, HAS_W: tl.constexpr, BLOCK: tl.constexpr):
+    # dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mean = tl.load(Mean + row).to(tl.float32)
+    rstd = tl.load(Rstd + row).to(tl.float32)
+    sg = tl.zeros([BLOCK], dtype=tl.float32)
+    sgx = tl.zeros([BLOCK], dtype=tl.float32)
+    for off in range(0, N, BLOCK):
+        c = off + cols
+        m = c < N
+        g = tl.load(DY + row * N + c, mask=m, other=0.0).to(tl.float32)
+        if HAS_W:
+            g = g * tl.load(W + c, mask=m, other=0.0).to(tl.float32)
+        xh = tl.where(m, (tl.load(X + row * N + c, mask=m, other=0.0).to(tl.float32) - mean) * rstd, 0.0)
+        sg += g
+        sgx += g * xh
+    mg = tl.sum(sg, axis=0) / N
+    mgx = tl.sum(sgx, axis=0) / N
+    for off in range(0, N, BLOCK):
+        c = off + cols
+        m = c < N
+        g = tl.load(DY + row * N + c, mask=m, other=0.0).to(tl.float32)
+        if HAS_W:
+            g = g * tl.load(W + c, mask=m, other=0.0).to(tl.float32)
+        xh = (tl.load(X + row * N + c, mask=m, other=0.0).to(tl.float32) - mean) * rstd
+        tl.store(DX + row * N + c, rstd * (g - mg - xh * mgx), mask=m)
+
+
+@libtuner(
+    configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4) for bm, bn in [(32, 32), (64, 32), (32, 64), (128, 16)]],
+    key=["M", "N"],
+    strategy=["log", "log"],
+    default=triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4),
+)
+@triton.jit
+def layer_norm_bwd_dwdb_kernel(DY, X, Mean, Rstd, DW, DB, M, N, HAS_DW: tl.constexpr, HAS_DB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # one program per column block, walking every row: no atomics, deterministic
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cm = cols < N
+    dw = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for r0 in range(0, M, BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        rm = rows < M
+        m = rm[:, None] & cm[None, :]
+        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        dy = tl.load(DY + offs, mask=m, other=0.0).to(tl.float32)
+        if HAS_DW:
+            x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
+            mean = tl.load(Mean + rows, mask=rm, other=0.0).to(tl.float32)
+            rstd = tl.load(Rstd + rows, mask=rm, other=0.0).to(tl.float32)
+            dw += dy * (x - mean[:, None]) * rstd[:, None]
+        db += dy
+    if HAS_DW:
+        tl.store(DW + cols, tl.sum(dw, axis=0), mask=cm)
+    if HAS_DB:
+        tl.store(DB + cols, tl.sum(db, axis=0), mask=cm)
+
+
+def _split(x: torch.Tensor, normalized_shape: Sequence[int]) -> tuple[int, int, int]:
+    axis = x.dim() - len(normalized_shape)
+    N = math.prod(normalized_shape)
+    M = math.prod(x.shape[:axis])
+    return axis, M, N
+
+
+def _stat_shape(x: torch.Tensor, axis: int) -> list[int]:
+    return list(x.shape[:axis]) + [1] * (x.dim() - axis)
+
+
+@register("native_layer_norm")
+def native_layer_norm(
+    input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    shape = input.shape
+    dims = _DIMS.get((shape, len(normalized_shape)))
+    if dims is None:
+        if len(_DIMS) > 4096:
+            _DIMS.clear()
+        axis, M, N = _split(input, normalized_shape)
+        dims = _DIMS[(shape, len(normalized_shape))] = (M, N, _stat_shape(input, axis))
+    M, N, stat_shape = dims
+    x = input.contiguous()
+    dev = x.device
+    y = torch.empty(shape, dtype=x.dtype, device=dev)
+    # CPU aten keeps the stats in the input dtype; CUDA aten in fp32. fp32 is the safer choice.
+    mean = torch.empty(stat_shape, dtype=torch.float32, device=dev)
+    rstd = torch.empty(stat_shape, dtype=torch.float32, device=dev)
+    if M == 0 or N == 0:
+        return y, mean, rstd
+    w = weight.contiguous() if weight is not None else x
+    b = bias.contiguous() if bias is not None else x
+    has_w, has_b = weight is not None, bias is not None
+    key = (N, x.dtype, w.dtype, b.dtype, has_w, has_b)
+    layer_norm_fwd_kernel.launcher(N, _FWD, key).fixed((M,), x, y, w, b, mean, rstd, N, eps, HAS_W=has_w, HAS_B=has_b)
+    return y, mean, rstd
+
+
+_DIMS: dict = {}
+
+
+@register("native_layer_norm_backward")
+def native_layer_norm_backward(
+    grad_out: torch.Tensor,
+    input: torch.Tensor,
+    normalized_shape: Sequence[int],
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    axis, M, N = _split(input, normalized_shape)
+    x = input.contiguous()
+    dy = grad_out.contiguous()
+    mean, rstd = mean.contiguous(), rstd.contiguous()
+    dx = dw = db = None
+    if output_mask[0]:
+        dx = torch.empty_like(x)
+        if M and N:
+            w = weight.contiguous() if weight is not None else x
+            layer_norm_bwd_dx_kernel[(M,)](dy, x, w, mean, rstd, dx, N, HAS_W=weight is not None)
+    want_dw = output_mask[1] and weight is not None
+    want_db = output_mask[2] and bias is not None
+    if want_dw or want_db:
+        acc_w = torch.zeros(N, dtype=torch.float32, device=x.device)
+        acc_b = torch.zeros(N, dtype=torch.float32, device=x.device)
+        if M and N:
+            grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]),)
+            layer_norm_bwd_dwdb_kernel[grid](dy, x, mean, rstd, acc_w, acc_b, M, N, HAS_DW=want_dw, HAS_DB=want_db)
+        if want_dw:
+            dw = acc_w.to(weight.dtype).view(weight.shape)
+        if want_db:
+            db = acc_b.to(bias.dtype).view(bias.shape)
+    return dx, dw, db

@@ -1,0 +1,348 @@
+"""GEMM family: mm, addmm, bmm, baddbmm, mv, addmv, outer, dot (and their out= forms).
+
+One batched, tiled Triton kernel serves all of them: any row/column-major operand is read
+through its strides (``F.linear``'s transposed weight included), so nothing is copied.
+Tiles walk in grouped order (GROUP_M rows of tiles share B in L2). When M and N leave
+most SMs idle (decode: M = 1..64 against a 4096-wide weight), K is split across
+programs into fp32 partials that a second small kernel sums, scales, adds the bias to
+and casts.
+
+Key strategy: ``[m_class(M), log(M), align32(N), align32(K), batch]`` plus dtypes.
+``m_class`` is "decode" for M <= 256 and "prefill" above, a string, so the nearest-key
+fallback under ``FLAGGEMS_AUTOTUNE=never`` never hands a decode config to a prefill shape
+(strings must match exactly; numbers are compared in log2 distance). ``log(M)`` buckets
+decode sizes 1, 2, 4, ... 256 and prefill 512 ... 16384 apart.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import triton
+import triton.language as tl
+
+from flag_gems.registry import register
+from tuner import libtuner, settings
+
+log = logging.getLogger(__name__)
+
+DECODE_MAX_M = 256
+
+
+def m_class(m: int) -> str:
+    return "decode" if int(m) <= DECODE_MAX_M else "prefill"
+
+
+def _cfg(bm, bn, bk, warps, stages, group=8):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group}, num_warps=warps, num_stages=stages)
+
+
+# Hopper-sized tiles for prefill, narrow-M tiles for decode. Pruned per shape below.
+MM_CONFIGS = [
+    # decode / skinny M: narrow N tiles so a 4096-wide weight still fills every SM
+    _cfg(16, 32, 256, 4, 4), _cfg(16, 64, 128, 4, 4), _cfg(16, 64, 256, 4, 3), _cfg(16, 128, 128, 4, 4),
+    _cfg(32, 32, 256, 4, 4), _cfg(32, 64, 128, 4, 4), _cfg(64, 64, 128, 4, 4), _cfg(64, 128, 64, 4, 4),
+    # prefill: wgmma-sized tiles, 3-4 stages
+    _cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(128, 128, 64, 4, 4), _cfg(128, 256, 64, 8, 3),
+    _cfg(128, 256, 64, 8, 4), _cfg(256, 128, 64, 8, 3), _cfg(64, 256, 64, 4, 4), _cfg(128, 64, 64, 4, 4),
+]
+SMEM_BYTES = 227 * 1024  # Hopper's per-block maximum; smaller parts prune further at compile
+
+
+def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
+    """Drop tiles far larger than the problem and stage counts that cannot fit shared memory."""
+    m, n, k = named["M"], named["N"], named["K"]
+    elt = named["A"].element_size()
+    kept = []
+    for c in configs:
+        bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
+        if bm > max(16, triton.next_power_of_2(m)) or bn > max(64, triton.next_power_of_2(n)) or bk > max(32, triton.next_power_of_2(k)):
+            continue
+        if m <= DECODE_MAX_M and bm >= 128:
+            continue
+        if c["num_stages"] * (bm * bk + bk * bn) * elt > SMEM_BYTES:
+            continue
+        kept.append(c)
+    return kept
+
+
+def _even_k(args: dict) -> bool:
+    return args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0
+
+
+def unit_stride(stride: int) -> int:
+    """Key strategy for a stride: 1 if unit (the operand's layout), else 0."""
+    return int(stride == 1)
+
+
+@libtuner(
+    configs=MM_CONFIGS,
+    key=["M", "M", "N", "K", "BATCH", "s_ak", "s_bk"],
+    strategy=[m_class, "log", "align32", "align32", "log", unit_stride, unit_stride],
+    default=_cfg(64, 128, 64, 4, 4),
+    prune_configs_by=prune_mm_configs,
+)
+# Unit strides as constexprs: the compiler then knows which way each operand is
+# contiguous and vectorizes its loads (row-major A, and B either way: F.linear's weight
+# is read transposed, contiguous along K).
+@triton.heuristics({
+    "EVEN_K": _even_k,
+    "A_K1": lambda args: args["s_ak"] == 1,
+    "B_K1": lambda args: args["s_bk"] == 1,
+    "B_N1": lambda args: args["s_bn"] == 1,
+})
+@triton.jit
+def _mm_kernel(
+    A, B, C, Bias, M, N, K, BATCH,
+    s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, s_bias_b, s_bias_m, s_bias_n,
+    alpha, beta,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr, A_K1: tl.constexpr, B_K1: tl.constexpr, B_N1: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    batch = tl.program_id(2).to(tl.int64)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    group_size = min(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_size
+    pid_n = (pid % width) // group_size
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Out-of-range rows/cols read row/col 0 instead of masking: loads stay unmasked in M/N.
+    ram = tl.where(rm < M, rm, 0).to(tl.int64)
+    rbn = tl.where(rn < N, rn, 0).to(tl.int64)
+    k_chunk = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_lo = pid_k * k_chunk
+    k_hi = min(k_lo + k_chunk, K)
+    rk = k_lo + tl.arange(0, BLOCK_K)
+    if A_K1:
+        a_ptrs = A + batch * s_ab + ram[:, None] * s_am + rk[None, :]
+    else:
+        a_ptrs = A + batch * s_ab + ram[:, None] * s_am + rk[None, :].to(tl.int64) * s_ak
+    if B_K1:
+        b_ptrs = B + batch * s_bb + rk[:, None] + rbn[None, :] * s_bn
+    elif B_N1:
+        b_ptrs = B + batch * s_bb + rk[:, None].to(tl.int64) * s_bk + rbn[None, :]
+    else:
+        b_ptrs = B + batch * s_bb + rk[:, None].to(tl.int64) * s_bk + rbn[None, :] * s_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(k_lo, k_hi, BLOCK_K):
+        if EVEN_K:  # unmasked loads pipeline best
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_mask = (k + tl.arange(0, BLOCK_K)) < k_hi
+            a = tl.load(a_ptrs, mask=k_mask[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=k_mask[:, None], other=0.0)
+        if UPCAST:  # the Triton interpreter's bf16 dot is wrong; compiled code never takes this
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * (1 if A_K1 else s_ak)
+        b_ptrs += BLOCK_K * (1 if B_K1 else s_bk)
+
+    mask = (rm < M)[:, None] & (rn < N)[None, :]
+    if SPLIT_K == 1:
+        acc = acc * alpha
+        if HAS_BIAS:
+            bias = tl.load(Bias + batch * s_bias_b + rm[:, None] * s_bias_m + rn[None, :] * s_bias_n, mask=mask, other=0.0)
+            acc += bias.to(tl.float32) * beta
+        c_ptrs = C + batch * s_cb + rm[:, None] * s_cm + rn[None, :] * s_cn
+        tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=mask)
+    else:  # fp32 partials: C is the workspace [BATCH, SPLIT_K, M, N]
+        c_ptrs = C + (batch * SPLIT_K + pid_k) * M * N + rm[:, None] * N + rn[None, :]
+        tl.store(c_ptrs, acc, mask=mask)
+
+
+@triton.jit
+def _splitk_reduce_kernel(
+    WS, C, Bias, M, N, s_cb, s_cm, s_cn, s_bias_b, s_bias_m, s_bias_n, alpha, beta,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
+):
+    batch = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < M * N
+    rm = offs // N
+    rn = offs % N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(SPLIT_K):
+        acc += tl.load(WS + (batch * SPLIT_K + s) * M * N + offs, mask=mask, other=0.0)
+    acc = acc * alpha
+    if HAS_BIAS:
+        acc += tl.load(Bias + batch * s_bias_b + rm * s_bias_m + rn * s_bias_n, mask=mask, other=0.0).to(tl.float32) * beta
+    tl.store(C + batch * s_cb + rm * s_cm + rn * s_cn, acc.to(C.dtype.element_ty), mask=mask)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    if not torch.cuda.is_available() or settings.get().interpret:
+        return 8
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def split_k_for(m: int, n: int, k: int, batch: int, device: torch.device) -> int:
+    """Split K when the output tiles leave most SMs idle. A split costs a second launch:
+    worth it for mid-sized M (64..256, tiles of 64 x 128) over a long K, and for tiny
+    outputs that even 16 x 32 tiles cannot spread; not for decode against LLM weights,
+    where narrow tiles already fill the GPU."""
+    sms = _sm_count(device.index or 0) if device.type == "cuda" else 8
+    tiles = triton.cdiv(m, 64) * triton.cdiv(n, 128) * batch if m >= 64 else triton.cdiv(m, 16) * triton.cdiv(n, 32) * batch
+    min_k = 1024 if m >= 64 else 512
+    split = 1
+    while split < 16 and tiles * split * 2 <= sms and k // (split * 2) >= min_k:
+        split *= 2
+    return split
+
+
+def _precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _as3d(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    if t.dim() == 2:
+        return t, (0, t.stride(0), t.stride(1))
+    return t, (t.stride(0), t.stride(1), t.stride(2))
+
+
+def _check(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    if a.dtype != b.dtype:
+        raise RuntimeError(f"{what}: expected both operands to have the same dtype, got {a.dtype} and {b.dtype}")
+    if a.shape[-1] != b.shape[-2]:
+        raise RuntimeError(f"{what}: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be multiplied")
+
+
+def gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+    """out = alpha * (a @ b) + beta * bias, for 2-D (mm) or 3-D (bmm) operands.
+
+    ``bias`` must already be broadcast (expanded) to ``out``'s shape; strides may be 0.
+    """
+    batch = a.shape[0] if a.dim() == 3 else 1
+    m, k = a.shape[-2], a.shape[-1]
+    n = b.shape[-1]
+    if out.numel() == 0:
+        return out
+    if k == 0:
+        # an empty sum: alpha * 0 + beta * bias
+        return out.copy_(bias * beta if bias is not None else torch.zeros_like(out))
+    _, (s_ab, s_am, s_ak) = _as3d(a)
+    _, (s_bb, s_bk, s_bn) = _as3d(b)
+    _, (s_cb, s_cm, s_cn) = _as3d(out)
+    has_bias = bias is not None
+    s_bias = _as3d(bias)[1] if has_bias else (0, 0, 0)
+    bias_arg = bias if has_bias else out
+    split = split_k_for(m, n, k, batch, a.device)
+    upcast = settings.get().interpret and a.dtype == torch.bfloat16
+    if split == 1:
+        _mm_kernel[lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(n, META["BLOCK_N"]), 1, batch)](
+            a, b, out, bias_arg, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, *s_bias,
+            alpha, beta, HAS_BIAS=has_bias, SPLIT_K=1, PRECISION=_precision(a.dtype), UPCAST=upcast,
+        )
+        return out
+    ws = torch.empty((batch, split, m, n), device=a.device, dtype=torch.float32)
+    _mm_kernel[lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(n, META["BLOCK_N"]), split, batch)](
+        a, b, ws, bias_arg, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, 0, 0, 0, *s_bias,
+        1.0, 0.0, HAS_BIAS=False, SPLIT_K=split, PRECISION=_precision(a.dtype), UPCAST=upcast,
+    )
+    block = 1024
+    _splitk_reduce_kernel[(triton.cdiv(m * n, block), batch)](
+        ws, out, bias_arg, m, n, s_cb, s_cm, s_cn, *s_bias, alpha, beta, HAS_BIAS=has_bias, SPLIT_K=split, BLOCK=block,
+    )
+    return out
+
+
+def _out_like(a: torch.Tensor, shape: tuple[int, ...], out: torch.Tensor | None) -> torch.Tensor:
+    if out is None:
+        return torch.empty(shape, device=a.device, dtype=a.dtype)
+    if tuple(out.shape) != tuple(shape):
+        out.resize_(shape)
+    return out
+
+
+# -- aten-facing ----------------------------------------------------------------------
+@register("mm", "mm.out")
+def mm(self: torch.Tensor, mat2: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    _check(self, mat2, "mm")
+    res = _out_like(self, (self.shape[0], mat2.shape[1]), out)
+    return gemm(self, mat2, res)
+
+
+@register("addmm", "addmm.out")
+def addmm(self: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, *, beta: float = 1, alpha: float = 1, out: torch.Tensor | None = None) -> torch.Tensor:
+    _check(mat1, mat2, "addmm")
+    shape = (mat1.shape[0], mat2.shape[1])
+    res = _out_like(mat1, shape, out)
+    bias = self.expand(shape) if beta != 0 else None
+    return gemm(mat1, mat2, res, bias, float(alpha), float(beta))
+
+
+@register("bmm", "bmm.out")
+def bmm(self: torch.Tensor, mat2: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    _check(self, mat2, "bmm")
+    if self.shape[0] != mat2.shape[0]:
+        raise RuntimeError(f"bmm: batch sizes differ: {self.shape[0]} vs {mat2.shape[0]}")
+    res = _out_like(self, (self.shape[0], self.shape[1], mat2.shape[2]), out)
+    return gemm(self, mat2, res)
+
+
+@register("baddbmm", "baddbmm.out")
+def baddbmm(self: torch.Tensor, batch1: torch.Tensor, batch2: torch.Tensor, *, beta: float = 1, alpha: float = 1, out: torch.Tensor | None = None) -> torch.Tensor:
+    _check(batch1, batch2, "baddbmm")
+    shape = (batch1.shape[0], batch1.shape[1], batch2.shape[2])
+    res = _out_like(batch1, shape, out)
+    bias = self.expand(shape) if beta != 0 else None
+    return gemm(batch1, batch2, res, bias, float(alpha), float(beta))
+
+
+@register("mv", "mv.out")
+def mv(self: torch.Tensor, vec: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    _check(self, vec.unsqueeze(1), "mv")
+    res = _out_like(self, (self.shape[0],), out)
+    gemm(self, vec.unsqueeze(1), res.unsqueeze(1))
+    return res
+
+
+@register("addmv", "addmv.out")
+def addmv(self: torch.Tensor, mat: torch.Tensor, vec: torch.Tensor, *, beta: float = 1, alpha: float = 1, out: torch.Tensor | None = None) -> torch.Tensor:
+    _check(mat, vec.unsqueeze(1), "addmv")
+    res = _out_like(mat, (mat.shape[0],), out)
+    bias = self.expand(mat.shape[0]).unsqueeze(1) if beta != 0 else None
+    gemm(mat, vec.unsqueeze(1), res.unsqueeze(1), bias, float(alpha), float(beta))
+    return res
+
+
+@register("dot", "dot.out")
+def dot(self: torch.Tensor, tensor: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    if self.dim() != 1 or tensor.dim() != 1 or self.numel() != tensor.numel():
+        raise RuntimeError(f"dot: expected two 1-D tensors of equal size, got {tuple(self.shape)} and {tuple(tensor.shape)}")
+    _check(self.unsqueeze(0), tensor.unsqueeze(1), "dot")
+    res = _out_like(self, (), out)
+    gemm(self.unsqueeze(0), tensor.unsqueeze(1), res.view(1, 1))
+    return res
+
+
+class _Outer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a, b)
+        res = torch.empty((a.shape[0], b.shape[0]), device=a.device, dtype=torch.promote_types(a.dtype, b.dtype))
+        return gemm(a.unsqueeze(1).to(res.dtype), b.unsqueeze(0).to(res.dtype), res)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        a, b = ctx.saved_tensors
+        return grad @ b.to(grad.dtype), grad.t() @ a.to(grad.dtype)
+
+
+@register("outer", autograd=True)
+def outer(self: torch.Tensor, vec2: torch.Tensor) -> torch.Tensor:
+    if self.dim() != 1 or vec2.dim() != 1:
+        raise RuntimeError("outer: expected 1-D tensors")
+    return _Outer.apply(self, vec2)

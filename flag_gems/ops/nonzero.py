@@ -1,0 +1,62 @@
+"""nonzero: count per block, an exclusive scan of the counts, then each block writes the
+coordinates of its nonzeros at its offset. The output size needs one host sync, as in aten."""
+from __future__ import annotations
+
+import logging
+
+import torch
+import triton
+import triton.language as tl
+
+from flag_gems.registry import register
+
+log = logging.getLogger(__name__)
+
+BLOCK = 1024
+
+
+@triton.jit
+def _nonzero(v):
+    if v.dtype.is_floating():  # never compare bf16 directly (wrong in the interpreter)
+        if v.dtype.primitive_bitwidth < 64:
+            v = v.to(tl.float32)
+    return v != 0
+
+
+@triton.jit
+def nonzero_count_kernel(x, counts, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    nz = _nonzero(tl.load(x + i, mask=i < n, other=0)) & (i < n)
+    tl.store(counts + tl.program_id(0), tl.sum(nz.to(tl.int64), axis=0))
+
+
+@triton.jit
+def nonzero_write_kernel(x, offsets, shape, out, n, NDIM: tl.constexpr, BLOCK: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    nz = _nonzero(tl.load(x + i, mask=i < n, other=0)) & (i < n)
+    row = tl.load(offsets + tl.program_id(0)) + tl.cumsum(nz.to(tl.int64), axis=0) - 1
+    rest = i
+    for d in tl.static_range(NDIM - 1, -1, -1):  # coordinates from the innermost dim
+        size = tl.load(shape + d)
+        tl.store(out + row * NDIM + d, rest % size, mask=nz)
+        rest = rest // size
+
+
+@register("nonzero")
+def nonzero(x: torch.Tensor) -> torch.Tensor:
+    flat = x.reshape(-1).contiguous()
+    if flat.dtype == torch.bool:
+        flat = flat.view(torch.uint8)
+    n, ndim = flat.numel(), x.dim()
+    nblocks = triton.cdiv(n, BLOCK)
+    if n == 0:
+        return torch.empty((0, ndim), dtype=torch.int64, device=x.device)
+    counts = torch.empty(nblocks, dtype=torch.int64, device=x.device)
+    nonzero_count_kernel[(nblocks,)](flat, counts, n, BLOCK=BLOCK)
+    offsets = torch.cumsum(counts, 0)
+    total = int(offsets[-1].item())
+    out = torch.empty((total, ndim), dtype=torch.int64, device=x.device)
+    if total and ndim:
+        shape = torch.tensor(list(x.shape), dtype=torch.int64, device=x.device)
+        nonzero_write_kernel[(nblocks,)](flat, offsets - counts, shape, out, n, NDIM=ndim, BLOCK=BLOCK)
+    return out

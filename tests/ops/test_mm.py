@@ -1,0 +1,140 @@
+"""GEMM family through torch.* under flag_gems: layouts, transposes, dtypes, batches,
+M = 1 (decode, split-K) and addmm/baddbmm scaling, against a float64 reference."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flag_gems.ops import mm as mm_ops
+from tests.helpers import DEVICE, FLOAT_DTYPES, assert_close, gems_ran
+
+SHAPES = [(1, 40, 33), (7, 33, 65), (33, 64, 17), (70, 5, 129)]  # (M, N, K)
+
+
+def rand(*shape, dtype=torch.float32):
+    return torch.randn(*shape, device=DEVICE, dtype=dtype)
+
+
+def check(actual, expected, dtype, k):
+    assert_close(actual, expected, dtype, reduce_dim=k)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, True)])
+def test_mm_layouts(dtype, m, n, k, trans_a, trans_b):
+    a = rand(k, m, dtype=dtype).t() if trans_a else rand(m, k, dtype=dtype)
+    b = rand(n, k, dtype=dtype).t() if trans_b else rand(k, n, dtype=dtype)
+    with gems_ran("_mm_kernel"):
+        out = torch.mm(a, b)
+    check(out, a.double() @ b.double(), dtype, k)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_linear_reaches_gemm(dtype):
+    x, w, b = rand(3, 5, 48, dtype=dtype), rand(24, 48, dtype=dtype), rand(24, dtype=dtype)
+    with gems_ran("_mm_kernel"):
+        y = F.linear(x, w, b)
+        y2 = F.linear(x, w)
+    check(y, F.linear(x.double(), w.double(), b.double()), dtype, 48)
+    check(y2, F.linear(x.double(), w.double()), dtype, 48)
+
+
+def test_decode_uses_split_k():
+    m, n, k = 1, 32, 8192
+    assert mm_ops.split_k_for(m, n, k, 1, torch.device(DEVICE)) > 1
+    a, b = rand(m, k), rand(k, n)
+    with gems_ran("_mm_kernel", "_splitk_reduce_kernel"):
+        out = a @ b
+    check(out, a.double() @ b.double(), torch.float32, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("beta,alpha", [(1, 1), (0.5, 2.0), (0, 1)])
+def test_addmm(dtype, beta, alpha):
+    bias, a, b = rand(17, dtype=dtype), rand(9, 31, dtype=dtype), rand(31, 17, dtype=dtype)
+    with gems_ran("_mm_kernel"):
+        out = torch.addmm(bias, a, b, beta=beta, alpha=alpha)
+    check(out, beta * bias.double() + alpha * (a.double() @ b.double()), dtype, 31)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_bmm_and_baddbmm(dtype):
+    a, b = rand(3, 9, 20, dtype=dtype), rand(3, 33, 20, dtype=dtype).transpose(1, 2)
+    bias = rand(1, 9, 33, dtype=dtype)
+    with gems_ran("_mm_kernel"):
+        out = torch.bmm(a, b)
+        out2 = torch.baddbmm(bias, a, b, beta=0.5, alpha=1.5)
+        out3 = a @ b  # matmul on 3-D reaches bmm
+    ref = a.double() @ b.double()
+    check(out, ref, dtype, 20)
+    check(out2, 0.5 * bias.double() + 1.5 * ref, dtype, 20)
+    check(out3, ref, dtype, 20)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_mv_addmv_dot_outer(dtype):
+    mat, vec, v2 = rand(13, 37, dtype=dtype), rand(37, dtype=dtype), rand(37, dtype=dtype)
+    bias = rand(13, dtype=dtype)
+    with gems_ran("_mm_kernel"):
+        mv = torch.mv(mat, vec)
+        amv = torch.addmv(bias, mat, vec, beta=2.0, alpha=0.5)
+        d = torch.dot(vec, v2)
+        o = torch.outer(vec[:5], v2[:7])
+    check(mv, mat.double() @ vec.double(), dtype, 37)
+    check(amv, 2.0 * bias.double() + 0.5 * (mat.double() @ vec.double()), dtype, 37)
+    check(d, vec.double() @ v2.double(), dtype, 37)
+    check(o, torch.outer(vec[:5].double(), v2[:7].double()), dtype, 1)
+
+
+def test_out_variants_and_empty():
+    a, b = rand(5, 7), rand(7, 3)
+    out = torch.empty(5, 3, device=DEVICE)
+    with gems_ran("_mm_kernel"):
+        torch.mm(a, b, out=out)
+    check(out, a.double() @ b.double(), torch.float32, 7)
+    import flag_gems
+
+    with flag_gems.use_gems():
+        assert torch.mm(rand(0, 4), rand(4, 3)).shape == (0, 3)
+        z = torch.mm(rand(3, 0), rand(0, 2))
+    assert torch.equal(z, torch.zeros(3, 2, device=DEVICE))
+
+
+def test_shape_and_dtype_errors():
+    import flag_gems
+
+    with flag_gems.use_gems():
+        with pytest.raises(RuntimeError):
+            torch.mm(rand(3, 4), rand(5, 6))
+        with pytest.raises(RuntimeError):
+            torch.mm(rand(3, 4), rand(4, 6, dtype=torch.float16))
+
+
+def test_m_class_never_shares_bucket():
+    from tuner.keys import next_power_of_2
+
+    decode = {(mm_ops.m_class(m), next_power_of_2(m)) for m in range(1, 257)}
+    prefill = {(mm_ops.m_class(m), next_power_of_2(m)) for m in range(257, 16385, 97)}
+    assert all(c == "decode" for c, _ in decode) and all(c == "prefill" for c, _ in prefill)
+    assert not decode & prefill
+
+
+def test_never_policy_nearest_stays_in_m_class():
+    from tuner.libtuner import nearest
+    from tuner.store import Identity, Record
+    from tuner.fingerprint import current
+    import json
+
+    recs = [Record(Identity("k", "h", json.dumps(key), current()), {"tag": tag}, 1, 1, 1, 1)
+            for key, tag in [(["decode", 256, 4096, 4096], "d"), (["prefill", 8192, 4096, 4096], "p")]]
+    assert nearest(["prefill", 512, 4096, 4096], recs).config["tag"] == "p"
+    assert nearest(["decode", 1, 4096, 4096], recs).config["tag"] == "d"
+
+
+def test_mid_m_long_k_splits():
+    m, n, k = 64, 32, 4096
+    assert mm_ops.split_k_for(m, n, k, 1, torch.device(DEVICE)) > 1 or DEVICE == "cuda"
+    a, b = rand(m, k, dtype=torch.float16), rand(n, k, dtype=torch.float16).t()
+    with gems_ran("_mm_kernel"):
+        out = a @ b
+    check(out, a.double() @ b.double(), torch.float16, k)

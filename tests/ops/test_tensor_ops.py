@@ -1,0 +1,267 @@
+"""Tensor ops: cat/stack, index_select/gather/scatter, sort/topk/unique, flip/repeat/tile,
+constant_pad_nd, triu/tril, nonzero. Exact ops (copies, selections) compare bit-exactly."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import flag_gems
+
+from tests.helpers import DEVICE, FLOAT_DTYPES, assert_close, gems_ran, to_reference
+
+DTYPES = FLOAT_DTYPES + [torch.int32, torch.int64]
+
+
+def rand(shape, dtype, lo=-50, hi=50):
+    if dtype.is_floating_point:
+        return (torch.randn(shape, device=DEVICE) + 0.1).to(dtype)
+    return torch.randint(lo, hi, shape, device=DEVICE, dtype=dtype)
+
+
+def same(actual, expected):
+    """Bit-exact match (a float64 reference only fixes the values, not the dtype)."""
+    if expected.dtype != torch.float64:
+        assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert_close(actual, to_reference(expected), actual.dtype, atol=0, rtol=0)
+
+
+# -- cat / stack -------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cat_kv_cache_one_launch(dtype):
+    cache = rand((2, 3, 7, 4), dtype)
+    new = rand((2, 1, 3, 4), dtype).transpose(1, 2)  # non-contiguous
+    with gems_ran("cat_kernel") as launched:
+        out = torch.cat([cache, new], dim=-2)
+    assert launched["cat_kernel"] == 1
+    same(out, torch.cat([to_reference(cache), to_reference(new)], dim=-2))
+
+
+def test_cat_strided_inputs_read_in_place():
+    """Views whose trailing dims are contiguous (a sliced cache, a transposed new token)
+    are read through their row stride: one launch, no copies; others are still right."""
+    base = torch.randn(2, 3, 7, 8, device=DEVICE)
+    cache = base[:, :, :5]  # rows of 40 at stride 56
+    new = torch.randn(2, 1, 3, 8, device=DEVICE).transpose(1, 2)  # (2, 3, 1, 8), not contiguous
+    with gems_ran("cat_kernel") as launched:
+        out = torch.cat([cache, new], dim=2)
+    assert dict(launched) == {"cat_kernel": 1}
+    same(out, torch.cat([cache.contiguous(), new.contiguous()], dim=2))
+    odd = base[:, ::2]  # outer dims do not collapse: copied first
+    with flag_gems.use_gems():
+        out2 = torch.cat([odd, odd], dim=-1)
+    same(out2, torch.cat([odd.contiguous(), odd.contiguous()], dim=-1))
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_cat_many_and_legacy_empty(dim):
+    # six inputs (two launches), sizes differing along dim, non-contiguous through movedim
+    ts = [rand((2 + i, 4, 5), torch.float32).movedim(0, dim) for i in range(6)]
+    with gems_ran("cat_kernel"):
+        out = torch.cat(ts + [torch.empty(0, device=DEVICE)], dim=dim)
+    same(out, torch.cat(ts, dim=dim))
+
+
+def test_cat_mixed_dtypes_and_out():
+    a = rand((2, 3), torch.int32)
+    b = rand((2, 2), torch.bfloat16)
+    with gems_ran("cat_kernel"):
+        out = torch.cat([a, b], -1)
+    same(out, torch.cat([a, b], -1))
+    o = torch.empty(0, dtype=torch.float32, device=DEVICE)
+    with gems_ran("cat_kernel"):
+        torch.cat([b, b], 0, out=o)
+    same(o, torch.cat([b, b]).float())
+
+
+def test_cat_only_empty():
+    import flag_gems
+
+    with flag_gems.use_gems():
+        out = torch.cat([torch.empty(0, device=DEVICE), torch.empty(0, dtype=torch.int64, device=DEVICE)])
+        out2 = torch.cat([torch.empty(2, 0, device=DEVICE), torch.empty(2, 0, device=DEVICE)], 1)
+    assert out.shape == (0,) and out.dtype == torch.float32
+    assert out2.shape == (2, 0)
+
+
+@pytest.mark.parametrize("dim", [0, -1, 2])
+def test_stack(dim):
+    ts = [rand((3, 5), torch.float16) for _ in range(3)]
+    with gems_ran("cat_kernel"):
+        out = torch.stack(ts, dim=dim)
+    same(out, torch.stack(ts, dim=dim))
+
+
+# -- index_select / gather / scatter -----------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_index_select(dtype):
+    x = rand((5, 6, 7), dtype).transpose(0, 2)
+    idx = torch.tensor([3, 0, 4, 4, 1], device=DEVICE)
+    for dim in (0, -1):
+        with gems_ran("index_select_kernel"):
+            out = torch.index_select(x, dim, idx)
+        same(out, torch.index_select(x, dim, idx))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather(dtype):
+    x = rand((5, 6, 7), dtype).transpose(0, 2)  # (7, 6, 5)
+    gi = torch.randint(0, 6, (4, 5, 3), device=DEVICE)
+    with gems_ran("gather_scatter_kernel"):
+        out = torch.gather(x, -2, gi)
+    same(out, torch.gather(x, -2, gi))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scatter(dtype):
+    x = rand((7, 6, 5), dtype)
+    src = rand((4, 6, 3), dtype)
+    # distinct indices along dim 1 (duplicates make plain scatter order-dependent)
+    perm = torch.stack([torch.randperm(6)[:5] for _ in range(12)]).reshape(4, 3, 5).transpose(1, 2).to(DEVICE)
+    gi = torch.randint(0, 6, (4, 5, 3), device=DEVICE)
+    with gems_ran("gather_scatter_kernel"):
+        r_src = x.scatter(1, perm, src)
+        r_val = x.scatter(-2, perm, 2)
+        r_add = x.scatter_add(1, gi, src)
+        r_red = x.scatter(1, gi, src, reduce="add")
+        inplace = x.clone()
+        inplace.scatter_(1, perm, src)
+    same(r_src, x.scatter(1, perm, src))
+    same(r_val, x.scatter(-2, perm, 2))
+    same(inplace, r_src)
+    ref = to_reference(x).scatter_add(1, gi, to_reference(src))
+    n = 6 if dtype.is_floating_point else 1
+    assert_close(r_add, ref, dtype, reduce_dim=n)
+    assert_close(r_red, ref, dtype, reduce_dim=n)
+
+
+# -- sort / topk / unique ----------------------------------------------------------------
+SORT_DTYPES = FLOAT_DTYPES + [torch.int32]
+
+
+@pytest.mark.parametrize("dtype", SORT_DTYPES)
+@pytest.mark.parametrize("descending", [False, True])
+def test_sort_stable(dtype, descending):
+    x = rand((5, 33), dtype, -4, 4).t()  # ties, non-contiguous, sort over dim 0
+    if dtype.is_floating_point:
+        x = torch.where(torch.rand_like(x, dtype=torch.float32) < 0.2, torch.zeros_like(x), x)
+    with gems_ran("sort_kernel"):
+        v, i = torch.sort(x, dim=0, descending=descending, stable=True)
+    rv, ri = torch.sort(x, dim=0, descending=descending, stable=True)
+    same(v, rv)
+    same(i, ri)
+
+
+def test_sort_nan_and_one_element():
+    x = torch.tensor([[1.0, float("nan"), -float("inf"), 0.5], [2.0, -1.0, float("nan"), 3.0]], device=DEVICE)
+    for desc in (False, True):
+        with gems_ran("sort_kernel"):
+            v, i = torch.sort(x, descending=desc, stable=True)
+        rv, ri = torch.sort(x, descending=desc, stable=True)
+        assert torch.equal(i, ri)
+        torch.testing.assert_close(v, rv, equal_nan=True)
+    with gems_ran("sort_kernel"):
+        v, i = torch.sort(torch.tensor([[3.0]], device=DEVICE))
+    assert v.item() == 3.0 and i.item() == 0
+
+
+@pytest.mark.parametrize("dtype", SORT_DTYPES)
+@pytest.mark.parametrize("largest", [True, False])
+def test_topk(dtype, largest):
+    x = rand((33, 6), dtype)
+    with gems_ran("sort_kernel"):
+        v, i = torch.topk(x, 4, dim=0, largest=largest)
+    rv, _ = torch.topk(x, 4, dim=0, largest=largest)
+    same(v, rv)
+    same(x.gather(0, i), rv)
+
+
+def test_topk_long_row_stages(monkeypatch):
+    from flag_gems.ops import sort as sort_mod
+
+    # rows longer than MAX_SORT go through reduction stages (shrunk: the interpreter is slow)
+    monkeypatch.setattr(sort_mod, "MAX_SORT", 64)
+    x = torch.randn(2, 1000, device=DEVICE)
+    with gems_ran("sort_kernel") as launched:
+        v, i = torch.topk(x, 7)
+    assert launched["sort_kernel"] == 3  # 1000 -> 32 segments * 7 = 224 -> 7 * 7 = 49 -> final
+    rv, ri = torch.topk(x, 7)
+    same(v, rv)
+    same(i, ri)
+
+
+@pytest.mark.parametrize("return_inverse", [False, True])
+@pytest.mark.parametrize("return_counts", [False, True])
+def test_unique2_int(return_inverse, return_counts):
+    x = torch.randint(-10, 10, (7, 9), dtype=torch.int32, device=DEVICE)
+    with gems_ran("unique_kernel"):
+        got = torch.ops.aten._unique2(x, True, return_inverse, return_counts)
+    for a, b in zip(got, torch.ops.aten._unique2(x, True, return_inverse, return_counts)):
+        same(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int64])
+def test_unique_through_torch(dtype):
+    x = torch.cat([rand((40,), dtype, 0, 20)] * 2)
+    inverse = dtype != torch.int64  # int64 with inverse is left to aten
+    with gems_ran("unique_kernel"):
+        got = torch.unique(x, return_inverse=inverse, return_counts=True)
+    for a, b in zip(got, torch.unique(x, return_inverse=inverse, return_counts=True)):
+        same(a, b)
+
+
+# -- flip / repeat / tile / pad / triu / tril --------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_flip(dtype):
+    x = rand((3, 4, 5), dtype).transpose(0, 2)
+    with gems_ran("nd_gather_kernel"):
+        out = torch.flip(x, [0, -1])
+    same(out, torch.flip(x, [0, -1]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_repeat_and_tile(dtype):
+    x = rand((3, 5), dtype).t()
+    with gems_ran("nd_gather_kernel"):
+        r = x.repeat(2, 1, 3)
+        t = x.tile((2,))
+    same(r, x.repeat(2, 1, 3))
+    same(t, x.tile((2,)))
+    import flag_gems
+
+    with flag_gems.use_gems():
+        e = x.repeat(0, 2)
+    assert e.shape == (0, 6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_constant_pad(dtype):
+    x = rand((2, 3, 5), dtype).transpose(1, 2)
+    for pad in [(1, 2), (1, 2, -1, 1), (0, 0, 2, 0, 1, 1)]:
+        with gems_ran("nd_gather_kernel"):
+            out = F.pad(x, pad, value=3)
+        same(out, F.pad(x, pad, value=3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("diagonal", [0, 2, -1])
+def test_triu_tril(dtype, diagonal):
+    x = rand((2, 7, 5), dtype).transpose(1, 2)
+    with gems_ran("tri_kernel"):
+        u, low = torch.triu(x, diagonal), torch.tril(x, diagonal)
+    same(u, torch.triu(x, diagonal))
+    same(low, torch.tril(x, diagonal))
+    o = torch.empty(0, dtype=dtype, device=DEVICE)
+    with gems_ran("tri_kernel"):
+        torch.triu(x[0], diagonal, out=o)
+    same(o, torch.triu(x[0], diagonal))
+
+
+# -- nonzero -----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int32, torch.bool])
+def test_nonzero(dtype):
+    x = (torch.rand((33, 65), device=DEVICE) < 0.3).to(dtype).t()
+    with gems_ran("nonzero_write_kernel"):
+        out = torch.nonzero(x)
+    same(out, torch.nonzero(x))
+    with gems_ran("nonzero_count_kernel"):
+        none = torch.nonzero(torch.zeros(7, device=DEVICE, dtype=dtype))
+    assert none.shape == (0, 1)

@@ -1,0 +1,154 @@
+"""The public API: enable/disable, unused, use_gems nesting and restore, the record log,
+device and vendor detection, and that importing flag_gems registers nothing."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import flag_gems
+from flag_gems import registry, runtime
+from tests.helpers import DEVICE, count_kernels
+
+
+@pytest.fixture(autouse=True)
+def clean_state():
+    flag_gems.disable()
+    yield
+    flag_gems.disable()
+
+
+REDUCE = "_reduce_kernel"  # flag_gems' sum/mean kernel
+
+
+def ran_gems(fn, kernel: str = REDUCE) -> bool:
+    """Whether ``fn`` launched flag_gems' kernel (aten's own kernels may call other
+    flag_gems ops, such as fill_, so only the op's kernel tells)."""
+    with count_kernels() as launched:
+        fn()
+    return launched[kernel] > 0
+
+
+def x():
+    return torch.randn(4, 33, device=DEVICE)
+
+
+def test_enable_then_disable_restores_aten():
+    t = x()
+    flag_gems.enable()
+    assert ran_gems(lambda: torch.sum(t)) and flag_gems.is_enabled("sum")
+    flag_gems.disable()
+    assert not ran_gems(lambda: torch.sum(t)) and not flag_gems.is_enabled()
+    assert registry.STATE.lib is None
+
+
+def test_unused_by_name_and_overload():
+    t = x()
+    flag_gems.enable(unused=["sum"])
+    assert not ran_gems(lambda: torch.sum(t)) and not ran_gems(lambda: t.sum(dim=1))
+    assert ran_gems(lambda: torch.mean(t))
+    flag_gems.enable(unused=["sum.dim_IntList", "aten::mean"])
+    assert ran_gems(lambda: torch.sum(t)) and not ran_gems(lambda: t.sum(dim=1)) and not ran_gems(lambda: t.mean())
+
+
+def test_unknown_unused_name_is_clear_error():
+    with pytest.raises(ValueError, match="no_such_op"):
+        flag_gems.enable(unused=["no_such_op"])
+    assert not flag_gems.is_enabled()
+
+
+def test_use_gems_nesting_and_restore_on_exception():
+    t = x()
+    assert not ran_gems(lambda: torch.sum(t))
+    with flag_gems.use_gems():
+        assert ran_gems(lambda: torch.sum(t))
+        with flag_gems.use_gems(unused=["sum"]):
+            assert not ran_gems(lambda: torch.sum(t)) and ran_gems(lambda: torch.mean(t))
+        assert ran_gems(lambda: torch.sum(t))
+        with pytest.raises(KeyError):
+            with flag_gems.use_gems(unused=["mean"]):
+                raise KeyError("boom")
+        assert ran_gems(lambda: torch.mean(t))
+    assert not ran_gems(lambda: torch.sum(t))
+    torch.testing.assert_close(torch.sum(t), t.double().sum().float())
+
+
+def test_use_gems_inside_enable_restores_enabled_state():
+    t = x()
+    flag_gems.enable(unused=["mean"])
+    with flag_gems.use_gems():
+        assert ran_gems(lambda: torch.mean(t))
+    assert not ran_gems(lambda: torch.mean(t)) and ran_gems(lambda: torch.sum(t))
+
+
+def test_use_gems_does_not_reregister(monkeypatch):
+    with flag_gems.use_gems():
+        pass
+    lib = registry.STATE.lib
+    calls = []
+    monkeypatch.setattr(torch.library.Library, "impl", lambda *a, **k: calls.append(a))
+    t0 = time.perf_counter()
+    for _ in range(200):
+        with flag_gems.use_gems():
+            pass
+    per_enter_us = (time.perf_counter() - t0) / 200 * 1e6
+    assert calls == [] and registry.STATE.lib is lib
+    print(f"use_gems enter+exit: {per_enter_us:.1f} us for {len(registry.entries())} ops")
+
+
+def test_record_log(tmp_path):
+    path = tmp_path / "rec.jsonl"
+    t = x()
+    flag_gems.enable(record=True, path=path)
+    torch.sum(t)
+    t.sum(dim=1, keepdim=True)
+    flag_gems.enable()
+    torch.sum(t)  # not recorded any more
+    lines = [json.loads(l) for l in path.read_text().splitlines()]
+    assert [l["op"] for l in lines] == ["sum", "sum.dim_IntList"]
+    assert lines[0]["args"][0]["shape"] == [4, 33] and lines[0]["args"][0]["dtype"] == "float32"
+
+
+def test_nested_scope_keeps_outer_recording(tmp_path):
+    path = tmp_path / "rec.jsonl"
+    t = x()
+    flag_gems.enable(record=True, path=path)
+    with flag_gems.use_gems(unused=["mean"]):
+        torch.sum(t)
+    torch.sum(t)
+    assert [json.loads(l)["op"] for l in path.read_text().splitlines()] == ["sum", "sum"]
+
+
+def test_record_off_formats_nothing(monkeypatch):
+    flag_gems.enable()
+    monkeypatch.setattr(registry, "_describe", lambda a: pytest.fail("formatted while record is off"))
+    torch.sum(x())
+
+
+def test_device_and_vendor(monkeypatch):
+    assert flag_gems.device == DEVICE
+    monkeypatch.setenv("GEMS_VENDOR", "nvidia")
+    runtime.reset()
+    assert flag_gems.vendor_name == "nvidia" and flag_gems.device == "cuda"
+    monkeypatch.setenv("GEMS_VENDOR", "acme")
+    runtime.reset()
+    with pytest.raises(runtime.VendorError, match="known vendors: amd, cpu, nvidia"):
+        flag_gems.vendor_name
+    monkeypatch.delenv("GEMS_VENDOR")
+    runtime.reset()
+    assert flag_gems.device == DEVICE
+
+
+def test_import_registers_nothing_and_parses_no_argv():
+    code = (
+        "import sys, torch; sys.argv = ['prog', '--bogus-flag'];"
+        "import flag_gems; from flag_gems import registry;"
+        "assert registry.STATE.lib is None and not registry._ENTRIES, 'registered at import';"
+        "assert 'flag_gems.ops' not in sys.modules; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
