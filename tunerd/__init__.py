@@ -1,0 +1,1 @@
+"""tunerd: serves the tuning DB over HTTP to a cluster."""

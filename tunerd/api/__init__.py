@@ -1,0 +1,1 @@
+"""tunerd's HTTP API (versioned under ``/v1``)."""

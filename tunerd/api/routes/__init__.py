@@ -1,0 +1,1 @@
+"""Thin routers: validate (pydantic), authorize (deps), call crud, shape the answer."""

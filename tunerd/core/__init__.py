@@ -1,0 +1,1 @@
+"""tunerd's settings and database engine."""
