@@ -1,0 +1,123 @@
+"""GPU check of issue 8: a 2-layer Llama-2-7B-shaped model (hidden 4096, intermediate
+11008, 32 heads, vocab 32000, bf16, random weights) under torch eager, plain
+``flag_gems.enable()`` and enable() + ``apply_gems_patches_to_transformers()``.
+
+Checks the logits match eager (bf16 tolerance), then times warm prefill (1x512) and
+decode (8 sequences x 1 token over a 512-token KV cache), and prints a Markdown table
+for docs/performance.md. ``--first-call`` also times the first prefill in fresh
+processes (run ``gems-pretune workloads/llama7b.yaml`` first for the pretuned-DB figure).
+
+    python benchmarks/bench_llama.py [--layers 2] [--iters 20] [--first-call]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def build(layers: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
+                      num_hidden_layers=layers, vocab_size=32000, max_position_embeddings=4096)
+    cfg._attn_implementation = "sdpa"
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    return model
+
+
+def _prefill(model, ids):
+    return model(input_ids=ids, use_cache=True)
+
+
+def _decode_setup(model, batch=8, ctx=512):
+    ids = torch.randint(0, 32000, (batch, ctx), device="cuda")
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+    return out.past_key_values, torch.randint(0, 32000, (batch, 1), device="cuda")
+
+
+def timed(fn, iters: int) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(iters):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def measure(model, iters: int):
+    ids = torch.randint(0, 32000, (1, 512), device="cuda", generator=None)
+    with torch.no_grad():
+        prefill_ms = timed(lambda: _prefill(model, ids), iters)
+        cache, tok = _decode_setup(model)
+
+        def decode():
+            cache.crop(512)  # each step appends one token: decode from the same length
+            return model(input_ids=tok, past_key_values=cache, use_cache=True)
+
+        decode_ms = timed(decode, iters)
+        logits = model(input_ids=ids).logits.float()
+    return prefill_ms, decode_ms, logits
+
+
+def first_call(mode: str, layers: int) -> float:
+    code = f"""
+import time, torch, flag_gems, sys
+sys.path.insert(0, 'benchmarks')
+from bench_llama import build
+m = build({layers}); ids = torch.randint(0, 32000, (1, 512), device='cuda'); torch.cuda.synchronize()
+if {mode!r} == 'patches': flag_gems.apply_gems_patches_to_transformers()
+flag_gems.enable(); t = time.perf_counter()
+with torch.no_grad(): m(input_ids=ids)
+torch.cuda.synchronize(); print(time.perf_counter() - t)
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1]) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--first-call", action="store_true")
+    args = ap.parse_args()
+    import flag_gems
+
+    model = build(args.layers)
+    rows = {}
+    rows["torch eager"] = measure(model, args.iters)
+    flag_gems.enable()
+    rows["flag_gems enable()"] = measure(model, args.iters)
+    flag_gems.apply_gems_patches_to_transformers()
+    rows["enable() + patches"] = measure(model, args.iters)
+    flag_gems.revert_transformers_patches()
+    flag_gems.disable()
+
+    ref = rows["torch eager"][2]
+    print(f"| {torch.cuda.get_device_name()} | prefill 1x512 (ms) | decode 8x1 (ms) | vs eager (prefill / decode) | max abs dlogit |")
+    print("|---|---|---|---|---|")
+    for name, (p, d, logits) in rows.items():
+        diff = (logits - ref).abs().max().item()
+        print(f"| {name} | {p:.2f} | {d:.2f} | {p / rows['torch eager'][0]:.2f}x / {d / rows['torch eager'][1]:.2f}x | {diff:.3g} |")
+        torch.testing.assert_close(logits, ref, rtol=1.6e-2, atol=0.1 * ref.abs().max().item())
+    if args.first_call:
+        res = {m: first_call(m, args.layers) for m in ("plain", "patches")}
+        print("first prefill in a fresh process (ms):", json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

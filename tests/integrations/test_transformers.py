@@ -1,0 +1,108 @@
+"""HF transformers: a 1-layer, hidden-64 Llama (random weights, float32, CPU interpreter)
+under plain flag_gems (``use_gems()``, i.e. enable() for a block) and with the fused-module
+patches, logits compared with torch's, KV-cache decode (torch.cat on the cache) included."""
+import pytest
+import torch
+
+import flag_gems
+from tests.helpers import DEVICE, count_kernels
+
+transformers = pytest.importorskip("transformers")
+
+
+def _config(cls_name="LlamaConfig", **kw):
+    cfg = getattr(transformers, cls_name)(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, **kw,
+    )
+    cfg._attn_implementation = "eager"  # attention as matmul + softmax: aten ops flag_gems runs
+    return cfg
+
+
+def _model(arch="Llama", seed=0):
+    torch.manual_seed(seed)
+    m = getattr(transformers, f"{arch}ForCausalLM")(_config(f"{arch}Config")).to(DEVICE).eval()
+    with torch.no_grad():  # RMSNorm weights are ones at init: make them count
+        for n, p in m.named_parameters():
+            if "norm" in n:
+                p.uniform_(0.5, 1.5)
+    return m
+
+
+def _prefill_decode(model, ids, next_ids):
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        out2 = model(input_ids=next_ids, past_key_values=out.past_key_values, use_cache=True)
+    return out.logits, out2.logits
+
+
+def _ids():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 96, (2, 5), generator=g).to(DEVICE), torch.randint(0, 96, (2, 1), generator=g).to(DEVICE)
+
+
+def _close(a, b):
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_llama_plain_enable(tmp_path):
+    import json
+
+    model = _model()
+    ids, nxt = _ids()
+    ref = _prefill_decode(model, ids, nxt)
+    rec = tmp_path / "ops.jsonl"
+    with count_kernels() as k, flag_gems.use_gems(record=True, path=rec):
+        got = _prefill_decode(model, ids, nxt)
+    assert sum(k.values()) > 0 and k["_mm_kernel"] > 0, dict(k)
+    ran = {json.loads(line)["op"] for line in rec.read_text().splitlines()}
+    assert {"cat", "mm", "bmm", "embedding", "_softmax"} <= ran, ran  # cat: the KV cache update
+    for a, b in zip(got, ref):
+        _close(a, b)
+
+
+def test_llama_patches_and_revert():
+    from transformers.models.llama import modeling_llama as ml
+
+    originals = (ml.LlamaRMSNorm.forward, ml.LlamaMLP.forward, ml.apply_rotary_pos_emb)
+    model = _model()
+    ids, nxt = _ids()
+    ref = _prefill_decode(model, ids, nxt)
+    flag_gems.apply_gems_patches_to_transformers()
+    try:
+        assert ml.LlamaRMSNorm.forward is not originals[0] and ml.apply_rotary_pos_emb is not originals[2]
+        with count_kernels() as k:
+            got = _prefill_decode(model, ids, nxt)  # the patches alone: aten GEMMs
+        for name in ("rms_norm_fwd_kernel", "rotary_kernel", "gated_act_kernel"):
+            assert k[name] > 0, dict(k)
+        for a, b in zip(got, ref):
+            _close(a, b)
+        with flag_gems.use_gems():  # patches + every aten op on flag_gems
+            got = _prefill_decode(model, ids, nxt)
+        for a, b in zip(got, ref):
+            _close(a, b)
+        # training is left to the originals (the patched functions have no backward)
+        model.train()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        assert model.model.layers[0].mlp.gate_proj.weight.grad is not None
+    finally:
+        flag_gems.revert_transformers_patches()
+    assert (ml.LlamaRMSNorm.forward, ml.LlamaMLP.forward, ml.apply_rotary_pos_emb) == originals
+
+
+@pytest.mark.parametrize("arch", ["Qwen2", "Mistral"])
+def test_other_families_patched(arch):
+    model = _model(arch)
+    ids, nxt = _ids()
+    ref = _prefill_decode(model, ids, nxt)
+    flag_gems.apply_gems_patches_to_transformers()
+    try:
+        with count_kernels() as k:
+            got = _prefill_decode(model, ids, nxt)
+        for name in ("rms_norm_fwd_kernel", "rotary_kernel", "gated_act_kernel"):
+            assert k[name] > 0, dict(k)
+    finally:
+        flag_gems.revert_transformers_patches()
+    for a, b in zip(got, ref):
+        _close(a, b)

@@ -1,0 +1,287 @@
+"""gems-pretune at interpreter scale: the keys pretune stores for workloads/smoke.yaml are
+exactly the keys a tiny Llama-like layer requests under flag_gems (0 misses after); resume
+after an interruption; the --from-misses loop; the captured-workload loop; the CLI."""
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import flag_gems
+import tuner
+from tuner import bench, settings
+from tuner import pretune as pt
+from tuner import workload as wl
+from tuner.store import default_store, set_default_store
+from tests.helpers import DEVICE
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "workloads" / "smoke.yaml"
+
+
+def fake_time(req):
+    """Deterministic and launch-free: a config's time is a hash of it and the key."""
+    h = zlib.crc32(json.dumps([req.config, [str(k) for k in req.key]], sort_keys=True).encode())
+    ms = 1.0 + (h % 1000) / 1000
+    return ms, ms * 0.9, ms * 1.1
+
+
+@pytest.fixture
+def env(isolated_store, monkeypatch):
+    def policy(name):
+        monkeypatch.setenv("FLAGGEMS_AUTOTUNE", name)
+        settings.reload()
+
+    bench.set_timer(fake_time)
+    yield policy
+    bench.set_timer(None)
+
+
+def sql():
+    return default_store().layers[1]
+
+
+def stored_keys():
+    return {(r.identity.kernel, r.identity.key) for r in sql().records()}
+
+
+def fresh_db(tmp_path, name, monkeypatch):
+    monkeypatch.setenv("FLAGGEMS_TUNING_DB", str(tmp_path / name))
+    settings.reload()
+    set_default_store(None)
+    tuner.clear_caches()
+    tuner.reset_stats()
+
+
+# -- a tiny Llama-like model matching smoke.yaml ---------------------------------------------
+M = wl.load(SMOKE).model
+
+
+def weights(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: (torch.randn(*s, generator=g) * 0.1).to(dtype).to(DEVICE)  # noqa: E731
+    hd, q, kv = M.head_dim, M.heads * M.head_dim, M.kv_heads * M.head_dim
+    return {
+        "emb": r(M.vocab, M.hidden), "norm": r(M.hidden), "wq": r(q, M.hidden), "wk": r(kv, M.hidden), "wv": r(kv, M.hidden),
+        "wo": r(M.hidden, q), "gate_up": r(2 * M.intermediate, M.hidden), "down": r(M.hidden, M.intermediate),
+        "head": r(M.vocab, M.hidden), "cos": r(64, hd // 2), "sin": r(64, hd // 2),
+    }
+
+
+def layer(w, t):
+    """Embedding, norm, q/k/v, rope, attention softmax, o-proj, residual add, fused
+    add+norm, gate_up, silu_and_mul, down, final norm, lm_head. The attention GEMMs (a
+    fused attention kernel's job) run in torch outside flag_gems. The fused functions are
+    called outside ``use_gems()``: inside it, the Triton interpreter's own copy-back of
+    their arguments would dispatch to flag_gems' copy_ (an interpreter-only artifact)."""
+    from flag_gems.fused import apply_rotary_pos_emb, fused_add_rms_norm, rms_norm, silu_and_mul
+
+    H, KV, hd = M.heads, M.kv_heads, M.head_dim
+    ids = torch.randint(0, M.vocab, (t,), device=DEVICE)
+    with flag_gems.use_gems():
+        x = F.embedding(ids, w["emb"])
+    h = rms_norm(x, w["norm"], M.rms_eps)
+    with flag_gems.use_gems():
+        q, k, v = F.linear(h, w["wq"]), F.linear(h, w["wk"]), F.linear(h, w["wv"])
+    q, k = apply_rotary_pos_emb(q.view(t, H, hd), k.view(t, KV, hd), w["cos"][:t], w["sin"][:t])
+    kk = k.repeat_interleave(H // KV, dim=1)
+    scores = torch.einsum("thd,shd->hts", q, kk) / hd**0.5
+    with flag_gems.use_gems():
+        p = torch.softmax(scores, dim=-1)
+    attn = torch.einsum("hts,shd->thd", p, v.view(t, KV, hd).repeat_interleave(H // KV, dim=1)).reshape(t, H * hd)
+    with flag_gems.use_gems():
+        o = F.linear(attn.contiguous(), w["wo"])
+        x2 = x + o
+    hn, res = fused_add_rms_norm(o.clone(), x.clone(), w["norm"], M.rms_eps)
+    with flag_gems.use_gems():
+        gu = F.linear(hn, w["gate_up"])
+    act = silu_and_mul(gu)
+    with flag_gems.use_gems():
+        y = F.linear(act, w["down"])
+        y = y + x2
+    y = rms_norm(y, w["norm"], M.rms_eps)
+    with flag_gems.use_gems():
+        return F.linear(y, w["head"])
+
+
+def token_counts():
+    tk = wl.load(SMOKE).tokens
+    return [*range(tk.prefill.lo, tk.prefill.hi + 1), *range(tk.decode.lo, tk.decode.hi + 1)]
+
+
+def test_smoke_keys_equal_requested_keys_and_zero_misses_after(env, tmp_path, monkeypatch):
+    w = weights()
+    # what the model requests: every token count of the workload's ranges, tuned online
+    fresh_db(tmp_path, "online.db", monkeypatch)
+    env("miss")
+    for t in token_counts():
+        layer(w, t)
+    requested = stored_keys()
+    # what pretune derives from the workload alone
+    fresh_db(tmp_path, "pretuned.db", monkeypatch)
+    s = pt.run_jobs(wl.load_jobs([SMOKE]), progress=False)
+    assert s.jobs_failed == 0, s.errors
+    got = stored_keys()
+    assert got == requested
+    assert {t.kernel for t in s.tuned} >= {"flag_gems.ops.mm._mm_kernel", "flag_gems.fused.rms_norm.rms_norm_fwd_kernel"}
+    assert all(r.source == "pretune" for r in sql().records())
+    # a fresh "process": never policy, no benchmark, no miss
+    set_default_store(None)
+    tuner.clear_caches()
+    tuner.reset_stats()
+    env("never")
+    for t in token_counts():
+        layer(w, t)
+    st = tuner.stats()
+    assert (st["misses"], st["benchmarks_run"]) == (0, 0)
+    # rerun: everything already tuned, nothing benchmarked
+    s2 = pt.run_jobs(wl.load_jobs([SMOKE]), progress=False)
+    assert (len(s2.tuned), s2.jobs_tuned, s2.jobs_skipped) == (0, 0, s2.jobs)
+
+
+class Boom(KeyboardInterrupt):
+    pass
+
+
+def test_resume_after_interruption_tunes_only_the_rest(env, tmp_path, monkeypatch):
+    jobs = wl.load_jobs([SMOKE])
+    fresh_db(tmp_path, "full.db", monkeypatch)
+    full = pt.run_jobs(jobs, progress=False)
+    all_keys = stored_keys()
+    assert len(full.tuned) == len(all_keys) > 5
+
+    fresh_db(tmp_path, "resume.db", monkeypatch)
+    calls = {"n": 0}
+
+    def dying(req):
+        calls["n"] += 1
+        if calls["n"] > 30:  # Ctrl-C in the middle of some key's benchmark
+            raise Boom()
+        return fake_time(req)
+
+    bench.set_timer(dying)
+    with pytest.raises(KeyboardInterrupt):
+        pt.run_jobs(jobs, progress=False)
+    first = stored_keys()
+    assert 0 < len(first) < len(all_keys)
+    bench.set_timer(fake_time)
+    again = pt.run_jobs(jobs, progress=False)
+    assert {(t.kernel, t.key) for t in again.tuned} == all_keys - first  # only the rest
+    assert stored_keys() == all_keys
+
+
+def test_force_retunes_each_key_once(env, tmp_path, monkeypatch):
+    jobs = wl.load_jobs([SMOKE])
+    fresh_db(tmp_path, "f.db", monkeypatch)
+    first = pt.run_jobs(jobs, progress=False)
+    forced = pt.run_jobs(jobs, progress=False, force=True)
+    assert sorted((t.kernel, t.key) for t in forced.tuned) == sorted((t.kernel, t.key) for t in first.tuned)
+
+
+def aten_model(w, t, **scope):
+    """Only aten ops (the recorder sees aten calls, not direct fused-function calls)."""
+    ids = torch.randint(0, M.vocab, (t,), device=DEVICE)
+    with flag_gems.use_gems(**scope):
+        x = F.embedding(ids, w["emb"])
+        q = F.linear(x, w["wq"])
+        p = torch.softmax(q.view(t, M.heads, M.head_dim), dim=-1)
+        return F.linear(p.reshape(t, -1) + q, w["wo"]) * 2.0
+
+
+def test_from_misses_loop(env, tmp_path, monkeypatch):
+    from flag_gems.fused import rms_norm, silu_and_mul
+
+    w = weights()
+    fresh_db(tmp_path, "m.db", monkeypatch)
+    env("never")
+
+    def run():
+        for t in (3, 9):
+            aten_model(w, t)
+            rms_norm(torch.randn(t, M.hidden, device=DEVICE), w["norm"])
+            silu_and_mul(torch.randn(t, 2 * M.intermediate, device=DEVICE))
+
+    run()
+    missed = tuner.stats()["misses"]
+    assert missed > 0 and pt.remaining_misses() == missed
+    jobs, unreplayable = pt.jobs_from_misses()
+    assert unreplayable == [] and jobs
+    s = pt.run_jobs(jobs, progress=False)
+    assert s.jobs_failed == 0, s.errors
+    left = [(m.identity.kernel, m.identity.key, m.raw_args) for m in sql().misses()]
+    assert left == []
+    set_default_store(None)
+    tuner.clear_caches()
+    tuner.reset_stats()
+    env("never")
+    run()
+    assert tuner.stats()["misses"] == 0
+
+
+def test_capture_loop(env, tmp_path, monkeypatch):
+    from flag_gems.tuning import capture_workload
+
+    w = weights()
+    rec = tmp_path / "rec.jsonl"
+    fresh_db(tmp_path, "c.db", monkeypatch)
+    env("never")
+    for t in (2, 6):  # (a nested use_gems() without record=True would stop the recording)
+        aten_model(w, t, record=True, path=rec)
+    assert tuner.stats()["misses"] > 0
+    out = tmp_path / "captured.yaml"
+    n = capture_workload(rec, out)
+    assert n > 0
+    jobs = wl.load_jobs([out])  # a workload gems-pretune accepts
+    s = pt.run_jobs(jobs, progress=False)
+    assert s.jobs_failed == 0, s.errors
+    set_default_store(None)
+    tuner.clear_caches()
+    tuner.reset_stats()
+    env("never")
+    for t in (2, 6):
+        aten_model(w, t)
+    assert tuner.stats()["misses"] == 0
+
+
+def cli(*args, env_extra=None, timeout=120):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "tuner.cli.pretune", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_cli_bad_workload_tunes_and_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel:\n  hidden: 32\n  intermediate: 48\n  heads: 2\n  kv_heads: 1\n  head_dim: 16\n  vocab: oops\n"
+                   "tokens: {decode: [1, 2]}\n")
+    db = tmp_path / "t.db"
+    r = cli(str(SMOKE), str(bad), "--db", str(db), "--no-progress")
+    assert r.returncode == 2
+    assert f"{bad}:8: model.vocab" in r.stderr
+    assert not db.exists()
+
+
+def test_cli_server_and_dry_run(tmp_path):
+    r = cli(str(SMOKE), "--server", "http://x", "--no-progress")
+    assert r.returncode == 2 and "not implemented yet" in r.stderr
+    r = cli(str(SMOKE), "--dry-run", "--db", str(tmp_path / "t.db"))
+    assert r.returncode == 0, r.stderr
+    assert "linear([5, 32] x [32, 32], float32)" in r.stdout and "jobs (" in r.stdout
+    assert not (tmp_path / "t.db").exists()
+
+
+def test_cli_smoke_real_timer_under_a_minute(tmp_path):
+    """The real (wall-clock, interpreter) timer, a JSON report, then a no-op rerun."""
+    db, rep = tmp_path / "t.db", tmp_path / "r.json"
+    r = cli(str(SMOKE), "--db", str(db), "--report", str(rep), "--no-progress", timeout=60)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(rep.read_text())
+    assert report["keys_tuned"] > 5 and report["jobs_failed"] == 0
+    assert any(k["kernel"] == "flag_gems.ops.mm._mm_kernel" for k in report["kernels"])
+    assert "keys tuned" in r.stdout
+    r = cli(str(SMOKE), "--db", str(db), "--no-progress", timeout=60)
+    assert r.returncode == 0 and "0 keys tuned" in r.stdout
