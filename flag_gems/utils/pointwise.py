@@ -254,7 +254,7 @@ class Pointwise:
             t0 = None
             key = [out_dtype, _get_default_dtype()]
             for a in args:
-                if type(a) is _Tensor:
+                if isinstance(a, _Tensor):  # subclasses too (a Parameter is a tensor, not a scalar)
                     if t0 is None:
                         t0, shape = a, a.shape
                     elif a.shape != shape:
@@ -279,7 +279,7 @@ class Pointwise:
                         if out is None:
                             if fast:
                                 out = _empty_like(t0) if same_dtype else _empty_like(t0, dtype=odt)
-                        elif type(out) is _Tensor and out.shape == shape and out.is_contiguous():
+                        elif isinstance(out, _Tensor) and out.shape == shape and out.is_contiguous():
                             out_bool = out.dtype == _BOOL
                         else:
                             fast = False

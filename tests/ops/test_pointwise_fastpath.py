@@ -205,7 +205,12 @@ def test_tensor_subclass(monkeypatch):
     # a Parameter may reach the kernel as itself (general path) or as a plain tensor
     p = torch.nn.Parameter(t((3, 4)), requires_grad=False)
     same_as_torch(torch.add, p, t((3, 4)), monkeypatch=monkeypatch, fast=None)
-    same_as_torch(torch.add, p, p, monkeypatch=monkeypatch, fast=False)
+    same_as_torch(torch.add, p, p, monkeypatch=monkeypatch, fast=None)
+    # a Parameter broadcast against a plain tensor (an RMSNorm weight times the hidden
+    # states): its shape takes part in the fast path's one-shape check, either side
+    w = torch.nn.Parameter(t((4,)), requires_grad=False)
+    same_as_torch(torch.mul, w, t((2, 3, 4)), monkeypatch=monkeypatch, fast=False)
+    same_as_torch(torch.mul, t((2, 3, 4)), w, monkeypatch=monkeypatch, fast=False)
 
 
 def test_default_dtype_is_part_of_the_signature(monkeypatch):
