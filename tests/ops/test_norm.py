@@ -10,13 +10,21 @@ def _leaf(t):
     return t.detach().clone().requires_grad_()
 
 
-def _check_grads(got, ref, dtype, reduce_dim):
+def _check_grads(got, ref, dtype, reduce_dim, baseline=None):
+    """``baseline``: torch's own gradients in ``dtype`` (see assert_close)."""
     for i, (g, r) in enumerate(zip(got, ref)):
         if r is None:
             assert g is None
             continue
         # dx is a per-row reduction; dw/db sum over every row
-        assert_close(g, r, dtype, reduce_dim=reduce_dim if i else 1)
+        assert_close(g, r, dtype, reduce_dim=reduce_dim if i else 1, baseline=None if baseline is None else baseline[i])
+
+
+def _torch_grads(fn, ins, dy):
+    """torch's own gradients of ``fn`` in the inputs' dtype (flag_gems off)."""
+    leaves = [_leaf(t) for t in ins]
+    fn(*leaves).backward(dy)
+    return [t.grad for t in leaves]
 
 
 # -- layer_norm -----------------------------------------------------------------------
@@ -38,7 +46,8 @@ def test_layer_norm(dtype, shape, norm, affine):
     assert y.dtype == dtype
     assert_close(y, y_ref, dtype)
     rows = x.numel() // w.numel() if affine else 1
-    _check_grads([t.grad for t in ins], [t.grad for t in refs], dtype, rows)
+    base = _torch_grads(lambda *t: F.layer_norm(t[0], norm, *t[1:], eps=1e-5), ins, dy)
+    _check_grads([t.grad for t in ins], [t.grad for t in refs], dtype, rows, base)
 
 
 def test_layer_norm_noncontiguous_weight_only():
@@ -98,7 +107,8 @@ def test_rms_norm(dtype, shape, norm, affine):
     assert y.dtype == dtype
     assert_close(y, y_ref, dtype)
     rows = x.numel() // w.numel() if affine else 1
-    _check_grads([t.grad for t in ins], [t.grad for t in refs], dtype, rows)
+    base = _torch_grads(lambda *t: F.rms_norm(t[0], norm, *t[1:], eps=1e-6), ins, dy)
+    _check_grads([t.grad for t in ins], [t.grad for t in refs], dtype, rows, base)
 
 
 def test_rms_norm_default_eps_noncontiguous_no_grad():
@@ -142,7 +152,8 @@ def test_group_norm(dtype, shape, groups, affine):
     y_ref.backward(to_reference(dy))
     assert y.dtype == dtype
     assert_close(y, y_ref, dtype)
-    _check_grads([t.grad for t in ins], [t.grad for t in refs], dtype, x.numel() // C)
+    base = _torch_grads(lambda *t: F.group_norm(t[0], groups, *t[1:], eps=1e-5), ins, dy)
+    _check_grads([t.grad for t in ins], [t.grad for t in refs], dtype, x.numel() // C, base)
 
 
 def test_group_norm_noncontiguous_chunked():
