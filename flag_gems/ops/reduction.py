@@ -380,7 +380,7 @@ def _make_plan(x: torch.Tensor, dims: list[int], keepdim: bool, op: int, acc: in
     tiles = M * triton.cdiv(K, bk)
     target = _PROGRAMS_PER_SM * rc.sm_count(x.device)
     S = 1
-    if tiles < target and R > 1:
+    if 0 < tiles < target and R > 1:  # no tiles (nothing kept): no split, an empty output
         min_chunk = max(1, _MIN_SPLIT_WORK // bk)
         S = max(1, min(triton.cdiv(target, tiles), R // min_chunk))
     br = d1["BLOCK_R"]

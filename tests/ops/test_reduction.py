@@ -269,3 +269,18 @@ def test_plan_cache_reuse_and_empty():
         z = e.sum(0)
         v, m = torch.var_mean(e, 0)
     assert torch.equal(z, torch.zeros(4)) and torch.isnan(v).all() and torch.isnan(m).all()
+
+
+def test_empty_kept_dims():
+    """Nothing kept (an empty batch, an idle MoE expert): an empty result, as torch's."""
+    e = torch.empty(0, 5, device=DEVICE)
+    ops = [
+        lambda t: t.sum(1), lambda t: t.mean(1), lambda t: torch.var_mean(t, 1)[0], lambda t: t.prod(1),
+        lambda t: t.any(1), lambda t: torch.linalg.vector_norm(t, dim=1), lambda t: t.amax(1), lambda t: t.argmax(1),
+        lambda t: t.sum(1, keepdim=True),
+    ]
+    for op in ops:
+        ref = op(e)
+        with flag_gems.use_gems():
+            got = op(e)
+        assert got.shape == ref.shape and got.dtype == ref.dtype
