@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from flag_gems.registry import register
+from flag_gems.registry import aten_fallback, register
 from tuner import libtuner, settings
 
 log = logging.getLogger(__name__)
@@ -148,15 +148,18 @@ def _mm_kernel(
         b_ptrs += BLOCK_K * (1 if B_K1 else s_bk)
 
     mask = (rm < M)[:, None] & (rn < N)[None, :]
+    # int64 offsets: a prefill's logits (16k x 152k) pass 2**31 elements
+    cm = rm[:, None].to(tl.int64)
+    cn = rn[None, :].to(tl.int64)
     if SPLIT_K == 1:
         acc = acc * alpha
         if HAS_BIAS:
-            bias = tl.load(Bias + batch * s_bias_b + rm[:, None] * s_bias_m + rn[None, :] * s_bias_n, mask=mask, other=0.0)
+            bias = tl.load(Bias + batch * s_bias_b + cm * s_bias_m + cn * s_bias_n, mask=mask, other=0.0)
             acc += bias.to(tl.float32) * beta
-        c_ptrs = C + batch * s_cb + rm[:, None] * s_cm + rn[None, :] * s_cn
+        c_ptrs = C + batch * s_cb + cm * s_cm + cn * s_cn
         tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=mask)
     else:  # fp32 partials: C is the workspace [BATCH, SPLIT_K, M, N]
-        c_ptrs = C + (batch * SPLIT_K + pid_k) * M * N + rm[:, None] * N + rn[None, :]
+        c_ptrs = C + (batch * SPLIT_K + pid_k) * M * N + cm * N + cn
         tl.store(c_ptrs, acc, mask=mask)
 
 
@@ -212,9 +215,24 @@ def _as3d(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
     return t, (t.stride(0), t.stride(1), t.stride(2))
 
 
+GEMM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _on_kernel(*tensors: torch.Tensor | None) -> bool:
+    """Whether the kernel serves a call: every operand (and out=, and a bias) of one fp16,
+    bf16 or fp32 dtype. Anything else (float64, integers, mixed dtypes) runs on aten,
+    which computes it, or raises torch's own error, exactly as torch would."""
+    dtype = tensors[0].dtype
+    return dtype in GEMM_DTYPES and all(t is None or t.dtype == dtype for t in tensors)
+
+
+def _on_aten(name: str, out: torch.Tensor | None, *args: object, **kwargs: object) -> torch.Tensor:
+    if out is None:
+        return aten_fallback(name)(*args, **kwargs)
+    return aten_fallback(f"{name}.out")(*args, **kwargs, out=out)
+
+
 def _check(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
-    if a.dtype != b.dtype:
-        raise RuntimeError(f"{what}: expected both operands to have the same dtype, got {a.dtype} and {b.dtype}")
     if a.shape[-1] != b.shape[-2]:
         raise RuntimeError(f"{what}: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be multiplied")
 
@@ -269,6 +287,8 @@ def _out_like(a: torch.Tensor, shape: tuple[int, ...], out: torch.Tensor | None)
 # -- aten-facing ----------------------------------------------------------------------
 @register("mm", "mm.out")
 def mm(self: torch.Tensor, mat2: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    if not _on_kernel(self, mat2, out):
+        return _on_aten("mm", out, self, mat2)
     _check(self, mat2, "mm")
     res = _out_like(self, (self.shape[0], mat2.shape[1]), out)
     return gemm(self, mat2, res)
@@ -276,6 +296,8 @@ def mm(self: torch.Tensor, mat2: torch.Tensor, *, out: torch.Tensor | None = Non
 
 @register("addmm", "addmm.out")
 def addmm(self: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, *, beta: float = 1, alpha: float = 1, out: torch.Tensor | None = None) -> torch.Tensor:
+    if not _on_kernel(mat1, mat2, self, out):
+        return _on_aten("addmm", out, self, mat1, mat2, beta=beta, alpha=alpha)
     _check(mat1, mat2, "addmm")
     shape = (mat1.shape[0], mat2.shape[1])
     res = _out_like(mat1, shape, out)
@@ -285,6 +307,8 @@ def addmm(self: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, *, beta: f
 
 @register("bmm", "bmm.out")
 def bmm(self: torch.Tensor, mat2: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    if not _on_kernel(self, mat2, out):
+        return _on_aten("bmm", out, self, mat2)
     _check(self, mat2, "bmm")
     if self.shape[0] != mat2.shape[0]:
         raise RuntimeError(f"bmm: batch sizes differ: {self.shape[0]} vs {mat2.shape[0]}")
@@ -294,6 +318,8 @@ def bmm(self: torch.Tensor, mat2: torch.Tensor, *, out: torch.Tensor | None = No
 
 @register("baddbmm", "baddbmm.out")
 def baddbmm(self: torch.Tensor, batch1: torch.Tensor, batch2: torch.Tensor, *, beta: float = 1, alpha: float = 1, out: torch.Tensor | None = None) -> torch.Tensor:
+    if not _on_kernel(batch1, batch2, self, out):
+        return _on_aten("baddbmm", out, self, batch1, batch2, beta=beta, alpha=alpha)
     _check(batch1, batch2, "baddbmm")
     shape = (batch1.shape[0], batch1.shape[1], batch2.shape[2])
     res = _out_like(batch1, shape, out)
@@ -303,6 +329,8 @@ def baddbmm(self: torch.Tensor, batch1: torch.Tensor, batch2: torch.Tensor, *, b
 
 @register("mv", "mv.out")
 def mv(self: torch.Tensor, vec: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    if not _on_kernel(self, vec, out):
+        return _on_aten("mv", out, self, vec)
     _check(self, vec.unsqueeze(1), "mv")
     res = _out_like(self, (self.shape[0],), out)
     gemm(self, vec.unsqueeze(1), res.unsqueeze(1))
@@ -311,6 +339,8 @@ def mv(self: torch.Tensor, vec: torch.Tensor, *, out: torch.Tensor | None = None
 
 @register("addmv", "addmv.out")
 def addmv(self: torch.Tensor, mat: torch.Tensor, vec: torch.Tensor, *, beta: float = 1, alpha: float = 1, out: torch.Tensor | None = None) -> torch.Tensor:
+    if not _on_kernel(mat, vec, self, out):
+        return _on_aten("addmv", out, self, mat, vec, beta=beta, alpha=alpha)
     _check(mat, vec.unsqueeze(1), "addmv")
     res = _out_like(mat, (mat.shape[0],), out)
     bias = self.expand(mat.shape[0]).unsqueeze(1) if beta != 0 else None
@@ -322,6 +352,8 @@ def addmv(self: torch.Tensor, mat: torch.Tensor, vec: torch.Tensor, *, beta: flo
 def dot(self: torch.Tensor, tensor: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     if self.dim() != 1 or tensor.dim() != 1 or self.numel() != tensor.numel():
         raise RuntimeError(f"dot: expected two 1-D tensors of equal size, got {tuple(self.shape)} and {tuple(tensor.shape)}")
+    if not _on_kernel(self, tensor, out):
+        return _on_aten("dot", out, self, tensor)
     _check(self.unsqueeze(0), tensor.unsqueeze(1), "dot")
     res = _out_like(self, (), out)
     gemm(self.unsqueeze(0), tensor.unsqueeze(1), res.view(1, 1))
@@ -345,4 +377,6 @@ class _Outer(torch.autograd.Function):
 def outer(self: torch.Tensor, vec2: torch.Tensor) -> torch.Tensor:
     if self.dim() != 1 or vec2.dim() != 1:
         raise RuntimeError("outer: expected 1-D tensors")
+    if torch.promote_types(self.dtype, vec2.dtype) not in GEMM_DTYPES:
+        return aten_fallback("outer")(self, vec2)
     return _Outer.apply(self, vec2)

@@ -20,7 +20,7 @@ def check(actual, expected, dtype, k):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("m,n,k", SHAPES)
-@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, True)])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, True), (False, True), (True, False)])
 def test_mm_layouts(dtype, m, n, k, trans_a, trans_b):
     a = rand(k, m, dtype=dtype).t() if trans_a else rand(m, k, dtype=dtype)
     b = rand(n, k, dtype=dtype).t() if trans_b else rand(k, n, dtype=dtype)
@@ -106,8 +106,51 @@ def test_shape_and_dtype_errors():
     with flag_gems.use_gems():
         with pytest.raises(RuntimeError):
             torch.mm(rand(3, 4), rand(5, 6))
-        with pytest.raises(RuntimeError):
+        # dtype mismatches (operands, bias, out=) raise torch's own errors, from aten
+        with pytest.raises(RuntimeError, match="same dtype"):
             torch.mm(rand(3, 4), rand(4, 6, dtype=torch.float16))
+        with pytest.raises(RuntimeError, match="same dtype"):
+            torch.addmm(rand(6), rand(3, 4, dtype=torch.bfloat16), rand(4, 6, dtype=torch.bfloat16))
+        with pytest.raises(RuntimeError, match="out"):
+            torch.mm(rand(3, 4), rand(4, 6), out=torch.empty(3, 6, device=DEVICE, dtype=torch.float16))
+
+
+def test_other_dtypes_run_on_aten_as_torch():
+    """float64 (and on CPU integer) GEMMs are not the kernel's: aten computes them exactly."""
+    import flag_gems
+
+    a, b = rand(5, 7, dtype=torch.float64), rand(7, 3, dtype=torch.float64)
+    cases = [
+        (lambda a, b: torch.mm(a, b), (a, b)),
+        (lambda a, b: F.linear(a, b.t(), b[0, :].clone()), (a, b)),
+        (lambda a, b: torch.bmm(a[None], b[None]), (a, b)),
+        (lambda a, b: torch.addmv(b[:, 0], a.t().contiguous(), a[:, 0]), (a, b)),
+        (lambda a, b: torch.dot(a[0], b[:, 0]), (a, b)),
+        (lambda a, b: torch.outer(a[0], b[:, 0]), (a, b)),
+    ]
+    if DEVICE == "cpu":  # CUDA has no integer GEMM
+        ai, bi = torch.randint(-5, 5, (5, 7)), torch.randint(-5, 5, (7, 3))
+        cases += [(lambda a, b: torch.mm(a, b), (ai, bi)), (lambda a, b: torch.outer(a[0], b[:, 0]), (ai, bi))]
+    for fn, args in cases:
+        ref = fn(*args)
+        with flag_gems.use_gems():
+            got = fn(*args)
+        assert got.dtype == ref.dtype
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs 4.3 GB of output: GPU only")
+def test_output_past_int32_elements():
+    """A prefill's logits can pass 2**31 elements (16k tokens x 131k vocab): the store
+    address must not wrap."""
+    m, n, k = 16384, 131104, 16
+    a, b = rand(m, k, dtype=torch.bfloat16), rand(n, k, dtype=torch.bfloat16).t()
+    with gems_ran("_mm_kernel"):
+        out = a @ b
+    assert out.numel() > 2**31
+    for rows in (slice(0, 2), slice(m - 2, m)):  # the first rows and the last (past 2**31)
+        check(out[rows], a[rows].double() @ b.double(), torch.bfloat16, k)
+    del out
 
 
 def test_m_class_never_shares_bucket():
