@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the repo root: the test suite on CUDA (compiled Triton), then
+# the benchmarks, each log into OUTDIR. Steps are time-boxed so one slow step can't eat
+# the others.   bash benchmarks/run_gpu_checks.sh OUTDIR [STEP...]
+# STEP: tests | hit | ops | gemm | llama   (default: tests hit ops)
+set -uo pipefail
+out=${1:-/tmp/gems-gpu}; shift || true
+steps=${*:-tests hit ops}
+mkdir -p "$out"
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  $py -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__)"
+  date -u +%F; } > "$out/device.txt"
+cat "$out/device.txt"
+for step in $steps; do
+  t0=$(date +%s)
+  case $step in
+    tests) FLAGGEMS_TEST_DEVICE=cuda timeout "${TEST_TIMEOUT:-300}" $py -m pytest -q -n "${JOBS:-8}" -p no:cacheprovider \
+             tests/tuner/test_libtuner.py tests/ops tests/integrations > "$out/tests.log" 2>&1
+           tail -n 30 "$out/tests.log" ;;
+    hit) timeout 120 $py benchmarks/bench_libtuner_hit.py > "$out/hit.md" 2>&1; cat "$out/hit.md" ;;
+    ops) timeout "${OPS_TIMEOUT:-240}" $py benchmarks/bench_ops.py > "$out/ops.md" 2>&1; cat "$out/ops.md" ;;
+    gemm) timeout "${GEMM_TIMEOUT:-400}" $py benchmarks/bench_gemm.py > "$out/gemm.md" 2>&1; cat "$out/gemm.md" ;;
+    llama) timeout "${LLAMA_TIMEOUT:-300}" $py benchmarks/bench_llama.py > "$out/llama.md" 2>&1; cat "$out/llama.md" ;;
+    *) echo "unknown step $step" ;;
+  esac
+  echo "== $step: $(( $(date +%s) - t0 )) s"
+done
