@@ -102,7 +102,7 @@ def test_rope_module(dtype, neox, rot, inplace):
     with count_kernels() as kc:
         qo, ko = m(pos, q, k, inplace=inplace)
     assert kc["rotary_kernel"] >= 1
-    inv = 1.0 / (10000.0 ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))
+    inv = 1.0 / (10000.0 ** (torch.arange(0, rot, 2, dtype=torch.float64, device=DEVICE) / rot))
     assert qo.shape == q.shape and ko.shape == k.shape
     assert_close(qo, _rope_ref(to_reference(q0).view(T, Hq, D), pos, inv, rot, neox).view(T, -1), dtype)
     assert_close(ko, _rope_ref(to_reference(k0).view(T, Hk, D), pos, inv, rot, neox).view(T, -1), dtype)
@@ -138,7 +138,7 @@ def _yarn_reference(rot, max_pos, base, s, orig, beta_fast, beta_slow, mscale, m
         ramp = min(max((i - low) / ((high - low) or 0.001), 0.0), 1.0)
         inv.append(f / s * ramp + f * (1 - ramp))
     ms = lambda m: 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0  # noqa: E731
-    return torch.tensor(inv, dtype=torch.float64), ms(mscale) / ms(mscale_all)
+    return torch.tensor(inv, dtype=torch.float64, device=DEVICE), ms(mscale) / ms(mscale_all)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -40,7 +40,7 @@ class RotaryEmbedding(torch.nn.Module):
         self.head_size, self.rotary_dim, self.is_neox_style = head_size, rotary_dim, is_neox_style
         inv = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float) / rotary_dim))
         f = torch.outer(torch.arange(max_position_embeddings, dtype=torch.float), inv)
-        self.cos_sin_cache = torch.cat([f.cos(), f.sin()], -1).to(dtype)
+        self.register_buffer("cos_sin_cache", torch.cat([f.cos(), f.sin()], -1).to(dtype), persistent=False)
 
     def forward_cuda(self, positions, query, key=None, offsets=None):
         cos, sin = self.cos_sin_cache[positions].float().chunk(2, -1)
@@ -128,7 +128,7 @@ def test_rms_norm(fake_vllm, dtype):
 
 @pytest.mark.parametrize("neox,rot", [(True, 16), (False, 8)])
 def test_rotary(fake_vllm, neox, rot):
-    layer = RotaryEmbedding(16, rot, 64, 10000.0, neox, torch.float32)
+    layer = RotaryEmbedding(16, rot, 64, 10000.0, neox, torch.float32).to(DEVICE)
     pos = torch.tensor([0, 3, 63, 9], device=DEVICE)
     q = torch.randn(4, 3 * 16, device=DEVICE)
     k = torch.randn(4, 1 * 16, device=DEVICE)

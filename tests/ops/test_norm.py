@@ -135,7 +135,8 @@ def test_rms_norm_chunked_rows_with_residual():
 
 # -- group_norm -----------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("shape,groups", [((2, 6, 5), 3), ((1, 4, 3, 3), 2), ((3, 10), 5)])
+# (a group of two elements normalizes to +-1: its gradient is rounding noise, not a test)
+@pytest.mark.parametrize("shape,groups", [((2, 6, 5), 3), ((1, 4, 3, 3), 2), ((3, 12), 3)])
 @pytest.mark.parametrize("affine", [True, False])
 def test_group_norm(dtype, shape, groups, affine):
     C = shape[1]

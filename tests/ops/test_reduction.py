@@ -268,7 +268,7 @@ def test_plan_cache_reuse_and_empty():
     with flag_gems.use_gems():
         z = e.sum(0)
         v, m = torch.var_mean(e, 0)
-    assert torch.equal(z, torch.zeros(4)) and torch.isnan(v).all() and torch.isnan(m).all()
+    assert torch.equal(z, torch.zeros(4, device=DEVICE)) and torch.isnan(v).all() and torch.isnan(m).all()
 
 
 def test_empty_kept_dims():
