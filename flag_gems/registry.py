@@ -68,12 +68,21 @@ def _category(x: Any) -> int:
 
 
 def _as_wrapped(value: Any, args: tuple) -> torch.Tensor:
-    """A 0-d tensor that promotes like the wrapped number it was: it takes the dtype of a
-    tensor argument of its own category (a float scalar never widens an fp16 tensor)."""
+    """A 0-d CPU tensor that promotes like the wrapped number it was (aten takes a CPU
+    scalar beside device tensors, as it takes the wrapped number itself: no copy to the
+    device, no sync). Beside a dimensioned tensor of its own category it keeps full
+    precision (float64 / int64: the dimensioned tensor sets the dtype, the kernel reads
+    the scalar in its compute type, exactly as for a wrapped number); beside only 0-d
+    tensors it takes their dtype; of a higher category it takes torch's default."""
     ref = next((a for a in args if isinstance(a, torch.Tensor)), None)
     if ref is not None and _category(ref.dtype) == _category(value):
-        return torch.tensor(value, dtype=ref.dtype, device=ref.device)
-    return torch.tensor(value, device=ref.device if ref is not None else "cpu")
+        if ref.dim() == 0:
+            return torch.tensor(value, dtype=ref.dtype)
+        return torch.tensor(value, dtype=torch.complex128 if isinstance(value, complex) else _WIDE[_category(value)])
+    return torch.tensor(value)
+
+
+_WIDE = {0: torch.bool, 1: torch.int64, 2: torch.float64}
 
 
 _ENTRIES: dict[str, OpEntry] = {}

@@ -45,6 +45,28 @@ def test_enable_then_disable_restores_aten():
     assert registry.STATE.lib is None
 
 
+def test_switched_off_ops_are_exactly_aten():
+    """After a use_gems() block the wrappers stay installed, switched off: every op must
+    give aten's result bit for bit, Python numbers in tensor slots (wrapped numbers) too."""
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    xb = torch.randn(1000, device=DEVICE, generator=g).to(torch.bfloat16)
+    xi = torch.randint(-9, 9, (100,), device=DEVICE, dtype=torch.int32, generator=g)
+    flags = torch.rand(10, device=DEVICE, generator=g) > 0.5
+    zero_d = torch.tensor(2.0, device=DEVICE)
+    cases = [
+        lambda: xb * 0.1, lambda: xb + 0.3, lambda: torch.add(xb, 0.7, alpha=3), lambda: xb.half() - 1e-4,
+        lambda: xi * 3, lambda: xi * 1.5, lambda: flags + 1, lambda: flags * True, lambda: zero_d * 1.1,
+        lambda: torch.sub(xb, 3, alpha=2), lambda: xb.masked_fill(xb > 0, 0.123), lambda: torch.pow(2.0, xb),
+    ]
+    ref = [c() for c in cases]
+    with flag_gems.use_gems():
+        pass
+    assert registry.STATE.lib is not None  # installed, all off
+    for i, (c, r) in enumerate(zip(cases, ref)):
+        got = c()
+        assert got.dtype == r.dtype and torch.equal(got, r), f"case {i}: {got} vs {r}"
+
+
 def test_unused_by_name_and_overload():
     t = x()
     flag_gems.enable(unused=["sum"])
