@@ -41,6 +41,7 @@ class OpEntry:
     original: Any = None  # the aten kernel it replaced, for the off state and fallbacks
     keyset: Any = None
     tensor_slots: tuple[tuple[int, str], ...] = ()  # (position, name) of Tensor arguments
+    off_via: str | None = None  # switched off, run this overload's aten kernel instead (see register)
 
     @property
     def base(self) -> str:
@@ -49,6 +50,8 @@ class OpEntry:
     def call_original(self, args: tuple, kwargs: dict) -> Any:
         """Call the replaced aten kernel. The dispatcher hands Python kernels wrapped
         numbers as Python scalars; a boxed call needs them as tensors again."""
+        if self.off_via is not None:
+            return _ENTRIES[self.off_via].call_original(args, kwargs)
         for i, name in self.tensor_slots:
             if i < len(args):
                 if isinstance(args[i], _NUMBER):
@@ -88,14 +91,19 @@ _WIDE = {0: torch.bool, 1: torch.int64, 2: torch.float64}
 _ENTRIES: dict[str, OpEntry] = {}
 
 
-def register(*names: str, autograd: bool = False) -> Callable[[Callable], Callable]:
-    """Declare ``fn`` as flag_gems' implementation of the aten overloads ``names``."""
+def register(*names: str, autograd: bool = False, off_via: str | None = None) -> Callable[[Callable], Callable]:
+    """Declare ``fn`` as flag_gems' implementation of the aten overloads ``names``.
+
+    ``off_via``: while switched off, call that overload's aten kernel (its Tensor slots
+    take Python numbers as CPU scalars) instead of the op's own, for an aten kernel that
+    cannot run beneath Python kernels: one that re-dispatches with a *device* wrapped
+    number, which torch cannot hand to a Python kernel (aten's pow.Scalar on CUDA)."""
 
     def deco(fn: Callable) -> Callable:
         for name in names:
             if name in _ENTRIES and _ENTRIES[name].fn is not fn:
                 raise ValueError(f"aten op {name} registered twice ({_ENTRIES[name].fn.__qualname__}, {fn.__qualname__})")
-            _ENTRIES[name] = OpEntry(name, fn, autograd)
+            _ENTRIES[name] = OpEntry(name, fn, autograd, off_via=off_via)
         return fn
 
     return deco

@@ -308,14 +308,20 @@ def floor_divide_(self: torch.Tensor, other: Operand) -> torch.Tensor:
 
 
 # -- pow ---------------------------------------------------------------------------------
-@register("pow.Tensor_Tensor", "pow.Tensor_Scalar", "pow.Scalar")
+@register("pow.Tensor_Tensor", "pow.Tensor_Scalar")
 def pow(self: Operand, exponent: Operand) -> torch.Tensor:
     return POW(self, exponent)
 
 
-@register("pow.Tensor_Tensor_out", "pow.Tensor_Scalar_out", "pow.Scalar_out")
+@register("pow.Tensor_Tensor_out", "pow.Tensor_Scalar_out")
 def pow_out(self: Operand, exponent: Operand, *, out: torch.Tensor) -> torch.Tensor:
     return POW(self, exponent, out=out)
+
+
+# aten's CUDA pow(Scalar, Tensor) re-dispatches to pow.Tensor_Tensor with the base as a
+# CUDA wrapped number, which cannot reach a Python kernel: switched off, go there directly.
+register("pow.Scalar", off_via="pow.Tensor_Tensor")(pow)
+register("pow.Scalar_out", off_via="pow.Tensor_Tensor_out")(pow_out)
 
 
 @register("pow_.Tensor", "pow_.Scalar")
