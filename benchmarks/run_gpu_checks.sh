@@ -2,7 +2,7 @@
 # On the GPU machine, from the repo root: the test suite on CUDA (compiled Triton), then
 # the benchmarks, each log into OUTDIR. Steps are time-boxed so one slow step can't eat
 # the others.   bash benchmarks/run_gpu_checks.sh OUTDIR [STEP...]
-# STEP: tests | hit | ops | gemm | llama   (default: tests hit ops)
+# STEP: tests | hit | ops | pw | gemm | llama   (default: tests hit ops)
 set -uo pipefail
 out=${1:-/tmp/gems-gpu}; shift || true
 steps=${*:-tests hit ops}
@@ -22,6 +22,7 @@ for step in $steps; do
     hit) timeout 120 $py benchmarks/bench_libtuner_hit.py > "$out/hit.md" 2>&1; cat "$out/hit.md" ;;
     ops) timeout "${OPS_TIMEOUT:-240}" $py benchmarks/bench_ops.py > "$out/ops.md" 2>&1; cat "$out/ops.md" ;;
     gemm) timeout "${GEMM_TIMEOUT:-400}" $py benchmarks/bench_gemm.py > "$out/gemm.md" 2>&1; cat "$out/gemm.md" ;;
+    pw) timeout 120 $py benchmarks/bench_pointwise.py > "$out/pw.md" 2>&1; cat "$out/pw.md" ;;
     llama) timeout "${LLAMA_TIMEOUT:-300}" $py benchmarks/bench_llama.py > "$out/llama.md" 2>&1; cat "$out/llama.md" ;;
     *) echo "unknown step $step" ;;
   esac
