@@ -1,7 +1,8 @@
 """Alembic env: migrations run on a connection handed in by ``tuner.store.migrate``
-(under its lock), or on ``sqlalchemy.url`` when run from the ``alembic`` command line."""
+(under its lock), or, from the ``alembic`` command line, on the URL given as
+``-x url=...`` (else ``sqlalchemy.url`` of the ini file)."""
 from alembic import context
-from sqlalchemy import engine_from_config, pool
+from sqlalchemy import create_engine, pool
 
 from tuner.store.models import Base
 
@@ -19,18 +20,28 @@ def run_migrations(connection) -> None:
         context.run_migrations()
 
 
+def cli_url() -> str:
+    url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise SystemExit("no database URL: run alembic with -x url=... (e.g. -x url=sqlite:////path/to/tuning.db)")
+    return url
+
+
 def run_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
         run_migrations(connection)
         return
-    engine = engine_from_config(config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.", poolclass=pool.NullPool)
-    with engine.connect() as conn:
-        run_migrations(conn)
+    engine = create_engine(cli_url(), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            run_migrations(conn)
+    finally:
+        engine.dispose()
 
 
 if context.is_offline_mode():
-    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata, literal_binds=True)
+    context.configure(url=cli_url(), target_metadata=target_metadata, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 else:

@@ -32,16 +32,19 @@ def gpu_timer(req: BenchRequest) -> Timing3:
     return float(med), float(p20), float(p80)
 
 
-def wall_timer(req: BenchRequest, reps: int = 3) -> Timing3:
-    """Interpreter timing: one warm-up run, then a few timed runs."""
+def wall_timer(req: BenchRequest, reps: int = 5) -> Timing3:
+    """Interpreter timing: one warm-up run, then a few timed runs; median and the 20th and
+    80th percentiles (interpolated, as ``do_bench`` reports them) of the runs."""
     req.fn()
     samples = []
     for _ in range(reps):
         t0 = time.perf_counter()
         req.fn()
         samples.append((time.perf_counter() - t0) * 1e3)
-    samples.sort()
-    return statistics.median(samples), samples[0], samples[-1]
+    if len(samples) == 1:
+        return samples[0], samples[0], samples[0]
+    p20, _, _, p80 = statistics.quantiles(samples, n=5, method="inclusive")
+    return statistics.median(samples), p20, p80
 
 
 _timer: Timer | None = None

@@ -1,5 +1,6 @@
 """The version of a kernel: a hash of its Triton source, the sources of the jit functions
-it calls, the global constants it reads, and its config space.
+it calls (by global name, as ``module.helper`` or through a closure), the constants it
+reads, and its config space.
 
 An edited kernel, helper or config list gets a new hash, so stale rows are never served.
 Works the same for compiled ``triton.jit`` functions and the Triton interpreter.
@@ -40,22 +41,61 @@ def _names(code: types.CodeType) -> Iterable[str]:
             yield from _names(const)
 
 
+def _is_triton(mod: str) -> bool:
+    # Triton's own jit functions (tl.sum, ...) change only with Triton, whose version is
+    # part of the environment fingerprint: no need to hash them.
+    return mod == "triton" or mod.startswith("triton.")
+
+
 def _walk(obj: Any, seen: dict[str, str]) -> None:
     fn = python_fn(obj)
     qualname = f"{fn.__module__}.{fn.__qualname__}"
     if qualname in seen:
         return
     seen[qualname] = _source(fn)
-    for name in sorted(set(_names(fn.__code__))):
-        value = fn.__globals__.get(name)
-        if value is None:
+    names = sorted(set(_names(fn.__code__)))
+    refs = [(name, fn.__globals__.get(name)) for name in names]
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+        try:  # a jit function or constant a factory closed over
+            refs.append((name, cell.cell_contents))
+        except ValueError:  # an empty cell
+            pass
+    modules: dict[str, types.ModuleType] = {}
+    for name, value in refs:
+        if isinstance(value, types.ModuleType):
+            if not _is_triton(value.__name__):
+                modules[name] = value
+        else:
+            _visit(qualname, name, value, seen)
+    # ``mod.helper(...)`` compiles to the names ``mod`` and ``helper``: look up every name
+    # the code uses in every module it uses (and their submodules). Hashing a name that is
+    # not really called there only costs a needless retune, never a stale row.
+    done: set[str] = set()
+    while modules:
+        label, mod = modules.popitem()
+        if mod.__name__ in done:
             continue
-        if _is_jit(value):
+        done.add(mod.__name__)
+        for name in names:
+            value = getattr(mod, name, None)
+            if isinstance(value, types.ModuleType):
+                if not _is_triton(value.__name__):
+                    modules[f"{label}.{name}"] = value
+            else:
+                _visit(qualname, f"{label}.{name}", value, seen)
+
+
+def _visit(qualname: str, name: str, value: Any, seen: dict[str, str]) -> None:
+    """Hash what one referenced name holds: a jit function's closure, or a constant."""
+    if value is None:
+        return
+    if _is_jit(value):
+        if not _is_triton(python_fn(value).__module__):
             _walk(value, seen)
-        elif isinstance(value, (int, float, str, bool)):
-            seen[f"{qualname}:{name}"] = repr(value)
-        elif hasattr(value, "value") and type(value).__name__ == "constexpr":
-            seen[f"{qualname}:{name}"] = repr(value.value)
+    elif isinstance(value, (int, float, str, bool)):
+        seen[f"{qualname}:{name}"] = repr(value)
+    elif hasattr(value, "value") and type(value).__name__ == "constexpr":
+        seen[f"{qualname}:{name}"] = repr(value.value)
 
 
 def config_repr(config: Any) -> dict:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import filelock
@@ -74,6 +75,17 @@ def nearest(key: list, records: Iterable[Record]) -> Record | None:
     return best
 
 
+def _sqlite_file(store: Any) -> Path | None:
+    """The SQLite file a store (a layered one: its first SQL layer) writes to, if any."""
+    from tuner.store.db import sqlite_path
+    from tuner.store.sql import SQLStore
+
+    for layer in getattr(store, "layers", [store]):
+        if isinstance(layer, SQLStore):
+            return sqlite_path(layer.url)
+    return None
+
+
 class LibTuner:
     def __init__(
         self,
@@ -112,6 +124,9 @@ class LibTuner:
         self.name = name or f"{pyfn.__module__}.{pyfn.__qualname__}"
         self._hash: str | None = None
         self.cache: dict[tuple, dict] = {}
+        # What a stored row may name: a row with any other config is not launched.
+        self._known_configs = {canonical_json(c) for c in [*self.configs, self.default]}
+        self._warned_unknown_config = False
         import torch  # here, not at module level: tunerd and gems-tunedb import tuner without torch
 
         self._tensor = torch.Tensor
@@ -132,6 +147,8 @@ class LibTuner:
             vals = [s(args[i] if i < n else kwargs[name]) for i, name, s in self._key_specs]
         tensor = self._tensor
         vals += [a.dtype for a in args if isinstance(a, tensor)]
+        if kwargs:  # keyword tensors, in argument order: the same key as passed positionally
+            vals += [kwargs[n].dtype for n in self.arg_names if isinstance(kwargs.get(n), tensor)]
         return tuple(vals)
 
     def __getitem__(self, grid: Any) -> Callable[..., Any]:
@@ -155,7 +172,7 @@ class LibTuner:
         policy = settings.get().autotune
         if policy != "always":
             bump("store_reads")
-            rec = store.lookup(ident)
+            rec = self._checked(store.lookup(ident))
             if rec is not None:
                 bump("hits")
                 self.cache[key] = rec.config
@@ -174,27 +191,44 @@ class LibTuner:
         n = len(args)
         raw = {name: _key_json_value(args[i] if i < n else kwargs[name]) for i, name, _ in self._key_specs}
         raw["dtypes"] = [_key_json_value(a.dtype) for a in args if isinstance(a, self._tensor)]
+        raw["dtypes"] += [_key_json_value(kwargs[n].dtype) for n in self.arg_names if isinstance(kwargs.get(n), self._tensor)]
         return canonical_json(raw)
+
+    def _checked(self, rec: Record | None) -> Record | None:
+        """``rec`` if its config is one this kernel declares, else ``None`` (a miss): a row
+        written by a buggy client or an old version is never launched."""
+        if rec is None or canonical_json(rec.config) in self._known_configs:
+            return rec
+        if not self._warned_unknown_config:
+            self._warned_unknown_config = True
+            log.warning("%s: ignoring stored config %s for key %s: not one of the kernel's configs "
+                        "(further such rows of this kernel are ignored silently)", self.name, rec.config, rec.identity.key)
+        return None
 
     def _fallback(self, ident: Identity, store: Any) -> dict:
         """``never``: the nearest tuned key of this kernel version, else the default."""
         bump("fallbacks")
         bump("store_reads")
-        rec = nearest(json.loads(ident.key), store.candidates(ident.kernel, ident.kernel_hash, ident.fingerprint))
+        found = store.candidates(ident.kernel, ident.kernel_hash, ident.fingerprint)
+        rec = nearest(json.loads(ident.key), [r for r in found if self._checked(r) is not None])
         return rec.config if rec is not None else self.default
 
-    def _lock_path(self, ident: Identity) -> str:
+    def _lock_path(self, ident: Identity, store: Any) -> str:
+        """The per-key tuning lock: beside the SQLite DB the store writes to, so every
+        process sharing that file shares the lock whatever its cache dir; in the cache
+        dir when there is no SQLite file (a PostgreSQL URL or tunerd)."""
         digest = hashlib.sha256(f"{ident.kernel}|{ident.kernel_hash}|{ident.key}|{ident.env_id}".encode()).hexdigest()[:24]
-        path = settings.get().cache_dir / "locks"
+        db_file = _sqlite_file(store)
+        path = db_file.with_name(db_file.name + ".locks") if db_file is not None else settings.get().cache_dir / "locks"
         path.mkdir(parents=True, exist_ok=True)
         return str(path / f"{digest}.lock")
 
     def _tune_single_flight(self, ident, key, args, kwargs, grid, store, *, recheck: bool) -> dict:
         """One process tunes a key; the others wait on its lock, then read its row."""
-        with filelock.FileLock(self._lock_path(ident)):
+        with filelock.FileLock(self._lock_path(ident, store)):
             if recheck:
                 bump("store_reads")
-                rec = store.lookup(ident)
+                rec = self._checked(store.lookup(ident))
                 if rec is not None:
                     bump("hits")
                     return rec.config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+# store_errors: failures of any store layer, counted by ``LayeredStore`` (which skips them)
 COUNTERS = ("hits", "misses", "benchmarks_run", "configs_timed", "fallbacks", "store_reads", "store_writes", "store_errors")
 
 _counts: Counter[str] = Counter()

@@ -65,6 +65,50 @@ def test_eight_processes_tune_each_key_exactly_once(tmp_path):
     con.close()
 
 
+TWO_CACHES_WORKER = textwrap.dedent(
+    """
+    import json, os, sys, time, torch, tuner
+    from pathlib import Path
+    from tuner import bench
+    from tuner.store import default_store
+    from tests.helpers import DEVICE
+    from tests.tuner.kernels import fake_time, scale, scale_kernel
+
+    barrier, me = Path(sys.argv[1]), sys.argv[2]
+
+    def slow(req):  # a long tuning window, so both processes are in it at once
+        time.sleep(0.1)
+        return fake_time(req)
+
+    bench.set_timer(slow)
+    default_store(), scale_kernel.kernel_hash  # open the DB and hash before the race
+    (barrier / me).touch()
+    deadline = time.time() + 60
+    while len(list(barrier.iterdir())) < 2 and time.time() < deadline:
+        time.sleep(0.005)
+    scale(torch.randn(100, device=DEVICE))
+    print(json.dumps(tuner.stats()))
+    """
+)
+
+
+def test_processes_with_different_cache_dirs_share_the_tuning_lock(tmp_path):
+    """The single-flight lock belongs to the DB file, not to a process's cache dir."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])), FLAGGEMS_AUTOTUNE="miss",
+               FLAGGEMS_TUNING_DB=str(tmp_path / "shared.db"))
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_CACHES_WORKER, str(barrier), str(i)], env=env | {"FLAGGEMS_CACHE_DIR": str(tmp_path / f"cache{i}")},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    stats = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert sorted(s["benchmarks_run"] for s in stats) == [0, 1]
+    assert sorted(s["hits"] for s in stats) == [0, 1]
+
+
 KILLED_WRITER = textwrap.dedent(
     """
     import sys, time

@@ -5,16 +5,19 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import tuner
 from tuner import bench, keys, settings
 from tuner.libtuner import NoConfigError
 from tuner.store import default_store
 from tests.helpers import DEVICE
-from tests.tuner.kernels import fake_time, scale, scale_kernel
+from tests.tuner.kernels import CONFIGS, fake_time, scale, scale_kernel
 
 BEST = {"BLOCK": 64, "num_warps": 2}
 
@@ -128,6 +131,83 @@ def test_key_strategies(spec, value, expected):
     assert keys.resolve(spec)(value) == expected
 
 
+def retuned(name, **kw):
+    """A fresh LibTuner over the test kernel (its own name, cache and warnings)."""
+    kw.setdefault("strategy", ["log"])
+    return tuner.libtuner(configs=CONFIGS, key=["n"], name=name, **kw)(scale_kernel.fn)
+
+
+def launch(t, x):
+    y, n = x.new_empty(x.shape), x.numel()
+    t[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](x, y, n, 2.0)
+    return y
+
+
+@pytest.mark.parametrize("spec,bucket", [("log", 128), ("align32", 96), (lambda v: v // 10, 7)], ids=["log", "align32", "callable"])
+def test_strategy_buckets_the_stored_key(policy, spec, bucket):
+    policy("miss")
+    t = retuned(f"test.scale_{bucket}", strategy=[spec])
+    x = torch.randn(70, device=DEVICE)
+    torch.testing.assert_close(launch(t, x), x * 2)
+    assert tuner.stats()["benchmarks_run"] == 1
+    (rec,) = default_store().layers[1].records(kernel=t.name)
+    assert json.loads(rec.identity.key) == [bucket, "float32", "float32"]
+    assert cfg_subset(rec.config) == BEST
+    assert list(t.cache) == [(bucket, torch.float32, torch.float32)]
+
+
+def test_keyword_tensors_put_their_dtype_in_the_key(policy):
+    policy("never")
+    x = torch.randn(100, device=DEVICE)
+    y16 = torch.empty(100, device=DEVICE, dtype=torch.float16)
+    positional = scale_kernel.key_of((x, y16, 100, 2.0), {})
+    assert positional == (128, torch.float32, torch.float16)
+    assert scale_kernel.key_of((x,), {"y_ptr": y16, "n": 100, "factor": 2.0}) == positional
+    assert scale_kernel.key_of((), {"factor": 2.0, "n": 100, "y_ptr": y16, "x_ptr": x}) == positional
+    grid = lambda meta: (triton.cdiv(100, meta["BLOCK"]),)
+    for y in (y16, torch.empty(100, device=DEVICE)):
+        scale_kernel[grid](x, y_ptr=y, n=100, factor=2.0)
+        torch.testing.assert_close(y, (x * 2).to(y.dtype))
+    assert {(128, torch.float32, torch.float16), (128, torch.float32, torch.float32)} <= set(scale_kernel.cache)
+    raw = sorted(json.loads(m.raw_args)["dtypes"] for m in default_store().layers[1].misses())
+    assert raw == [["float32", "float16"], ["float32", "float32"]]
+
+
+def test_tuning_lock_lives_beside_the_sqlite_db(isolated_store):
+    from tuner.store import LayeredStore, MemoryStore
+
+    ident = scale_kernel.identity((128, torch.float32, torch.float32))
+    lock = scale_kernel._lock_path(ident, default_store())
+    assert os.path.dirname(lock) == str(isolated_store / "tuning.db.locks")
+    # no SQLite file (tunerd or PostgreSQL only): the cache dir
+    lock = scale_kernel._lock_path(ident, LayeredStore([MemoryStore()]))
+    assert os.path.dirname(lock) == str(isolated_store / "cache" / "locks")
+
+
+def test_stored_row_with_undeclared_config_is_ignored(policy, caplog):
+    from tuner.store import Record
+
+    t = retuned("test.scale_badrow")
+    ident = t.identity((128, torch.float32, torch.float32))
+    bogus = {"BLOCK": 48, "num_warps": 3, "num_stages": 3, "num_ctas": 1}
+    default_store().layers[1].save(Record(ident, bogus, 0.1, 0.1, 0.1, 1))
+    x = torch.randn(100, device=DEVICE)
+    policy("never")  # a miss: the nearest valid row (none) or the default, never the bogus row
+    with caplog.at_level("WARNING", logger="tuner.libtuner"):
+        torch.testing.assert_close(launch(t, x), x * 2)
+        assert t.cache[(128, torch.float32, torch.float32)] == t.default
+        tuner.clear_caches()
+        launch(t, x)
+    assert len([r for r in caplog.records if "ignoring stored config" in r.message]) == 1
+    assert tuner.stats()["hits"] == 0 and tuner.stats()["misses"] == 2
+    policy("miss")  # a miss: tuned, and the good row replaces the bogus one
+    tuner.clear_caches()
+    launch(t, x)
+    assert tuner.stats()["benchmarks_run"] == 1
+    assert cfg_subset(t.cache[(128, torch.float32, torch.float32)]) == BEST
+    assert cfg_subset(default_store().layers[1].lookup(ident).config) == BEST
+
+
 def test_bad_strategy_and_key_names_are_errors():
     with pytest.raises(ValueError, match="unknown key strategy"):
         keys.resolve("cubic")
@@ -141,6 +221,73 @@ def test_kernel_hash_changes_with_config_space():
     a = kernel_hash(scale_kernel.fn, scale_kernel.configs)
     assert a == kernel_hash(scale_kernel.fn, scale_kernel.configs)
     assert a != kernel_hash(scale_kernel.fn, scale_kernel.configs[:-1])
+
+
+@triton.jit
+def _add_one(x):
+    return x + 1
+
+
+@triton.jit
+def _add_two(x):
+    return x + 2
+
+
+# A module holding a jit helper, called as ``helper_mod.helper(...)`` (as reduction.py
+# calls ``rc.to_acc``).
+helper_mod = types.ModuleType("helper_mod")
+helper_mod.helper = _add_one
+
+
+@triton.jit
+def _calls_module_helper(X):
+    tl.store(X, helper_mod.helper(tl.load(X)))
+
+
+def _kernel_closing_over(helper):
+    @triton.jit
+    def kernel(X):
+        tl.store(X, helper(tl.load(X)))
+
+    return kernel
+
+
+def test_kernel_hash_follows_module_attribute_helpers(monkeypatch):
+    from tuner.kernel_hash import kernel_hash
+
+    a = kernel_hash(_calls_module_helper)
+    monkeypatch.setattr(helper_mod, "helper", _add_two)
+    assert kernel_hash(_calls_module_helper) != a
+    # the audited case: reduction's kernel calls ``rc.to_acc`` from _reduce_common
+    from flag_gems.ops import _reduce_common as rc, reduction
+
+    b = kernel_hash(reduction._reduce_kernel)
+    monkeypatch.setattr(rc, "to_acc", _add_one)
+    assert kernel_hash(reduction._reduce_kernel) != b
+
+
+def test_kernel_hash_follows_closure_helpers():
+    from tuner.kernel_hash import kernel_hash
+
+    one, two = _kernel_closing_over(_add_one), _kernel_closing_over(_add_two)
+    assert kernel_hash(one) != kernel_hash(two)
+    assert kernel_hash(one) == kernel_hash(_kernel_closing_over(_add_one))
+
+
+def test_wall_timer_reports_real_percentiles(monkeypatch):
+    durations = iter([5.0, 1.0, 4.0, 2.0, 3.0])  # ms of the 5 timed runs
+    clock = {"t": 0.0, "start": True}
+
+    def perf_counter():
+        if not clock["start"]:
+            clock["t"] += next(durations) / 1e3
+        clock["start"] = not clock["start"]
+        return clock["t"]
+
+    monkeypatch.setattr(bench.time, "perf_counter", perf_counter)
+    req = bench.BenchRequest(lambda: None, "k", {}, (), 0, 0)
+    med, p20, p80 = bench.wall_timer(req)
+    assert med == pytest.approx(3.0) and p20 == pytest.approx(1.8) and p80 == pytest.approx(4.2)
 
 
 def test_bad_policy_value_is_clear(monkeypatch):

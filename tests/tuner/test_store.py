@@ -3,6 +3,9 @@ fingerprint isolation, merge policies, and clear errors for unusable files."""
 import dataclasses
 import hashlib
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect
@@ -34,6 +37,19 @@ def test_schema_created_by_alembic_at_head(db_url):
     with engine.connect() as conn:
         assert migrate.current_revision(conn) == migrate.head_revision()
     engine.dispose()
+
+
+def test_alembic_command_line_takes_x_url(tmp_path):
+    """The command documented in db_migrations/alembic.ini, run from another directory."""
+    ini = Path(__file__).resolve().parents[2] / "db_migrations" / "alembic.ini"
+    path = tmp_path / "cli.db"
+    run = subprocess.run([sys.executable, "-m", "alembic", "-c", str(ini), "-x", f"url=sqlite:///{path}", "upgrade", "head"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [(migrate.head_revision(),)]
+    assert TABLES <= {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    con.close()
 
 
 def test_schema_matches_models(db_url):
@@ -97,6 +113,11 @@ def test_misses_count_and_clear_on_tune(tmp_path):
     assert store.misses() == []
 
 
+def snapshot(path):
+    """The DB file's bytes and every file beside it (-wal, -shm, .lock, ...)."""
+    return path.read_bytes(), sorted(p.name for p in path.parent.iterdir())
+
+
 def test_garbage_file_is_clear_error_and_untouched(tmp_path):
     path = tmp_path / "garbage.db"
     path.write_bytes(b"this is not a database" * 100)
@@ -113,22 +134,45 @@ def test_foreign_sqlite_db_is_refused(tmp_path):
     con.execute("INSERT INTO users (name) VALUES ('ada')")
     con.commit()
     con.close()
+    before = snapshot(path)
     with pytest.raises(TuningDBError, match="not a tuning DB"):
         SQLStore(path)
+    assert snapshot(path) == before  # not a byte changed, no -wal/-shm/.lock created
     con = sqlite3.connect(path)
     assert con.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall() == [("users",)]
     con.close()
 
 
+def test_foreign_wal_sqlite_db_is_refused_without_side_files(tmp_path):
+    path = tmp_path / "wal.db"
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    con.commit()
+    con.close()
+    before = snapshot(path)
+    with pytest.raises(TuningDBError, match="not a tuning DB"):
+        SQLStore(path)
+    assert snapshot(path) == before
+
+
 def test_newer_schema_is_refused(tmp_path):
     path = tmp_path / "new.db"
-    SQLStore(path).save(make_record())
+    store = SQLStore(path)
+    store.save(make_record())
+    store.close()
+    # as copied from a host with a newer flag_gems: the file alone, not in WAL mode
+    (tmp_path / "new.db.lock").unlink(missing_ok=True)
     con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=DELETE")
     con.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
     con.commit()
     con.close()
+    before = snapshot(path)
+    assert before[1] == ["new.db"]
     with pytest.raises(TuningDBError, match="newer"):
         SQLStore(path)
+    assert snapshot(path) == before
     con = sqlite3.connect(path)
     assert con.execute("SELECT count(*) FROM tuning_records").fetchone() == (1,)
     con.close()
@@ -189,3 +233,19 @@ def test_layered_store_reads_local_first_backfills_and_survives_broken_layer(tmp
     layered.save(make_record(key="[2]"))
     assert sql.lookup(make_record(key="[2]").identity) is not None
     assert layered.counters["Broken.errors"] == 2
+
+
+def test_layer_errors_are_counted_in_tuner_stats(tmp_path):
+    import tuner
+
+    tuner.reset_stats()
+    layered = LayeredStore([MemoryStore(), Broken()])
+    rec = make_record()
+    assert layered.lookup(rec.identity) is None
+    assert tuner.stats()["store_errors"] == 1
+    layered.save(rec)
+    layered.record_miss(Miss(rec.identity))
+    assert layered.candidates("pkg.kern", "h1", current()) == []
+    assert tuner.stats()["store_errors"] == 4
+    assert layered.counters["Broken.errors"] == 4
+    tuner.reset_stats()

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 from tuner.fingerprint import Fingerprint
+from tuner.stats import bump
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +126,17 @@ class LayeredStore:
     def _name(self, layer: TuningStore) -> str:
         return type(layer).__name__
 
+    def _error(self, name: str) -> None:
+        self.counters[f"{name}.errors"] += 1
+        bump("store_errors")  # the process-wide count that ``tuner.stats()`` reports
+
     def lookup(self, ident: Identity) -> Record | None:
         for i, layer in enumerate(self.layers):
             name = self._name(layer)
             try:
                 rec = layer.lookup(ident)
             except Exception as e:  # a broken layer must not break the kernel call
-                self.counters[f"{name}.errors"] += 1
+                self._error(name)
                 log.warning("tuning store layer %s failed on lookup: %s", name, e)
                 continue
             if rec is None:
@@ -148,7 +153,7 @@ class LayeredStore:
             try:
                 found = layer.candidates(kernel, kernel_hash, fingerprint)
             except Exception as e:
-                self.counters[f"{self._name(layer)}.errors"] += 1
+                self._error(self._name(layer))
                 log.warning("tuning store layer %s failed on candidates: %s", self._name(layer), e)
                 continue
             if found:
@@ -160,7 +165,7 @@ class LayeredStore:
             getattr(layer, method)(*args)
             self.counters[f"{self._name(layer)}.writes"] += 1
         except Exception as e:
-            self.counters[f"{self._name(layer)}.errors"] += 1
+            self._error(self._name(layer))
             log.warning("tuning store layer %s failed on %s: %s", self._name(layer), method, e)
 
     def save(self, record: Record, timings: Sequence[Timing] = ()) -> None:

@@ -56,6 +56,62 @@ def _on_sqlite_connect(dbapi_conn: sqlite3.Connection, _record) -> None:
     cur.close()
 
 
+def _sqlite_schema(path: Path) -> tuple[list[str], str | None] | None:
+    """The tables and schema revision of an existing SQLite file, read without changing
+    it or creating a file beside it; ``None`` for a missing or empty file."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except FileNotFoundError:
+        return None
+    if not header:
+        return None
+    # A plain read-only open of a WAL-mode file still creates -wal and -shm beside it.
+    # With no -wal there, the file holds every committed page: read it as immutable.
+    wal_mode = header.startswith(b"SQLite format 3\0") and len(header) > 18 and header[18] == 2
+    immutable = wal_mode and not Path(f"{path}-wal").exists()
+    uri = path.resolve().as_uri() + "?mode=ro" + ("&immutable=1" if immutable else "")
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)) as con:
+            tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite~_%' ESCAPE '~'")]
+            rev = None
+            if "alembic_version" in tables:
+                row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+                rev = row[0] if row else None
+            return tables, rev
+    except sqlite3.OperationalError:  # locked, unreadable: the open under the writer lock decides
+        return None
+    except sqlite3.DatabaseError:
+        if immutable:  # perhaps read mid-checkpoint of another process: the locked open decides
+            return None
+        raise  # not a database, or a corrupt one
+
+
+def _refuse_unusable_sqlite(url: str) -> None:
+    """Raise ``TuningDBError`` for an SQLite file that is not a tuning DB or has a newer
+    schema, before the engine's connect hook (WAL) or the writer lock touch the file."""
+    from tuner.store.migrate import schema_problem
+
+    path = sqlite_path(url)
+    if path is None:
+        return
+    try:
+        found = _sqlite_schema(path)
+    except (sqlite3.DatabaseError, OSError) as e:
+        raise TuningDBError(f"{describe(url)}: cannot open as a tuning DB: {e}") from e
+    if found is None:
+        return
+    tables, rev = found
+    if rev is None and "alembic_version" in tables:
+        # Alembic creates its version table first and fills it last, and SQLite commits
+        # each CREATE TABLE at once: another process may be creating the schema right
+        # now. The check under the writer lock decides.
+        return
+    problem = schema_problem(describe(url), tables, rev)
+    if problem is not None:
+        raise TuningDBError(problem)
+
+
 def create_db_engine(url: str) -> Engine:
     path = sqlite_path(url)
     if path is not None:
@@ -106,6 +162,7 @@ def open_engine(db: str | Path | None = None, *, migrate: bool = True) -> Engine
     from tuner.store.migrate import ensure_schema
 
     url = resolve_url(db)
+    _refuse_unusable_sqlite(url)
     engine = create_db_engine(url)
     try:
         with _migration_guard(engine, url):

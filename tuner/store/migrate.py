@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Iterable
 
 from alembic import command
 from alembic.config import Config
@@ -37,6 +38,21 @@ def current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
+def schema_problem(name: str, tables: Iterable[str], rev: str | None) -> str | None:
+    """Why a DB with these tables and schema revision cannot be used, or ``None``."""
+    head, known = _scripts()
+    if rev is None:
+        foreign = [t for t in tables if t != "alembic_version"]
+        if foreign:
+            return f"{name}: not a tuning DB (it has tables {', '.join(sorted(foreign)[:5])} and no schema version); left unchanged"
+    elif rev not in known:
+        return (
+            f"{name}: schema revision {rev!r} is newer than this flag_gems knows (head {head!r}); "
+            "upgrade flag_gems or use another DB; left unchanged"
+        )
+    return None
+
+
 def ensure_schema(engine: Engine, name: str, *, upgrade: bool = True) -> None:
     """Bring the DB to head, or raise ``TuningDBError`` without touching it.
 
@@ -44,20 +60,12 @@ def ensure_schema(engine: Engine, name: str, *, upgrade: bool = True) -> None:
     """
     from tuner.store.db import TuningDBError
 
-    head, known = _scripts()
+    head, _ = _scripts()
     with engine.connect() as conn:
         rev = current_revision(conn)
-        if rev is None:
-            foreign = [t for t in inspect(conn).get_table_names() if t != "alembic_version"]
-            if foreign:
-                raise TuningDBError(
-                    f"{name}: not a tuning DB (it has tables {', '.join(sorted(foreign)[:5])} and no schema version); left unchanged"
-                )
-        elif rev not in known:
-            raise TuningDBError(
-                f"{name}: schema revision {rev!r} is newer than this flag_gems knows (head {head!r}); "
-                "upgrade flag_gems or use another DB; left unchanged"
-            )
+        problem = schema_problem(name, inspect(conn).get_table_names() if rev is None else [], rev)
+        if problem is not None:
+            raise TuningDBError(problem)
         if rev == head or not upgrade:
             return
     with engine.begin() as conn:
