@@ -109,14 +109,24 @@ def spin_up(seconds: float = 2.0) -> None:
         torch.cuda.synchronize()
 
 
+def tuned_configs() -> dict[tuple[str, tuple], dict]:
+    """Every (kernel, key) -> config resolved so far in this process."""
+    import sys
+
+    return {(t.name, k): c for t in sys.modules["tuner.libtuner"]._REGISTRY for k, c in t.cache.items()}
+
+
 def main() -> None:
-    spin_up()
+    if os.environ.get("BENCH_SPIN_UP", "1") == "1":
+        spin_up()
+    picked: list[str] = []
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     print("| op | size (bf16) | torch us | flag_gems us | speedup | flag_gems GB/s |")
     print("|---|---|---|---|---|---|")
     flag_gems.enable()
     flag_gems.disable()
     for name, size, torch_fn, gems_fn, moved in cases():
+        before = tuned_configs()
         try:
             t_torch = do_bench(torch_fn, warmup=25, rep=100)
             if gems_fn is None:
@@ -131,8 +141,10 @@ def main() -> None:
             if not ran:
                 raise RuntimeError("no Triton kernel ran: the op fell back to aten")
             print(f"| {name} | {size} | {t_torch * 1e3:.1f} | {t_gems * 1e3:.1f} | {t_torch / t_gems:.2f}x | {moved / t_gems / 1e6:.0f} |")
+            picked += [f"{name}: {k[0].rsplit('.', 1)[-1]} {c}" for k, c in tuned_configs().items() if k not in before]
         except Exception as e:  # report and go on: one broken op must not hide the rest
             print(f"| {name} | {size} | error: {type(e).__name__}: {str(e)[:120]} | | | |")
+    print("\nconfigs picked by the tuner:\n" + "\n".join(picked))
     tiny = torch.randn(16, device="cuda", dtype=BF16)
     rows = [("add", lambda: torch.add(tiny, tiny)), ("exp", lambda: torch.exp(tiny)), ("sum", lambda: tiny.sum()), ("softmax", lambda: torch.softmax(tiny, -1))]
     print("\n| op (16 elements) | torch host us/call | flag_gems host us/call |")
