@@ -266,8 +266,16 @@ def test_cli_bad_workload_tunes_and_writes_nothing(tmp_path):
 
 
 def test_cli_server_and_dry_run(tmp_path):
-    r = cli(str(SMOKE), "--server", "http://x", "--no-progress")
-    assert r.returncode == 2 and "not implemented yet" in r.stderr
+    """--server's option checks and --dry-run; the shared queue itself runs in
+    tests/tunerd/test_jobs.py::test_cli_pretune_server_smoke against a real tunerd."""
+    r = cli(str(SMOKE), "--server", "http://127.0.0.1:9", "--devices", "0,1", "--no-progress")
+    assert r.returncode == 2 and "--devices" in r.stderr
+    r = cli(str(SMOKE), "--token-file", str(tmp_path / "token"), "--no-progress")
+    assert r.returncode == 2 and "--token-file needs --server" in r.stderr
+    r = cli(str(SMOKE), "--server", "http://127.0.0.1:9", "--token-file", str(tmp_path / "missing"), "--no-progress")
+    assert r.returncode == 2 and "--token-file" in r.stderr
+    r = cli(str(SMOKE), "--server", "http://127.0.0.1:9", "--dry-run")  # lists the jobs, contacts nobody
+    assert r.returncode == 0 and "jobs (" in r.stdout
     r = cli(str(SMOKE), "--dry-run", "--db", str(tmp_path / "t.db"))
     assert r.returncode == 0, r.stderr
     assert "linear([5, 32] x [32, 32], float32)" in r.stdout and "jobs (" in r.stdout

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from tuner import settings
 from tuner.stats import stats
-from tuner.store import LayeredStore, Record, Timing, canonical_json, default_store, set_default_store
+from tuner.store import Identity, LayeredStore, Record, Timing, canonical_json, default_store, set_default_store
 from tuner.workload import Job
 
 log = logging.getLogger(__name__)
@@ -126,12 +126,20 @@ class Summary:
 
 class _TrackingStore(LayeredStore):
     """The process store's layers, with every saved record marked ``source="pretune"``
-    and reported to the run."""
+    and reported to the run (and, with ``on_hit``, every record found in the store)."""
 
-    def __init__(self, inner: LayeredStore, on_save: Callable[[Record, Sequence[Timing]], None]) -> None:
+    def __init__(self, inner: LayeredStore, on_save: Callable[[Record, Sequence[Timing]], None],
+                 on_hit: Callable[[Record], None] | None = None) -> None:
         super().__init__(inner.layers)
         self.counters = inner.counters
         self._on_save = on_save
+        self._on_hit = on_hit
+
+    def lookup(self, ident: Identity) -> Record | None:
+        rec = super().lookup(ident)
+        if rec is not None and self._on_hit is not None:
+            self._on_hit(rec)
+        return rec
 
     def save(self, record: Record, timings: Sequence[Timing] = ()) -> None:
         record = dataclasses.replace(record, source="pretune")
@@ -182,8 +190,15 @@ def run_jobs(
     progress: bool = True,
     on_job: Callable[[int, Job, bool], None] | None = None,
     stop_on_error: bool = False,
+    on_record: Callable[[Record, Sequence[Timing]], None] | None = None,
+    fresh: bool = True,
 ) -> Summary:
-    """Run every job once under the ``miss`` policy (``always`` with ``force``)."""
+    """Run every job once under the ``miss`` policy (``always`` with ``force``).
+
+    ``on_record`` gets every record the jobs tuned (with its timings) and every record
+    they found already stored (without). ``fresh=False`` keeps the process's resolved keys
+    (a caller running jobs one by one: with ``force`` each key is still retuned once).
+    """
     from tuner.libtuner import clear_caches
 
     prov = load_provider(provider) if isinstance(provider, str) else provider
@@ -193,7 +208,13 @@ def run_jobs(
     summary = Summary(jobs=len(jobs))
     inner = default_store()
     saved: list[Tuned] = []
-    tracking = _TrackingStore(inner, lambda r, ts: saved.append(_tuned_from(r, ts)))
+
+    def on_save(r: Record, ts: Sequence[Timing]) -> None:
+        saved.append(_tuned_from(r, ts))
+        if on_record is not None:
+            on_record(r, ts)
+
+    tracking = _TrackingStore(inner, on_save, (lambda r: on_record(r, ())) if on_record is not None else None)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -201,7 +222,8 @@ def run_jobs(
         bar = tqdm(total=len(jobs), unit="job", desc="pretune", dynamic_ncols=True)
     t0 = time.perf_counter()
     set_default_store(tracking)
-    clear_caches()  # every key goes to the store once in this run
+    if fresh:
+        clear_caches()  # every key goes to the store once in this run
     try:
         with _policy("always" if force else "miss"):
             for i, job in enumerate(jobs):
@@ -228,7 +250,8 @@ def run_jobs(
                     bar.update(1)
     finally:
         set_default_store(inner)
-        clear_caches()
+        if fresh:
+            clear_caches()
         if bar is not None:
             bar.close()
         summary.tuned = saved
@@ -353,3 +376,110 @@ def _summary_from_dict(d: dict[str, Any]) -> Summary:
     s.tuned = [Tuned(k["kernel"], k["key"], k["config"], k["best_ms"], k["default_ms"], k["configs_tried"]) for k in d["keys"]]
     s.errors = list(d["errors"])
     return s
+
+
+# -- several machines, through tunerd's job queue ------------------------------------------
+@dataclass
+class DistributedRun:
+    """What ``run_distributed`` did on this machine."""
+
+    server: str
+    worker: str
+    env_id: str
+    submitted: dict[str, int]  # submitted / already / requeued
+    summary: Summary  # the jobs this worker ran and the keys it tuned
+    report: Any  # tuner.jobs.WorkerReport
+
+    def lines(self) -> list[str]:
+        r, s, c = self.report, self.submitted, self.report.counts
+        return [
+            f"tunerd {self.server}: {s['submitted']} jobs queued by this run, {s['already']} already in the queue"
+            + (f", {s['requeued']} requeued" if s.get("requeued") else ""),
+            f"worker {self.worker}: ran {r.claimed} jobs ({r.done} done, {r.failed} failed"
+            + (f", {r.lost} finished after their lease went to another worker" if r.lost else "")
+            + f"), uploaded {r.records_uploaded} records"
+            + (f" ({r.records_rejected} rejected by tunerd)" if r.records_rejected else ""),
+            "queue of this environment ({}): {}".format(
+                self.env_id[:8], ", ".join(f"{c.get(k, 0)} {k}" for k in ("done", "failed", "queued", "running"))),
+        ]
+
+
+def run_distributed(
+    jobs: Sequence[Job],
+    *,
+    url: str,
+    token: str | None = None,
+    provider: str | Any = DEFAULT_PROVIDER,
+    force: bool = False,
+    progress: bool = True,
+    worker: str | None = None,
+) -> DistributedRun:
+    """Submit ``jobs`` to tunerd's queue for this machine's environment, then work through
+    the queue (with any other machine doing the same) until nothing is queued or running.
+
+    Each claimed job runs like a local job (``run_jobs``) into the local DB, with tunerd as
+    the bottom store layer so a key another machine tuned is a hit; the records it tuned or
+    found locally are uploaded before the job is finished. ``force`` retunes stored keys
+    and puts finished jobs of this workload back in the queue.
+    """
+    import socket
+
+    from tuner import jobs as jq
+    from tuner.fingerprint import current
+    from tuner.libtuner import clear_caches
+    from tuner.store.remote import RemoteStore, record_json
+
+    prov = load_provider(provider) if isinstance(provider, str) else provider
+    unknown = sorted({j.op for j in jobs if not prov.known_op(j.op)})
+    if unknown:
+        raise PretuneError(f"unknown ops {unknown}: the provider {getattr(prov, '__name__', prov)} has no such op")
+    fp = current()
+    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    client = jq.JobClient(url, token)
+    remote = jq.ReadOnlyRemote(url, token)
+    inner = default_store()
+    layered = LayeredStore([layer for layer in inner.layers if not isinstance(layer, RemoteStore)] + [remote])
+    total = Summary()
+    bar = None
+
+    def run(spec: dict[str, Any]) -> jq.JobResult:
+        found: dict[Identity, tuple[Record, Sequence[Timing]]] = {}
+
+        def on_record(rec: Record, timings: Sequence[Timing]) -> None:
+            if timings or rec.identity not in remote.served:  # tunerd has what it served
+                found[rec.identity] = (rec, timings)
+
+        s = run_jobs([Job.from_dict(spec)], provider=prov, force=force, progress=False, on_record=on_record, fresh=False)
+        total.merge(s)
+        records = [record_json(r, ts) for r, ts in found.values()]
+        if s.jobs_failed:
+            return jq.JobResult(ok=False, error=s.errors[0]["error"] if s.errors else "failed", records=records)
+        return jq.JobResult(ok=True, records=records)
+
+    def on_counts(counts: dict[str, int]) -> None:
+        if bar is not None:
+            bar.total = sum(counts.values())
+            bar.n = counts.get("done", 0) + counts.get("failed", 0)
+            bar.refresh()
+
+    t0 = time.perf_counter()
+    set_default_store(layered)
+    clear_caches()
+    try:
+        specs = [j.as_dict() for j in jobs]
+        submitted = client.submit(fp, specs, requeue=force) if specs else {"submitted": 0, "already": 0, "requeued": 0}
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(specs), unit="job", desc="pretune (shared queue)", dynamic_ncols=True)
+        report = jq.work(client, fp, worker, run, on_counts=on_counts)
+    finally:
+        set_default_store(inner)
+        clear_caches()
+        if bar is not None:
+            bar.close()
+        remote.close(flush_timeout_s=0.0)
+        client.close()
+    total.wall_s = time.perf_counter() - t0
+    return DistributedRun(server=client.url, worker=worker, env_id=fp.env_id, submitted=submitted,
+                          summary=total, report=report)

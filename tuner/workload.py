@@ -27,7 +27,7 @@ This module imports neither torch nor flag_gems.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal
 

@@ -15,15 +15,17 @@ from tunerd.metrics import Metrics
 _bearer = HTTPBearer(auto_error=False, description="The token given to tunerd with --token-file or TUNERD_TOKEN")
 
 
-def get_settings(request: Request) -> Settings:
+# The cheap dependencies are ``async``: a sync one costs a threadpool hop per request
+# (about a millisecond each on a small machine); only the sessions do blocking work.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     return request.app.state.db
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
@@ -61,11 +63,13 @@ def _check_token(settings: Settings, creds: HTTPAuthorizationCredentials | None)
         raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid token")
 
 
-def require_write(settings: SettingsDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+async def require_write(settings: SettingsDep,
+                        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     _check_token(settings, creds)
 
 
-def require_read(settings: SettingsDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+async def require_read(settings: SettingsDep,
+                       creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     if settings.auth_reads:
         _check_token(settings, creds)
 

@@ -15,7 +15,7 @@ import sys
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from tunerd.api.main import api_router
 from tunerd.api.routes import health
@@ -55,8 +55,17 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     @app.exception_handler(OperationalError)
     async def _db_down(request: Request, exc: OperationalError):
+        if _refused_value(exc):
+            return await _db_refused(request, exc)
         log.error("database error on %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": "database unavailable"}, status_code=503)
+
+    @app.exception_handler(DataError)
+    async def _db_refused(request: Request, exc: DBAPIError):
+        # A value the validation let through but the database refuses: the client's input,
+        # not an outage (a 503 would make clients retry the same request forever).
+        log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc.orig)
+        return JSONResponse({"detail": "the database refused a value of this request"}, status_code=422)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
@@ -67,6 +76,12 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def _refused_value(exc: DBAPIError) -> bool:
+    """PostgreSQL's "program limit exceeded" (SQLSTATE class 54, e.g. an index row too
+    large) is reported as an OperationalError, but is caused by the request's values."""
+    return str(getattr(exc.orig, "sqlstate", "") or "").startswith("54")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,27 +9,38 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timezone
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from tuner.fingerprint import Fingerprint
 from tuner.store.base import canonical_json
 
 # Hard caps (the configured limits may only be lower).
 HARD_MAX_BATCH = 10_000
-MAX_KEY_CHARS = 4096
+# The unique btree indexes hold (kernel, kernel_hash, key, env_id[, config]); PostgreSQL
+# refuses an index row over 2704 bytes (an incompressible value is stored as it is). With
+# kernel <= 256 bytes, kernel_hash <= 64 bytes, env_id 32, a key <= 1536 and a timing's
+# config <= 640 characters (both ASCII: canonical JSON), the widest row is ~2.6 KB, so every
+# valid request can be stored on every backend instead of failing in the database.
+MAX_KEY_CHARS = 1536
+MAX_CONFIG_JSON_CHARS = 640
 MAX_TEXT_CHARS = 4096
+MAX_SPEC_CHARS = 16_384  # a pretune job's canonical JSON
 MAX_CONFIG_ITEMS = 64
 INT32_MAX = 2**31 - 1
 MAX_MS = 1e9
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"  # for query parameters (PostgreSQL rejects NUL)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _printable(s: str) -> str:
     """No control characters (PostgreSQL rejects NUL) and valid UTF-8 (no lone surrogates)."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in s):
+    if _CONTROL.search(s):
         raise ValueError("must not contain control characters")
     try:
         s.encode("utf-8")
@@ -82,6 +93,8 @@ def _flat_config(cfg: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"config value {k!r} must be finite")
         else:
             raise ValueError(f"config value {k!r} must be a number, string, boolean or null")
+    if len(canonical_json(cfg)) > MAX_CONFIG_JSON_CHARS:
+        raise ValueError(f"config is longer than {MAX_CONFIG_JSON_CHARS} characters as canonical JSON")
     return cfg
 
 
@@ -91,8 +104,19 @@ def _utc(dt: Optional[datetime]) -> Optional[datetime]:
     return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
+def _max_bytes(n: int):
+    def check(s: str) -> str:
+        if len(s.encode("utf-8")) > n:
+            raise ValueError(f"must be at most {n} bytes as UTF-8")
+        return s
+
+    return check
+
+
 def Name(max_length: int):  # noqa: N802 - a type factory
-    return Annotated[str, Field(min_length=1, max_length=max_length), AfterValidator(_printable)]
+    """An indexed name: at most ``max_length`` characters and as many UTF-8 bytes."""
+    return Annotated[str, Field(min_length=1, max_length=max_length), AfterValidator(_printable),
+                     AfterValidator(_max_bytes(max_length))]
 
 
 KernelName = Name(256)
@@ -250,3 +274,169 @@ class Stats(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+# -- distributed pretuning jobs ------------------------------------------------------------
+JobStatus = Literal["queued", "running", "done", "failed"]
+Dim = Annotated[int, Field(strict=True, ge=-(2**53), le=2**53)]
+Shape = Annotated[list[Dim], Field(max_length=8)]
+ShortText = Annotated[str, Field(min_length=1, max_length=32), AfterValidator(_printable)]
+WorkerName = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_printable)]
+JobId = Annotated[int, Field(ge=1, le=INT32_MAX)]
+
+
+class JobSpecIn(Strict):
+    """One op call of a workload, as ``tuner.workload.Job.as_dict()`` writes it. The server
+    stores its canonical JSON, so the same call submitted by any client is one job."""
+
+    op: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)]
+    shapes: Annotated[list[Shape], Field(max_length=64)] = []
+    dtype: ShortText = "bfloat16"
+    args: Optional[dict[Annotated[str, Field(min_length=1, max_length=64)], Any]] = None
+    dtypes: Optional[Annotated[list[ShortText], Field(max_length=64)]] = None
+    strides: Optional[Annotated[list[Optional[Shape]], Field(max_length=64)]] = None
+
+    def canonical(self) -> str:
+        """``canonical_json(Job.as_dict())`` of the same job (empty args omitted)."""
+        d: dict[str, Any] = {"op": self.op, "shapes": self.shapes, "dtype": self.dtype}
+        if self.args:
+            d["args"] = self.args
+        if self.dtypes is not None:
+            d["dtypes"] = self.dtypes
+        if self.strides is not None:
+            d["strides"] = self.strides
+        return json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    def model_post_init(self, _context: Any) -> None:
+        # Refuse here (422) what cannot be stored: NaN in args, absurd nesting, huge specs.
+        try:
+            text = self.canonical()
+        except (ValueError, TypeError, RecursionError) as e:
+            raise ValueError(f"job spec is not JSON-encodable: {e}") from e
+        if len(text) > MAX_SPEC_CHARS:
+            raise ValueError(f"job spec is longer than {MAX_SPEC_CHARS} characters as canonical JSON")
+
+
+class JobSubmit(Strict):
+    """A workload's jobs for one environment; a job already in the queue (any status) is
+    counted in ``already`` and left as it is, unless ``requeue`` puts a finished one back."""
+
+    fingerprint: FingerprintIn
+    jobs: Annotated[list[JobSpecIn], Field(min_length=1, max_length=HARD_MAX_BATCH)]
+    requeue: bool = False
+
+
+class JobSubmitResponse(BaseModel):
+    env_id: str
+    submitted: int  # new jobs queued by this request
+    already: int  # jobs of the request the queue already held
+    requeued: int  # finished jobs put back in the queue (requeue=true)
+
+
+class JobCounts(BaseModel):
+    queued: int = 0
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+
+
+class JobOut(BaseModel):
+    id: int
+    env_id: str
+    spec: dict[str, Any]
+    status: str
+    worker: Optional[str]
+    attempts: int
+    heartbeat_at: Optional[datetime]
+    error: Optional[str]
+    created_at: Optional[datetime]
+    finished_at: Optional[datetime]
+
+
+class JobClaim(Strict):
+    fingerprint: FingerprintIn
+    worker: WorkerName
+    limit: Annotated[int, Field(ge=1, le=100)] = 1
+
+
+class JobClaimResponse(BaseModel):
+    jobs: list[JobOut]  # now running for the worker; empty: nothing claimable right now
+    lease_s: float  # send a heartbeat well within this, or the job goes back to the queue
+    counts: JobCounts  # of the environment, after the claim
+
+
+class JobHeartbeat(Strict):
+    worker: WorkerName
+
+
+class JobFinish(Strict):
+    worker: WorkerName
+    ok: bool
+    error: Optional[Text] = None
+
+
+class JobPage(BaseModel):
+    env_id: Optional[str]
+    counts: JobCounts
+    items: list[JobOut]
+    next_after: Optional[int]
+
+
+# -- bundles (export / import) -------------------------------------------------------------
+class ImportResponse(BaseModel):
+    policy: str
+    records: int  # records in the bundle
+    records_written: int
+    timings_written: int
+    misses_written: int
+    verdicts: dict[str, int]  # against the stored rows: new, better, worse, equal, conflicting
+    kernel_files_ignored: int  # Triton cache files travel with bundles, not into the DB
+
+
+_checks: dict[str, TypeAdapter] = {
+    "kernel": TypeAdapter(KernelName),
+    "kernel_hash": TypeAdapter(KernelHash),
+    "key": TypeAdapter(Key),
+    "config": TypeAdapter(Config),
+    "fingerprint": TypeAdapter(FingerprintIn),
+    "text": TypeAdapter(Optional[Text]),
+    "name": TypeAdapter(Annotated[str, Field(max_length=256), AfterValidator(_printable)]),
+    "int32": TypeAdapter(Annotated[int, Field(ge=0, le=INT32_MAX)]),
+}
+
+
+def _check(kind: str, value: Any, where: str) -> None:
+    try:
+        _checks[kind].validate_python(value)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ValueError(f"{where}: {err.get('msg', 'invalid')}") from e
+
+
+def check_bundle(data: Any) -> None:
+    """Raise ``ValueError`` naming the first row of a (valid) bundle this server would not
+    accept through its API: the same limits as ``RecordIn``/``MissIn``, so an import can
+    neither fail in the database nor store a row a reader chokes on."""
+
+    def identity(ident: Any, where: str) -> None:
+        _check("kernel", ident.kernel, f"{where} kernel")
+        _check("kernel_hash", ident.kernel_hash, f"{where} kernel_hash")
+        _check("key", ident.key, f"{where} key")
+        _check("fingerprint", ident.fingerprint.as_dict(), f"{where} environment")
+
+    for n, rec in enumerate(data.records, 1):
+        where = f"record {n} ({rec.identity.kernel[:100]})"
+        identity(rec.identity, where)
+        _check("config", rec.config, f"{where} config")
+        _check("int32", rec.configs_tried, f"{where} configs_tried")
+        for name in ("source", "host", "tool_version"):
+            _check("name", getattr(rec, name), f"{where} {name}")
+    for ts in data.timings.values():
+        for t in ts:
+            _check("config", t.config, "timing config")
+            _check("text", t.error, "timing error")
+    for n, m in enumerate(data.misses, 1):
+        where = f"miss {n} ({m.identity.kernel[:100]})"
+        identity(m.identity, where)
+        _check("text", m.raw_args, f"{where} raw_args")
+        _check("int32", m.count, f"{where} count")

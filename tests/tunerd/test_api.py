@@ -225,3 +225,51 @@ def test_concurrent_upserts_from_8_processes(server):
         for i in range(n_own):
             assert f"[{i},\"w{w}\"]" in by_key
     assert all(r["fingerprint"] == {**WORKER_FP, "env_id": r["env_id"]} for r in rows)
+
+
+def _noise(n: int, seed: int) -> str:
+    """Incompressible printable ASCII (PostgreSQL compresses index rows before checking their size)."""
+    import random
+    import string
+
+    rnd = random.Random(seed)
+    return "".join(rnd.choice(string.ascii_letters + string.digits) for _ in range(n))
+
+
+def test_widest_valid_rows_fit_every_backend(server):
+    """Audit: on PostgreSQL a valid 3954-character key was a 503 (the unique btree index
+    row exceeded 2704 bytes). Keys and configs are now capped so that every valid request
+    can be stored on every backend; longer ones are a clear 422."""
+    from tunerd.schemas import MAX_CONFIG_JSON_CHARS, MAX_KEY_CHARS
+
+    long_key = json.dumps([_noise(3950, 1)])
+    assert len(long_key) == 3954
+    miss = {"kernel": "wide", "kernel_hash": "abc123", "key": long_key, "fingerprint": FP}
+    with server.client() as c:
+        before = counts(c)
+        r = c.post("/v1/records", json={"records": [rec(long_key, 1.0, kernel="wide")]})
+        assert r.status_code == 422 and "key" in r.text, r.text
+        assert c.post("/v1/misses", json={"misses": [miss]}).status_code == 422
+        assert c.post("/v1/records/lookup", json={"kernel": "wide", "kernel_hash": "abc123", "fingerprint": FP,
+                                                  "keys": [long_key]}).status_code == 422
+        assert c.post("/v1/records", json={"records": [rec("[1]", 1.0, kernel="\U0001F600" * 100)]}).status_code == 422
+        # The widest accepted row, with incompressible values, is stored (record, timing, miss).
+        key = json.dumps([_noise(MAX_KEY_CHARS - 4, 2)])
+        kernel, khash = _noise(256, 3), _noise(64, 4)
+        config = {"a": _noise(256, 5), "b": _noise(256, 6)}
+        config["c"] = _noise(MAX_CONFIG_JSON_CHARS - len(json.dumps(config, separators=(",", ":"))) - 7, 7)
+        assert len(json.dumps(config, separators=(",", ":"))) == MAX_CONFIG_JSON_CHARS
+        wide = {**rec(key, 1.0, kernel=kernel), "kernel_hash": khash, "config": config,
+                "timings": [{"config": config, "median_ms": 1.0}]}
+        r = c.post("/v1/records", json={"records": [wide]})
+        assert r.status_code == 200, r.text
+        assert c.post("/v1/misses", json={"misses": [{**miss, "kernel": kernel, "kernel_hash": khash,
+                                                       "key": json.dumps([_noise(MAX_KEY_CHARS - 4, 8)])}]}).status_code == 200
+        too_wide = {**wide, "config": {**config, "c": config["c"] + "x"}}
+        assert c.post("/v1/records", json={"records": [too_wide]}).status_code == 422
+        got = c.post("/v1/records/lookup", json={"kernel": kernel, "kernel_hash": khash, "fingerprint": FP,
+                                                 "keys": [key]}).json()
+        assert got["missing"] == [] and got["records"][0]["config"] == config
+        after = counts(c)
+        assert (after["records"], after["timings"], after["misses"]) == (before["records"] + 1, before["timings"] + 1,
+                                                                          before["misses"] + 1)

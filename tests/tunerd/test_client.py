@@ -11,7 +11,7 @@ import pytest
 from tests.tunerd.conftest import TOKEN, Server
 from tuner.fingerprint import Fingerprint
 from tuner.store.base import Identity, LayeredStore, MemoryStore, Miss, Record, Timing
-from tuner.store.remote import RemoteStore
+from tuner.store.remote import RemoteStore, record_json
 
 FP = Fingerprint("nvidia", "NVIDIA H100", "9.0", 132, "3.1.0", "2.5.1")
 
@@ -164,3 +164,39 @@ def test_hung_tunerd_is_bounded():
         for c in conns:
             c.close()
         srv.close()
+
+
+def test_uploader_splits_refused_batches_down_to_single_records(tmp_path):
+    """Audit: on 413 the uploader dropped the whole batch. A batch refused as too large
+    (413) or invalid (422) is now halved down to single records: only the huge record and
+    the invalid one are lost."""
+    srv = Server(str(tmp_path / "small.db"), tmp_path, env={"TUNERD_MAX_BODY_BYTES": "4096"}).start()
+    try:
+        store = RemoteStore(srv.url, TOKEN, timeout_s=2.0, upload_timeout_s=5.0)
+        huge_timings = [Timing({"BLOCK": 2**i, "num_warps": w}, 1.0 + i) for i in range(12) for w in (1, 2, 4, 8)]
+        bad = Record(Identity("softmax_split", "k1", "[" + ",".join(["7"] * 800) + "]", FP), {"BLOCK": 64}, 1.0, 1.0, 1.0, 1)
+        # Queued before the uploader thread starts, so they go up as one batch.
+        for i in range(30):
+            store._queue.put_nowait(("record", record_json(record(i, kernel="softmax_split"))))
+            if i == 10:  # alone larger than 4096 bytes: 413
+                store._queue.put_nowait(("record", record_json(record(1000, kernel="softmax_split"), huge_timings)))
+            if i == 20:  # key too long: 422
+                store._queue.put_nowait(("record", record_json(bad)))
+        store._ensure_thread()
+        assert store.flush(30.0)
+        assert store.counters["uploaded_records"] == 30, store.counters
+        assert store.counters["rejected_records"] == 2 and store.counters["dropped_records"] == 0
+        with srv.client() as c:
+            got = c.post("/v1/records/lookup", json={"kernel": "softmax_split", "kernel_hash": "k1",
+                                                     "fingerprint": FP.as_dict(),
+                                                     "keys": [ident(i).key for i in range(30)] + [ident(1000).key]}).json()
+        assert got["missing"] == [ident(1000).key] and len(got["records"]) == 30
+        with srv.client() as c:
+            metrics = c.get("/metrics").text
+        assert 'status="413"' in metrics and 'route="/v1/records",status="422"' in metrics
+        # A lookup of a key tunerd cannot hold answers "not found" without failing the batch.
+        assert store.lookup_many([bad.identity, ident(1, "softmax_split")])[ident(1, "softmax_split")] is not None
+        assert not store.breaker.is_open
+        store.close()
+    finally:
+        srv.stop()

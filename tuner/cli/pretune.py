@@ -4,6 +4,7 @@
     gems-pretune workloads/llama7b.yaml --dry-run       # list the jobs, tune nothing
     gems-pretune --from-misses                          # tune what inference missed
     gems-pretune --from-record run.jsonl --capture-out w.yaml   # record -> workload
+    gems-pretune workloads/llama7b.yaml --server http://tunerd:8600   # share the jobs between machines
 """
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gems-pretune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workloads", nargs="*", metavar="WORKLOAD", help="workload YAML files (workloads/*.yaml)")
     p.add_argument("--db", help="tuning DB path or SQLAlchemy URL (default: the per-device SQLite file)")
-    p.add_argument("--server", help="tunerd URL to share jobs and results with (not implemented yet)")
+    p.add_argument("--server", metavar="URL",
+                   help="tunerd URL: queue the jobs there (once, whichever machines submit them), then work through "
+                        "the queue with every machine running the same command, uploading the results "
+                        "(token: FLAGGEMS_TUNERD_TOKEN or --token-file)")
+    p.add_argument("--token-file", metavar="FILE", help="with --server: a file holding tunerd's bearer token")
     p.add_argument("--devices", help="comma-separated GPU indices, one worker process each, one shared DB")
     p.add_argument("--dry-run", action="store_true", help="list the jobs and an estimate; tune nothing")
     p.add_argument("--force", action="store_true", help="retune keys that are already tuned")
@@ -42,9 +47,12 @@ def _err(msg: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.server:
-        return _err("--server: tunerd has no pretune job queue yet (not implemented yet); "
-                    "use --db with a shared database URL, or FLAGGEMS_TUNERD_URL for results")
+    if args.server and args.devices:
+        return _err("--server and --devices: run one gems-pretune --server per GPU (CUDA_VISIBLE_DEVICES=i) instead")
+    if args.token_file and not args.server:
+        return _err("--token-file needs --server")
+    if args.server and args.capture_out:
+        return _err("--capture-out tunes nothing: drop --server")
     if not (args.workloads or args.from_misses or args.from_record):
         return _err("give workload files, --from-misses or --from-record")
     if args.capture_out and len(args.from_record) != 1:
@@ -94,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no replay for a miss of {u['kernel']} key {u['key']} ({u['count']}x)")
         return 0
 
+    if args.server:
+        return _run_server(args, jobs, unreplayable)
     try:
         if args.devices:
             from tuner.store.db import resolve_url
@@ -115,6 +125,47 @@ def main(argv: list[str] | None = None) -> int:
         report = summary.as_dict() | {"unreplayable_misses": unreplayable, "workloads": args.workloads}
         Path(args.report).write_text(json.dumps(report, indent=2, default=str))
     return 1 if summary.jobs_failed else 0
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        token = Path(args.token_file).expanduser().read_text().strip()  # OSError: reported by the caller
+        if not token:
+            raise ValueError(f"the token file {args.token_file} is empty")
+        return token
+    return os.environ.get("FLAGGEMS_TUNERD_TOKEN") or None
+
+
+def _run_server(args: argparse.Namespace, jobs: list, unreplayable: list) -> int:
+    from tuner import pretune as pt
+    from tuner.jobs import JobServerError
+
+    try:
+        token = _token(args)
+    except (OSError, ValueError) as e:
+        return _err(f"--token-file: {e}")
+    try:
+        run = pt.run_distributed(jobs, url=args.server, token=token, provider=args.provider, force=args.force,
+                                 progress=not args.no_progress)
+    except (pt.PretuneError, JobServerError) as e:
+        return _err(str(e))
+    except KeyboardInterrupt:
+        print("gems-pretune: interrupted; the job in flight goes back to the queue after its lease: "
+              "rerun to continue", file=sys.stderr)
+        return 130
+    print(run.summary.table())
+    for line in run.lines():
+        print(line)
+    for u in unreplayable:
+        print(f"no replay for a miss of {u['kernel']} key {u['key']} ({u['count']}x)", file=sys.stderr)
+    if args.report:
+        report = run.summary.as_dict() | {
+            "unreplayable_misses": unreplayable, "workloads": args.workloads, "server": run.server,
+            "worker": run.worker, "env_id": run.env_id, "submitted": run.submitted,
+            "worker_report": {k: v for k, v in vars(run.report).items()},
+        }
+        Path(args.report).write_text(json.dumps(report, indent=2, default=str))
+    return 1 if run.report.failed else 0
 
 
 if __name__ == "__main__":

@@ -3,13 +3,14 @@
 
 One row per (kernel, kernel_hash, key, env_id) in ``tuning_records``; every config's
 timing in ``config_timings``; keys that ran untuned under ``FLAGGEMS_AUTOTUNE=never`` in
-``tuning_misses``. ``env_id`` is the digest of the fingerprint columns stored beside it.
+``tuning_misses``; distributed pretuning jobs (one op call per row, per environment) in
+``tuning_jobs``. ``env_id`` is the digest of the fingerprint columns stored beside it.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, Float, Integer, String, Text, UniqueConstraint, Index
+from sqlalchemy import CheckConstraint, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -85,3 +86,30 @@ class TuningMiss(FingerprintColumns, Base):
     count: Mapped[int] = mapped_column(Integer, default=1)
     first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TuningJob(FingerprintColumns, Base):
+    """One pretune job (an op call) of one environment, claimed by one worker at a time.
+
+    ``spec`` is the canonical JSON of ``tuner.workload.Job.as_dict()``; the unique
+    (env_id, spec_digest) makes submitting a workload again (from any machine) a no-op.
+    A ``running`` job whose ``heartbeat_at`` is older than the lease goes back to workers.
+    """
+
+    __tablename__ = "tuning_jobs"
+    __table_args__ = (
+        UniqueConstraint("env_id", "spec_digest", name="uq_job_spec"),
+        Index("ix_job_claim", "env_id", "status", "id"),
+        CheckConstraint("status IN ('queued', 'running', 'done', 'failed')", name="ck_job_status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    spec: Mapped[str] = mapped_column(Text)
+    spec_digest: Mapped[str] = mapped_column(String(64))  # sha256 hex of spec: short enough for any btree
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    worker: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 API = "/v1"
 MAX_BATCH = 1000  # the server's default limit of items per request
 MAX_TIMINGS = 1024
+MAX_KEY_CHARS = 1536  # tunerd refuses longer keys (they would not fit its indexes)
 
 
 class CircuitBreaker:
@@ -169,6 +170,8 @@ class RemoteStore:
             groups.setdefault((i.kernel, i.kernel_hash, i.fingerprint), {})[i.key] = i
         out: dict[Identity, Record | None] = {}
         for (kernel, khash, fp), by_key in groups.items():
+            for k in [k for k in by_key if len(k) > MAX_KEY_CHARS]:
+                out[by_key.pop(k)] = None  # tunerd cannot hold it; asking would fail the whole batch
             keys = list(by_key)
             for start in range(0, len(keys), MAX_BATCH):
                 chunk = keys[start:start + MAX_BATCH]
@@ -263,9 +266,12 @@ class RemoteStore:
                 self.counters[f"uploaded_{field}"] += len(items)
                 self.breaker.reset()
                 return
-            if r.status_code == 422 and len(items) > 1:
-                for item in items:  # one bad item must not lose the others
-                    self._upload(path, field, [item])
+            if r.status_code in (413, 422) and len(items) > 1:
+                # Too large or holding an invalid item: halve down to single items, so one
+                # bad or huge item is the only one lost (log2(n) extra requests per bad item).
+                half = len(items) // 2
+                self._upload(path, field, items[:half])
+                self._upload(path, field, items[half:])
                 return
             if 400 <= r.status_code < 500:
                 self.counters[f"rejected_{field}"] += len(items)

@@ -6,23 +6,32 @@ import ipaddress
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 
 class ConfigError(ValueError):
     """A ``TUNERD_*`` variable or a command-line option holds an unusable value."""
 
 
-def _int(name: str, default: int, *, minimum: int = 0) -> int:
+def _number(name: str, default: float, parse: type, what: str, minimum: float) -> Any:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError as e:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from e
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+        raise ConfigError(f"{name}={raw!r} is not {what}") from e
+    if not value >= minimum or value == float("inf"):  # also refuses NaN
+        raise ConfigError(f"{name}={raw!r} must be a finite number of at least {minimum}")
     return value
+
+
+def _int(name: str, default: int, *, minimum: int = 0) -> int:
+    return _number(name, default, int, "an integer", minimum)
+
+
+def _float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    return _number(name, default, float, "a number", minimum)
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -65,6 +74,10 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     max_batch: int = 1000  # records, keys or misses in one request
     max_page: int = 1000
+    # A running pretune job whose worker sent no heartbeat for this long goes back to the
+    # queue; after ``job_max_attempts`` claims it is failed instead (a job that kills its workers).
+    job_lease_s: float = 60.0
+    job_max_attempts: int = 3
     log_level: str = "info"
 
     @classmethod
@@ -82,6 +95,8 @@ class Settings:
             max_body_bytes=_int("TUNERD_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024),
             max_batch=_int("TUNERD_MAX_BATCH", 1000, minimum=1),
             max_page=_int("TUNERD_MAX_PAGE", 1000, minimum=1),
+            job_lease_s=_float("TUNERD_JOB_LEASE_S", 60.0, minimum=0.1),
+            job_max_attempts=_int("TUNERD_JOB_MAX_ATTEMPTS", 3, minimum=1),
             log_level=(os.environ.get("TUNERD_LOG_LEVEL") or "info").lower(),
         )
 
