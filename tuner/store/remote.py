@@ -113,7 +113,7 @@ class RemoteStore:
         url: str,
         token: str | None = None,
         *,
-        timeout_s: float = 0.005,
+        timeout_s: float = 0.02,
         breaker_s: float = 30.0,
         queue_size: int = 4096,
         upload_timeout_s: float = 5.0,
