@@ -1,7 +1,10 @@
 """Patch vLLM's custom ops to run flag_gems kernels.
 
 vLLM layers dispatch through ``CustomOp.forward`` to ``forward_cuda`` on NVIDIA GPUs;
-these are replaced on the classes (so every instance, existing or future, uses them):
+these are replaced on the classes. A layer binds its choice (``_forward_method``) when it
+is built, so each class's ``forward`` is patched too: a layer built before the patch that
+bound the original ``forward_cuda`` runs the patched one; any other choice (vLLM's
+``forward_native`` when custom ops are off, a subclass's own method) is left alone.
 
 - ``layernorm.RMSNorm.forward_cuda(self, x, residual=None)``: ``rms_norm``, or the
   in-place ``fused_add_rms_norm`` with a residual (vLLM's semantics: returns ``x, residual``
@@ -81,6 +84,20 @@ TARGETS = [
 ]
 
 
+def _dispatching_forward(original_cuda: object):
+    """``forward`` for a patched class (see the module docstring)."""
+
+    def forward(self, *args, **kwargs):
+        bound = self.__dict__.get("_forward_method")
+        if bound is None:  # not vLLM's CustomOp binding: the class's own forward
+            return forward.__gems_original__(self, *args, **kwargs)
+        if getattr(bound, "__func__", None) is original_cuda:  # bound before the patch
+            return type(self).forward_cuda(self, *args, **kwargs)
+        return bound(*args, **kwargs)
+
+    return forward
+
+
 def apply(verbose: bool = False) -> None:
     """Patch the vLLM classes above; a second call does nothing. Raises
     ``VllmNotInstalledError`` (an ImportError) when vLLM cannot be imported."""
@@ -97,7 +114,9 @@ def apply(verbose: bool = False) -> None:
             continue
         resolved.append((cls, method, fn))
     for cls, method, fn in resolved:
+        original = getattr(cls, method)
         PATCHES.patch(cls, method, fn, verbose)
+        PATCHES.patch(cls, "forward", _dispatching_forward(original), verbose)
 
 
 def revert(verbose: bool = False) -> None:

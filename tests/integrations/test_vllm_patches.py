@@ -17,14 +17,34 @@ import flag_gems
 from tests.helpers import DEVICE, TOLERANCES, assert_close, count_kernels
 
 
-class RMSNorm(torch.nn.Module):
+class CustomOp(torch.nn.Module):
+    """vLLM's CustomOp dispatch: the forward is chosen once, when the layer is built
+    (forward_cuda with custom ops on; forward_native when they are off)."""
+
+    enabled = True
+
+    def __init__(self):
+        super().__init__()
+        self._forward_method = self.forward_cuda if self.enabled else self.forward_native
+
+    def forward(self, *args, **kwargs):
+        return self._forward_method(*args, **kwargs)
+
+    def forward_cuda(self, *args, **kwargs):  # the stand-ins' CUDA path is their reference math
+        return self.forward_native(*args, **kwargs)
+
+
+class RMSNorm(CustomOp):
     def __init__(self, hidden_size, eps=1e-6, var_hidden_size=None, has_weight=True, dtype=None):
         super().__init__()
         self.hidden_size, self.variance_epsilon, self.has_weight = hidden_size, eps, has_weight
         self.variance_size_override = None if var_hidden_size == hidden_size else var_hidden_size
         self.weight = torch.nn.Parameter(torch.randn(hidden_size, dtype=dtype))
 
-    def forward_cuda(self, x, residual=None):  # the reference (vLLM's forward_native math)
+    def forward_cuda(self, x, residual=None):
+        return self.forward_native(x, residual)
+
+    def forward_native(self, x, residual=None):  # the reference (vLLM's forward_native math)
         orig = x.dtype
         if residual is not None:
             x = x.float() + residual.float()
@@ -34,7 +54,7 @@ class RMSNorm(torch.nn.Module):
         return y if residual is None else (y, residual)
 
 
-class RotaryEmbedding(torch.nn.Module):
+class RotaryEmbedding(CustomOp):
     def __init__(self, head_size, rotary_dim, max_position_embeddings, base, is_neox_style, dtype):
         super().__init__()
         self.head_size, self.rotary_dim, self.is_neox_style = head_size, rotary_dim, is_neox_style
@@ -43,6 +63,9 @@ class RotaryEmbedding(torch.nn.Module):
         self.register_buffer("cos_sin_cache", torch.cat([f.cos(), f.sin()], -1).to(dtype), persistent=False)
 
     def forward_cuda(self, positions, query, key=None, offsets=None):
+        return self.forward_native(positions, query, key, offsets)
+
+    def forward_native(self, positions, query, key=None, offsets=None):
         cos, sin = self.cos_sin_cache[positions].float().chunk(2, -1)
         out = []
         for t in (query, key):
@@ -61,8 +84,11 @@ class RotaryEmbedding(torch.nn.Module):
         return tuple(out)
 
 
-class SiluAndMul(torch.nn.Module):
+class SiluAndMul(CustomOp):
     def forward_cuda(self, x):
+        return self.forward_native(x)
+
+    def forward_native(self, x):
         d = x.shape[-1] // 2
         return F.silu(x[..., :d]) * x[..., d:]
 
@@ -151,3 +177,30 @@ def test_silu_and_mul(fake_vllm):
         y = layer.forward_cuda(x)
     assert k["gated_act_kernel"] == 1
     assert_close(y, ref.double(), torch.float32)
+
+
+def test_layers_built_before_the_patch_and_native_dispatch(fake_vllm):
+    """vLLM binds forward_cuda when a layer is built: a layer built before the patch must
+    run flag_gems through layer(x); one that chose forward_native (custom ops off) must
+    not; after revert none does."""
+    x = torch.randn(5, 32, device=DEVICE)
+    early = RMSNorm(32, eps=1e-5).to(DEVICE)
+    RMSNorm.enabled = False
+    try:
+        native = RMSNorm(32, eps=1e-5).to(DEVICE)
+    finally:
+        RMSNorm.enabled = True
+    ref = early.forward_native(x)
+    flag_gems.apply_gems_patches_to_vllm()
+    late = RMSNorm(32, eps=1e-5).to(DEVICE)
+    late.weight.data.copy_(early.weight.data)
+    for layer, runs_gems in ((early, True), (late, True), (native, False)):
+        with count_kernels() as ran:
+            y = layer(x)
+        assert (ran["rms_norm_fwd_kernel"] > 0) == runs_gems
+        if layer is not native:
+            assert_close(y, ref.double(), torch.float32)
+    flag_gems.revert_vllm_patches()
+    with count_kernels() as ran:
+        assert_close(early(x), ref.double(), torch.float32)
+    assert not ran
