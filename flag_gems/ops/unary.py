@@ -225,6 +225,46 @@ def gelu_(self: torch.Tensor, *, approximate: str = "none") -> torch.Tensor:
     return inplace(_gelu_op(approximate), self)
 
 
+# -- activation gradients (what autograd calls for F.silu / F.gelu in training) -------------
+@triton.jit
+def _silu_backward(grad, x):
+    s = 1.0 / (1.0 + tl.exp(-x))
+    return grad * s * (1.0 + x * (1.0 - s))
+
+
+@triton.jit
+def _gelu_backward(grad, x):  # d/dx x * Phi(x) = Phi(x) + x * phi(x)
+    cdf = 0.5 * (1.0 + tl.erf(x * 0.7071067811865476))
+    pdf = 0.3989422804014327 * tl.exp(-0.5 * x * x)
+    return grad * (cdf + x * pdf)
+
+
+@triton.jit
+def _gelu_tanh_backward(grad, x):
+    x2 = x * x
+    t = _tanh_of(0.7978845608028654 * (x + 0.044715 * x2 * x))
+    d_inner = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x2)
+    return grad * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * d_inner)
+
+
+SILU_BACKWARD = Pointwise("silu_backward", _silu_backward, rule="int_to_float")
+GELU_BACKWARD = {
+    "none": Pointwise("gelu_backward", _gelu_backward, rule="int_to_float"),
+    "tanh": Pointwise("gelu_tanh_backward", _gelu_tanh_backward, rule="int_to_float"),
+}
+
+
+@register("silu_backward")
+def silu_backward(grad_output: torch.Tensor, self: torch.Tensor) -> torch.Tensor:
+    return SILU_BACKWARD(grad_output, self)
+
+
+@register("gelu_backward")
+def gelu_backward(grad_output: torch.Tensor, self: torch.Tensor, *, approximate: str = "none") -> torch.Tensor:
+    _gelu_op(approximate)  # torch's error for an unknown approximation
+    return GELU_BACKWARD[approximate](grad_output, self)
+
+
 # -- clamp ---------------------------------------------------------------------------------
 @triton.jit
 def _clamp(x, lo, hi):

@@ -35,7 +35,7 @@ def _layouts(shape, dtype, lo, hi):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("layout", ["contiguous", "sliced"])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
 @pytest.mark.parametrize("name, fn, rng", UNARY, ids=[u[0] for u in UNARY])
 def test_unary_float(name, fn, rng, dtype, layout):
     x = _layouts((33, 65), dtype, *rng)[layout]
@@ -176,3 +176,24 @@ def test_masked_fill(dtype):
     with ran("masked_fill"):
         y.masked_fill_(m, 7)
     assert torch.equal(y.cpu(), x.cpu().masked_fill(m.cpu(), 7))
+
+
+# the gradients autograd calls for F.silu / F.gelu (a training step's MLP)
+ACTIVATION_GRADS = [
+    ("silu_backward", F.silu),
+    ("gelu_backward", F.gelu),
+    ("gelu_tanh_backward", lambda x: F.gelu(x, approximate="tanh")),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("name, fn", ACTIVATION_GRADS, ids=[a[0] for a in ACTIVATION_GRADS])
+def test_activation_backward(name, fn, dtype):
+    x = rand((33, 65), dtype, -6, 6).requires_grad_()
+    dy = rand((33, 65), dtype, -2, 2)
+    with ran(name):
+        fn(x).backward(dy)
+    xr = to_reference(x).requires_grad_()
+    fn(xr).backward(to_reference(dy))
+    assert x.grad.dtype == dtype
+    assert_close(x.grad, xr.grad, dtype)
