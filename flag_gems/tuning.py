@@ -11,6 +11,8 @@ Provider interface (what ``tuner.pretune`` calls):
 - ``OPS``: op name -> ``fn(job)``; ``run_job(job)``; ``known_op(name)``
 - ``replay_job(kernel, raw_args) -> Job | None``: a job whose run requests the key a
   recorded miss (kernel name + unbucketed key values + dtypes) asked for.
+- ``replay_key(kernel, key_json) -> Job | None``: a job whose run requests a stored
+  (bucketed) key, where the key maps back to a call (``gems-tunedb verify``).
 - ``capture_workload(record_jsonl, out_yaml)``: a workload of the aten calls a recorded
   run made (``flag_gems.enable(record=True, path=...)``).
 """
@@ -315,6 +317,37 @@ def replay_job(kernel: str, raw: dict[str, Any]) -> Job | None:
     except (KeyError, IndexError, TypeError, StopIteration) as e:
         log.warning("cannot replay a miss of %s from %s: %s", kernel, raw, e)
     return None
+
+
+def replay_key(kernel: str, key_json: str) -> Job | None:
+    """A job whose run requests the stored key ``key_json`` of ``kernel`` (what
+    ``gems-tunedb verify`` re-times a stored winner on), or None when the key does not
+    map back to a call.
+
+    A stored key holds bucketed values only; the registered LibTuner turns them back into
+    raw values where its strategies allow (``LibTuner.raw_from_key``: e.g. N=64 for a
+    ``log`` bucket of 33..64, so the call runs at the bucket's upper bound, not
+    necessarily at the shape that was tuned), then ``replay_job`` builds the call as for
+    a recorded miss.
+    """
+    from tuner.libtuner import _REGISTRY
+
+    try:
+        key = json.loads(key_json)
+    except ValueError:
+        return None
+    if not isinstance(key, list):
+        return None
+    tuner = next((t for t in reversed(_REGISTRY) if t.name == kernel), None)
+    if tuner is not None:
+        raw = tuner.raw_from_key(key)
+    elif _POINTWISE.match(kernel) and key and isinstance(key[0], int) and not isinstance(key[0], bool):
+        # generated on first use, so maybe not registered yet: every flat pointwise
+        # kernel is keyed on (log-bucketed n, then the tensors' dtypes)
+        raw = {"n": key[0], "dtypes": key[1:]}
+    else:
+        return None
+    return replay_job(kernel, raw) if raw is not None else None
 
 
 # -- capturing a workload from a recorded run ----------------------------------------------

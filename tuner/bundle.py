@@ -625,17 +625,24 @@ def triton_cache_dir() -> Path:
 _SUPPORT_FILES = ("__triton_launcher.so", "cuda_utils.so", "hip_utils.so")
 
 
+def kernel_function_name(kernel: str) -> str:
+    """The Triton function name of a record's kernel: the last dotted component of its
+    qualified name, without the ``:variant`` suffix of tuners that share one function
+    (``pkg.softmax._softmax_fwd_kernel:rows`` -> ``_softmax_fwd_kernel``)."""
+    return kernel.split(":", 1)[0].rsplit(".", 1)[-1]
+
+
 def collect_kernel_files(kernel_names: Iterable[str], cache_dir: Path | None = None) -> dict[str, bytes]:
     """The Triton cache entries of these kernels, as bundle members.
 
     Triton keys a cache dir by a hash that needs the compile-time specialization to
     recompute, so the pick is by name: every cache dir holding a metadata JSON whose
-    ``name`` is the function name of an exported kernel (the last component of the
-    record's qualified name), all files of it; plus the dirs of the compiled launcher
-    stubs (``__triton_launcher.so``, ``cuda_utils.so``), which a first call also needs.
+    ``name`` is the function name of an exported kernel (``kernel_function_name``), all
+    files of it; plus the dirs of the compiled launcher stubs (``__triton_launcher.so``,
+    ``cuda_utils.so``), which a first call also needs.
     """
     cache_dir = cache_dir or triton_cache_dir()
-    fn_names = {k.rsplit(".", 1)[-1] for k in kernel_names}
+    fn_names = {kernel_function_name(k) for k in kernel_names}
     out: dict[str, bytes] = {}
     if not cache_dir.is_dir():
         return out

@@ -18,8 +18,9 @@ import hashlib
 import json
 import logging
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import filelock
 
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 
 # Every LibTuner, so tests and tools can clear their in-process caches.
 _REGISTRY: list["LibTuner"] = []
+
+# ``resolve_hook``: a tool's say on every key a LibTuner resolves (None: the normal path).
+# Consulted only on a miss of a tuner's in-memory dict, never on the hot path.
+ResolveHook = Callable[["LibTuner", tuple, tuple, dict, Any], "dict | None"]
+_resolve_hook: ResolveHook | None = None
 
 
 class NoConfigError(RuntimeError):
@@ -163,10 +169,15 @@ class LibTuner:
 
     # -- the miss path: once per key per process ----------------------------------------
     def identity(self, key: tuple) -> Identity:
-        key_json = canonical_json([_key_json_value(v) for v in key])
-        return Identity(self.name, self.kernel_hash, key_json, current_fingerprint())
+        return Identity(self.name, self.kernel_hash, self.key_json(key), current_fingerprint())
 
     def _resolve(self, key: tuple, args: tuple, kwargs: dict, grid: Any) -> dict:
+        hook = _resolve_hook
+        if hook is not None:
+            cfg = hook(self, key, args, kwargs, grid)
+            if cfg is not None:
+                self.cache[key] = cfg
+                return cfg
         ident = self.identity(key)
         store = default_store()
         policy = settings.get().autotune
@@ -193,6 +204,44 @@ class LibTuner:
         raw["dtypes"] = [_key_json_value(a.dtype) for a in args if isinstance(a, self._tensor)]
         raw["dtypes"] += [_key_json_value(kwargs[n].dtype) for n in self.arg_names if isinstance(kwargs.get(n), self._tensor)]
         return canonical_json(raw)
+
+    def key_json(self, key: tuple) -> str:
+        """The stored spelling of a bucketed key (what ``Identity.key`` holds)."""
+        return canonical_json([_key_json_value(v) for v in key])
+
+    def raw_from_key(self, key: list) -> dict[str, Any] | None:
+        """Unbucketed key values (by argument name, plus ``"dtypes"``, as ``Miss.raw_args``
+        holds them) that bucket back to the stored ``key``, or None.
+
+        A stored key keeps only bucketed values; a value is usable as a raw one when every
+        strategy of its argument maps it to itself (``log``, ``align32`` and ``identity``
+        are idempotent on their own outputs). An argument keyed twice (``M`` under
+        ``m_class`` and ``log``) takes whichever of its stored values satisfies both.
+        """
+        n = len(self._key_specs)
+        if len(key) < n:
+            return None
+        by_name: dict[str, list[tuple[int, Any]]] = {}
+        for pos, (_, name, strategy) in enumerate(self._key_specs):
+            by_name.setdefault(name, []).append((pos, strategy))
+        raw: dict[str, Any] = {}
+        for name, specs in by_name.items():
+            for cand in (key[pos] for pos, _ in specs):
+                try:
+                    if all(_key_json_value(s(cand)) == key[pos] for pos, s in specs):
+                        raw[name] = cand
+                        break
+                except (TypeError, ValueError):  # a strategy that cannot take this value
+                    continue
+            else:
+                return None
+        raw["dtypes"] = list(key[n:])
+        return raw
+
+    def serves(self, rec: Record) -> bool:
+        """Whether a stored row of this kernel version would be launched (its config is
+        one the kernel declares)."""
+        return canonical_json(rec.config) in self._known_configs
 
     def _checked(self, rec: Record | None) -> Record | None:
         """``rec`` if its config is one this kernel declares, else ``None`` (a miss): a row
@@ -249,15 +298,11 @@ class LibTuner:
         timed as infinite. Restores ``restore_value`` arguments afterwards."""
         timer = bench.get_timer()
         named = dict(zip(self.arg_names, args)) | kwargs
-        saved = {n: named[n].clone() for n in self.restore_value}
         timings: list[Timing] = []
         bump("benchmarks_run")
-        try:
+        with self._restoring(named):
             for cfg in self.candidate_configs(args, kwargs):
                 timings.append(self._time_one(timer, cfg, key, named, args, kwargs, grid))
-        finally:
-            for n, t in saved.items():
-                named[n].copy_(t)
         ok = [t for t in timings if t.median_ms is not None and math.isfinite(t.median_ms)]
         if not ok:
             errors = "; ".join(f"{t.config}: {t.error}" for t in timings)
@@ -265,6 +310,23 @@ class LibTuner:
         best = min(ok, key=lambda t: t.median_ms)
         rec = Record(ident, best.config, best.median_ms, best.p20_ms, best.p80_ms, len(timings), source=source)
         return rec, timings
+
+    def time_config(self, config: dict, key: tuple, args: tuple, kwargs: dict, grid: Any) -> Timing:
+        """One config timed on these arguments with the benchmark timer (``bench``), as
+        ``tune`` times each candidate; a failing config gives a Timing with ``error``."""
+        named = dict(zip(self.arg_names, args)) | kwargs
+        with self._restoring(named):
+            return self._time_one(bench.get_timer(), config, key, named, args, kwargs, grid)
+
+    @contextmanager
+    def _restoring(self, named: dict) -> Iterator[None]:
+        """Put ``restore_value`` arguments back after benchmark launches wrote them."""
+        saved = {n: named[n].clone() for n in self.restore_value}
+        try:
+            yield
+        finally:
+            for n, t in saved.items():
+                named[n].copy_(t)
 
     def _time_one(self, timer, cfg, key, named, args, kwargs, grid) -> Timing:
         zero = [named[n] for n in self.reset_to_zero]
@@ -312,3 +374,20 @@ def clear_caches() -> None:
     """Forget every key resolved in this process (the next call asks the store again)."""
     for t in _REGISTRY:
         t.cache.clear()
+
+
+@contextmanager
+def resolve_hook(hook: ResolveHook) -> Iterator[None]:
+    """Ask ``hook(tuner, key, args, kwargs, grid)`` first whenever a LibTuner resolves a
+    key in this block: a config it returns is used (and memoized), ``None`` falls through
+    to the store and the miss policy. In-process caches are cleared on entry and exit,
+    so every key of the block is resolved through the hook once. ``gems-tunedb verify``
+    uses this to time a stored winner on the arguments of a real call."""
+    global _resolve_hook
+    old, _resolve_hook = _resolve_hook, hook
+    clear_caches()
+    try:
+        yield
+    finally:
+        _resolve_hook = old
+        clear_caches()

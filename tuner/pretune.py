@@ -168,7 +168,8 @@ def _tuned_from(record: Record, timings: Sequence[Timing]) -> Tuned:
 
 
 @contextmanager
-def _policy(name: str) -> Iterator[None]:
+def miss_policy(name: str) -> Iterator[None]:
+    """``FLAGGEMS_AUTOTUNE=name`` inside the block (the environment and settings)."""
     old = os.environ.get("FLAGGEMS_AUTOTUNE")
     os.environ["FLAGGEMS_AUTOTUNE"] = name
     settings.reload()
@@ -225,7 +226,7 @@ def run_jobs(
     if fresh:
         clear_caches()  # every key goes to the store once in this run
     try:
-        with _policy("always" if force else "miss"):
+        with miss_policy("always" if force else "miss"):
             for i, job in enumerate(jobs):
                 before = stats()["benchmarks_run"]
                 try:

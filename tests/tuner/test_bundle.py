@@ -364,3 +364,20 @@ def test_kernel_cache_collect_and_install(tmp_path):
     assert (dst / "ABCDEF234567" / "kern.cubin").read_bytes() == b"\x7fELF"
     assert sorted(p.name for p in dst.iterdir()) == ["ABCDEF234567", "LAUNCH"]  # no temp dirs left
     assert B.install_kernel_files(got.kernel_files, dst).installed == []
+
+
+def test_kernel_cache_collects_variant_tuners(tmp_path):
+    """Tuners named ``module.function:variant`` (softmax, reductions) share one Triton
+    function: its cache entries are packed for them too."""
+    assert B.kernel_function_name("flag_gems.ops.softmax._softmax_fwd_kernel:rows") == "_softmax_fwd_kernel"
+    assert B.kernel_function_name("pkg.mod.kern:v1.2") == "kern"
+    assert B.kernel_function_name("pkg.mod.kern") == "kern"
+    src = tmp_path / "cache"
+    for d, name in (("SOFTMAX", "_softmax_fwd_kernel"), ("REDUCE", "_reduce_kernel"), ("OTHER", "rows")):
+        (src / d).mkdir(parents=True)
+        (src / d / f"{name}.json").write_text(json.dumps({"name": name}))
+        (src / d / f"{name}.cubin").write_bytes(b"\x7fELF")
+    files = B.collect_kernel_files(["flag_gems.ops.softmax._softmax_fwd_kernel:rows",
+                                    "flag_gems.ops.reduction._reduce_kernel:inner"], src)
+    assert sorted(files) == ["kernels/REDUCE/_reduce_kernel.cubin", "kernels/REDUCE/_reduce_kernel.json",
+                             "kernels/SOFTMAX/_softmax_fwd_kernel.cubin", "kernels/SOFTMAX/_softmax_fwd_kernel.json"]

@@ -1,13 +1,16 @@
 """gems-tunedb in-process: export/import round trip, bad bundles leave the DB byte-for-byte
-unchanged, dry-run reports, commutative merge of DBs and bundles, stats, explain, prune,
-verify's honest report."""
+unchanged, dry-run reports, commutative merge of DBs and bundles, stats and workload
+coverage, explain, prune, verify re-timing stored winners with the fake timer."""
 import dataclasses
 import gzip
 import hashlib
 import io
 import json
+import sys
 import tarfile
+import types
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -19,6 +22,7 @@ from tuner.store import Identity, Miss, Record, Timing
 from tuner.store.sql import SQLStore
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+SMOKE = str(Path(__file__).resolve().parents[2] / "workloads" / "smoke.yaml")
 
 
 @pytest.fixture(autouse=True)
@@ -260,13 +264,192 @@ def test_stats(tmp_path, src, capsys):
     assert not (tmp_path / "missing.db").exists()
 
 
-def test_stats_workload_needs_issue_5(src, capsys):
-    import importlib.util
+def _registered(name):
+    from tuner.libtuner import _REGISTRY
 
-    if importlib.util.find_spec("tuner.workload") is not None:
-        pytest.skip("the workload module exists now")
-    assert main(["stats", "--db", src, "--workload", "workloads/llama7b.yaml"]) == 2
-    assert "needs the workload module (issue 5)" in capsys.readouterr().err
+    return next(t for t in reversed(_REGISTRY) if t.name == name)
+
+
+def _save(db, kernel, key, ms, *, config=None, kernel_hash=None, fp=None):
+    """A stored winner of a registered kernel (its current hash and first config unless given)."""
+    t = _registered(kernel) if config is None or kernel_hash is None else None
+    s = SQLStore(db)
+    ident = Identity(kernel, kernel_hash or t.kernel_hash, key, fp or current())
+    config = config or t.configs[0]
+    s.save(Record(ident, config, ms, ms * 0.9, ms * 1.1, 3, source="pretune", host="node1", created_at=T0),
+           [Timing(config, ms, ms * 0.9, ms * 1.1)])
+    s.close()
+
+
+def test_stats_workload_coverage(tmp_path, capsys):
+    """Coverage of workloads/smoke.yaml: the calls run (interpreter, never policy, read-only
+    DB) and every key they request is reported stored or missing, with why."""
+    db = tmp_path / "cov.db"
+    SQLStore(db).close()
+    before = sha(db)
+    assert main(["stats", "--db", str(db), "--workload", SMOKE, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert sha(db) == before  # nothing written, not even the misses of the untuned keys
+    assert got["failed_jobs"] == [] and got["jobs"] > 0 and got["stored"] == 0
+    per = {k["kernel"]: k for k in got["kernels"]}
+    rms, mm = "flag_gems.fused.rms_norm.rms_norm_fwd_kernel", "flag_gems.ops.mm._mm_kernel"
+    assert {rms, mm, "flag_gems.ops.embedding.embedding_fwd_kernel"} <= set(per)
+    assert got["keys"] == sum(k["keys"] for k in got["kernels"]) == sum(len(k["missing"]) for k in got["kernels"])
+    assert {m["why"] for k in got["kernels"] for m in k["missing"]} == {"not tuned"}
+
+    rms_keys = [m["key"] for m in per[rms]["missing"]]
+    mm_keys = [m["key"] for m in per[mm]["missing"]]
+    assert len(mm_keys) >= 3
+    for key in rms_keys:
+        _save(db, rms, key, 1.0)
+    _save(db, mm, mm_keys[0], 1.0)
+    _save(db, mm, mm_keys[1], 1.0, config=_registered(mm).configs[0], kernel_hash="0ld")  # an edited kernel's row
+    _save(db, mm, mm_keys[2], 1.0, fp=other_fp())  # another device's row
+    assert main(["stats", "--db", str(db), "--workload", SMOKE, "--json"]) == 0
+    got2 = json.loads(capsys.readouterr().out)
+    per2 = {k["kernel"]: k for k in got2["kernels"]}
+    assert got2["keys"] == got["keys"] and got2["stored"] == len(rms_keys) + 1
+    assert per2[rms]["stored"] == per2[rms]["keys"] and per2[rms]["missing"] == []
+    why = {m["key"]: m["why"] for m in per2[mm]["missing"]}
+    assert mm_keys[0] not in why and per2[mm]["stored"] == 1
+    assert why[mm_keys[1]].startswith("stored only for another kernel version")
+    assert why[mm_keys[2]] == "stored only for other environments"
+
+    assert main(["stats", "--db", str(db), "--workload", SMOKE]) == 0
+    out = capsys.readouterr().out
+    assert f"{got['keys']} keys: {len(rms_keys) + 1} stored, {got['keys'] - len(rms_keys) - 1} missing" in out
+    assert "missing keys:" in out and f"{mm} {mm_keys[2]}: stored only for other environments" in out
+    assert main(["stats", "--db", str(db), "--workload", str(tmp_path / "nope.yaml")]) == 2
+
+
+# -- verify --------------------------------------------------------------------------------
+SCALE = "tests.tuner.kernels.scale_kernel"
+
+
+def _scale_provider(monkeypatch, calls):
+    """A provider for the test kernel: ``calls`` maps a stored key's n to the n of the call
+    that is rebuilt for it (absent: no call can be rebuilt from that key)."""
+    import torch
+
+    from tests.tuner import kernels
+    from tuner.workload import Job
+
+    mod = types.ModuleType("tests_scale_provider")
+
+    def replay_key(kernel, key_json):
+        key = json.loads(key_json)
+        n = calls.get(key[0]) if kernel == SCALE else None
+        return None if n is None else Job("scale", ((n,),), key[1])
+
+    def run_job(job):
+        kernels.scale(torch.ones(job.shapes[0], dtype=getattr(torch, job.dtype)))
+
+    mod.replay_key, mod.run_job, mod.known_op = replay_key, run_job, lambda op: op == "scale"
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    return mod.__name__
+
+
+def _scale_config(block, warps):
+    from tests.tuner.kernels import scale_kernel
+
+    return next(c for c in scale_kernel.configs if c["BLOCK"] == block and c["num_warps"] == warps)
+
+
+@pytest.fixture
+def fake_timer():
+    from tests.tuner.kernels import fake_time
+    from tuner import bench
+
+    bench.set_timer(fake_time)
+    yield fake_time
+    bench.set_timer(None)
+
+
+def _key(n):
+    return json.dumps([n, "float32", "float32"], separators=(",", ":"))
+
+
+def test_verify_retimes_stored_winners(tmp_path, monkeypatch, fake_timer, capsys):
+    """The fake timer: BLOCK 64 x 2 warps takes 1.0 ms, BLOCK 16 fails. Each sampled row is
+    re-timed on a rebuilt call, or listed with why it could not be."""
+    from tests.tuner.kernels import scale_kernel
+
+    prov = _scale_provider(monkeypatch, {128: 100, 256: 256, 512: 512, 2048: 100})
+    db = str(tmp_path / "v.db")
+    fill(db, [rec(128, 1.0), rec(64, 3.0, kernel="pkg.mod.other")], miss=False)  # kernels this process lacks
+    best, broken = _scale_config(64, 2), _scale_config(16, 1)
+    _save(db, SCALE, _key(128), 1.0, config=best)  # re-times at 1.0 ms: verified
+    _save(db, SCALE, _key(256), 0.5, config=best)  # now 1.0 ms: moved +100 %
+    _save(db, SCALE, _key(512), 0.3, config=broken)  # the stored winner fails now
+    _save(db, SCALE, _key(1024), 1.0, config=best)  # no call can be rebuilt from this key
+    _save(db, SCALE, _key(2048), 1.0, config=best)  # the rebuilt call requests another key
+    _save(db, SCALE, _key(128), 1.0, config=best, kernel_hash="0ld")  # an edited kernel's row
+    _save(db, SCALE, _key(128), 9.0, config=best, fp=other_fp())  # another device's
+    before = sha(db)
+
+    rc = main(["verify", "--db", db, "--provider", prov, "-v"])
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    assert sha(db) == before  # verify writes nothing
+    assert f"verified: {SCALE} key {_key(128)}" in out and "stored 1 ms, now 1 ms (+0.0%) on scale([100], float32)" in out
+    assert f"moved: {SCALE} key {_key(256)}" in out and "stored 0.5 ms, now 1 ms (+100.0%)" in out
+    assert f"failed: {SCALE} key {_key(512)}" in out and "no longer runs: RuntimeError: out of resources (fake)" in out
+    assert f"untimed: {SCALE} key {_key(1024)}" in out and "no call can be rebuilt from this key" in out
+    assert f"untimed: {SCALE} key {_key(2048)}" in out
+    assert f"did not request this key (it requested {_key(128)})" in out
+    assert f"stale: {SCALE} (1 row): stored for kernel version 0ld, this process has {scale_kernel.kernel_hash[:12]}" in out
+    assert "unknown: pkg.mod.kern (1 row): no kernel of this name is registered" in out
+    assert "unknown: pkg.mod.other (1 row)" in out
+    assert ("5 of 5 re-timable records of this environment sampled (of 8; 1 of other environments cannot be timed "
+            "here): verified 1, moved 1, failed 1, untimed 2, stale 1, unknown 2") in out
+
+    # a wider threshold lets the 2x move pass; --kernel and --sample narrow the check
+    assert main(["verify", "--db", db, "--provider", prov, "--kernel", SCALE, "--threshold", "1.5", "--sample", "2", "--seed", "3"]) in (0, 1, 3)
+    assert "2 of 5 re-timable records" in capsys.readouterr().out
+    ok = str(tmp_path / "ok.db")
+    _save(ok, SCALE, _key(128), 1.0, config=best)
+    _save(ok, SCALE, _key(256), 0.5, config=best)
+    assert main(["verify", "--db", ok, "--provider", prov, "--threshold", "1.5"]) == 0
+    assert "verified 2, moved 0" in capsys.readouterr().out
+    assert main(["verify", "--db", ok, "--provider", prov]) == 1
+
+
+def test_verify_nothing_timed_exits_3(src, capsys):
+    rc = main(["verify", "--db", src])
+    out = capsys.readouterr()
+    assert rc == 3, out.out
+    assert "unknown: pkg.mod.kern (2 rows): no kernel of this name is registered in this process" in out.out
+    assert "1 of other environments cannot be timed here" in out.out and "verified 0" in out.out
+    assert "nothing could be re-timed" in out.err
+
+
+def test_verify_flag_gems_kernels_from_keys(tmp_path, capsys):
+    """The default provider rebuilds calls from stored keys (flag_gems.tuning.replay_key):
+    GEMM (a key with M twice, under m_class and log), RMSNorm, gated activation, softmax."""
+    from tuner import bench
+
+    db = str(tmp_path / "fg.db")
+    SQLStore(db).close()
+    assert main(["stats", "--db", db, "--workload", SMOKE, "--json"]) == 0  # imports the ops, learns keys
+    keys = {k["kernel"]: [m["key"] for m in k["missing"]] for k in json.loads(capsys.readouterr().out)["kernels"]}
+    mm, rms = "flag_gems.ops.mm._mm_kernel", "flag_gems.fused.rms_norm.rms_norm_fwd_kernel"
+    act, sm = "flag_gems.fused.silu_and_mul.gated_act_kernel", "flag_gems.ops.softmax._softmax_fwd_kernel:rows"
+    for kernel in (mm, rms, sm):
+        _save(db, kernel, keys[kernel][0], 2.0)
+    _save(db, act, keys[act][0], 1.0)  # re-times at 2.0: moved
+    _save(db, rms, json.dumps([32, "bfloat16", "bfloat16", "bfloat16", "bfloat16", "float32"], separators=(",", ":")), 2.0)  # rstd: no replay
+    bench.set_timer(lambda req: (2.0, 1.8, 2.2))
+    try:
+        rc = main(["verify", "--db", db, "-v"])
+    finally:
+        bench.set_timer(None)
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    for kernel in (mm, rms, sm):
+        assert f"verified: {kernel} key {keys[kernel][0]}" in out
+    assert f"moved: {act} key {keys[act][0]}" in out and "(+100.0%) on silu_and_mul(" in out
+    assert f"untimed: {rms} key [32" in out
+    assert "verified 3, moved 1, failed 0, untimed 1" in out
 
 
 def test_explain(tmp_path, src, capsys):
@@ -287,50 +470,58 @@ def test_explain(tmp_path, src, capsys):
     assert main(["explain", "pkg.mod.kern", "[128", "--db", src]) == 2
 
 
-def test_prune(tmp_path, src, capsys):
-    before = sha(src)
-    assert main(["prune", "--db", src, "--dry-run"]) == 0
-    assert "would delete 1 tuning_records, 2 config_timings" in capsys.readouterr().out
-    assert sha(src) == before
-    assert main(["prune", "--db", src]) == 0
-    assert {r.identity.env_id for r in all_records(src)} == {current().env_id}
-    assert main(["prune", "--db", src, "--older-than", "36500"]) == 0
-    assert len(all_records(src)) == 3  # rows of 2025 are younger than 100 years
-    assert main(["prune", "--db", src, "--older-than", "0"]) == 0
-    assert all_records(src) == []
-
-
-def test_verify_reports_what_it_cannot_do(src, capsys):
-    rc = main(["verify", "--db", src])
-    out = capsys.readouterr()
-    assert rc == 4  # pkg.mod.* are no flag_gems kernels: flagged as unknown
-    assert "unknown: pkg.mod.kern" in out.out
-    assert "1 of other environments cannot be timed here" in out.out
-
-
-def test_verify_registered_kernel_is_not_faked(tmp_path, capsys):
-    """A row of a registered kernel with the current hash: verify must say it did not time it."""
+def test_prune(tmp_path, capsys):
+    """Default: only rows that can never be served again (this device under an older
+    Triton/torch; stale versions of registered kernels); other devices only when asked."""
     import triton
     import triton.language as tl
 
     from tuner.libtuner import _REGISTRY, libtuner
 
-    @libtuner(configs=[triton.Config({"BLOCK": 16})], key=["n"], name="tests.verify_probe")
+    @libtuner(configs=[triton.Config({"BLOCK": 16})], key=["n"], name="tests.prune_probe")
     @triton.jit
     def probe(X, n, BLOCK: tl.constexpr):
         pass
 
+    old_sw = dataclasses.replace(current(), triton_version="0.1.0")  # this device, older Triton
+    new_sw = dataclasses.replace(current(), torch_version="999.0")  # this device, newer torch: another node's
     try:
-        db = fill(tmp_path / "v.db", [rec(16, 1.0, kernel="tests.verify_probe")], miss=False)
-        s = SQLStore(db)
-        r = s.records()[0]
-        s.save(dataclasses.replace(r, identity=dataclasses.replace(r.identity, kernel_hash=probe.kernel_hash)))
-        s.close()
-        rc = main(["verify", "--db", db, "--kernel", "tests.verify_probe", "-v"])
-        out = capsys.readouterr()
-        assert "not re-timed" in out.out and "verified 0" in out.out
-        assert rc in (3, 4)  # 3: only unverified rows; 4: the stale h1 row is flagged too
-        assert "stale" in out.out
+        db = fill(tmp_path / "p.db", [
+            rec(128, 1.0), rec(256, 2.0), rec(128, 0.7, fp=other_fp()), rec(64, 3.0, kernel="pkg.mod.other"),
+            rec(128, 1.0, fp=old_sw), rec(128, 1.0, fp=new_sw),
+            rec(128, 1.0, kernel="tests.prune_probe"), rec(256, 1.0, kernel="tests.prune_probe", fp=other_fp()),
+        ])
+        _save(db, "tests.prune_probe", '[128,"float16"]', 1.0)  # the current version: kept
+        before = sha(db)
+
+        def left():
+            return sorted((r.identity.kernel, r.identity.kernel_hash[:2], r.identity.key, r.identity.fingerprint.torch_version,
+                           r.identity.fingerprint.triton_version, r.identity.env_id == other_fp().env_id) for r in all_records(db))
+
+        everything = left()
+        assert main(["prune", "--db", db, "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "would delete 3 tuning_records, 6 config_timings, 0 tuning_misses" in out, out
+        assert "this device under older triton 0.1.0" in out and "stale kernel version tests.prune_probe h1: 2 records" in out
+        assert sha(db) == before
+        assert main(["prune", "--db", db]) == 0
+        gone = set(everything) - set(left())
+        assert {(k, h, tv) for k, h, _, _, tv, _ in gone} == {
+            ("pkg.mod.kern", "h1", "0.1.0"), ("tests.prune_probe", "h1", current().triton_version)}
+        assert len(gone) == 3
+        assert any(other for *_, other in left())  # another device's valid row stays
+        assert any(tv == "999.0" for _, _, _, tv, _, _ in left())  # and a newer torch of this device
+        assert len(SQLStore(db).misses()) == 1
+
+        assert main(["prune", "--db", db, "--other-devices"]) == 0
+        assert "deleted 1 tuning_records" in capsys.readouterr().out
+        assert not any(other for *_, other in left())
+        assert main(["prune", "--db", db, "--other-envs"]) == 0
+        assert {r.identity.env_id for r in all_records(db)} == {current().env_id}
+        assert main(["prune", "--db", db, "--older-than", "36500"]) == 0
+        assert len(all_records(db)) == 4  # rows of 2025 are younger than 100 years
+        assert main(["prune", "--db", db, "--older-than", "0"]) == 0
+        assert all_records(db) == []
     finally:
         _REGISTRY.remove(probe)
 

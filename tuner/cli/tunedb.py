@@ -1,19 +1,19 @@
 """gems-tunedb: export, import, merge, inspect and verify tuning DBs.
 
 Exit status: 0 success; 1 an error (bad bundle, unusable DB, ...: one line on stderr,
-nothing written); 2 a usage error or a part that needs what this install lacks;
-3 ``verify`` found rows it could not verify; 4 ``verify`` flagged rows.
+nothing written); 2 a usage error or a part that needs what this install lacks.
+``verify``: 0 every re-timed winner is within the threshold; 1 some moved (or no longer
+run); 3 nothing could be re-timed (rows it cannot time are listed with the reason).
 """
 from __future__ import annotations
 
 import argparse
 import difflib
 import importlib
-import importlib.util
 import json
 import logging
 import pkgutil
-import random
+import re
 import sys
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -186,10 +186,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from tuner.bundle import device_label
 
-    if args.workload is not None and importlib.util.find_spec("tuner.workload") is None:
-        raise CLIError("stats --workload needs the workload module (issue 5), which this flag_gems does not have yet", 2)
-    if args.workload is not None:
-        raise CLIError("stats --workload: coverage against a workload is not implemented yet (issue 5)", 2)
+    if args.workload:
+        return _stats_workload(args)
     store = _open_existing(args.db)
     try:
         records = store.records()
@@ -225,47 +223,106 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- verify ------------------------------------------------------------------------------
-def cmd_verify(args: argparse.Namespace) -> int:
+def _load_jobs(paths: list[str]) -> list:
+    from tuner.workload import WorkloadError, load_jobs
+
+    try:
+        return load_jobs(paths)
+    except WorkloadError as e:
+        raise CLIError(str(e), 2) from e
+
+
+def _provider(name: str) -> Any:
+    from tuner.pretune import PretuneError, load_provider
+
+    _, problems = _load_flag_gems_kernels()  # the ops register their LibTuners on import
+    for p in problems:
+        print(f"gems-tunedb: warning: could not import {p}", file=sys.stderr)
+    try:
+        return load_provider(name)
+    except PretuneError as e:
+        raise CLIError(str(e), 2) from e
+
+
+def _env_line(fp: Any) -> str:
+    return (f"environment {fp.env_id[:8]} ({fp.vendor} {fp.device_name}, triton {fp.triton_version}, "
+            f"torch {fp.torch_version})")
+
+
+def _stats_workload(args: argparse.Namespace) -> int:
+    """Coverage: run the workloads' calls without tuning and look each requested key up."""
+    from tuner.probe import workload_coverage
+
+    jobs = _load_jobs(args.workload)
+    prov = _provider(args.provider)
     here = _here()
     store = _open_existing(args.db)
     try:
-        records = store.records(kernel=args.kernel)
+        cov = workload_coverage(jobs, store, prov, here)
     finally:
         store.close()
-    other = [r for r in records if r.identity.env_id != here.env_id]
-    mine = [r for r in records if r.identity.env_id == here.env_id]
-    rng = random.Random(args.seed)
-    sample = mine if args.sample is None or args.sample >= len(mine) else rng.sample(mine, args.sample)
-    tuners, problems = _load_flag_gems_kernels()
-    for p in problems:
-        print(f"warning: could not import {p}", file=sys.stderr)
-    has_workload = importlib.util.find_spec("tuner.workload") is not None
-    status: Counter[str] = Counter()
-    for rec in sample:
-        i = rec.identity
-        t = tuners.get(i.kernel)
-        if t is None:
-            why, st = "no flag_gems kernel of this name is registered", "unknown"
-        elif t.kernel_hash != i.kernel_hash:
-            why, st = (f"stale: kernel source or config space changed (stored hash {i.kernel_hash[:12]}, "
-                       f"current {t.kernel_hash[:12]}); this row is never served"), "stale"
-        else:
-            reason = ("building arguments for a key needs the workload module (issue 5)" if not has_workload
-                      else "re-timing from a workload is not implemented yet")
-            why, st = f"not re-timed: {reason}", "unverified"
-        status[st] += 1
-        if args.verbose or st != "unverified":
-            print(f"{st}: {i.kernel} key {i.key}: {why}")
-    print(f"verify: {len(sample)} of {len(mine)} records of this environment checked "
-          f"({len(other)} of other environments cannot be timed here): "
-          + ", ".join(f"{k} {status[k]}" for k in ("verified", "moved", "stale", "unknown", "unverified")))
-    if status["unverified"] and not has_workload:
-        print("verify: re-timing needs real arguments for each key, which only a workload provides (issue 5); "
-              "nothing was timed", file=sys.stderr)
-    if status["stale"] or status["unknown"] or status["moved"]:
-        return 4
-    return 3 if status["unverified"] else 0
+    per = cov.per_kernel()
+    if args.json:
+        print(json.dumps({
+            "db": store.name, "workloads": args.workload, "env_id": cov.env_id, "jobs": cov.jobs,
+            "failed_jobs": [{"job": j, "error": e} for j, e in cov.failed],
+            "keys": len(cov.keys), "stored": cov.stored, "kernels": per, "store_errors": cov.store_errors,
+        }, indent=2))
+        return 0
+    print(f"coverage of {', '.join(args.workload)} in {store.name} for this machine's {_env_line(here)}: "
+          f"{cov.jobs} calls ({len(cov.failed)} failed), {len(cov.keys)} keys: {cov.stored} stored, "
+          f"{len(cov.keys) - cov.stored} missing")
+    if per:
+        wk = max(len(r["kernel"]) for r in per)
+        print(f"{'kernel':<{wk}}  keys  stored  missing")
+        for r in per:
+            print(f"{r['kernel']:<{wk}}  {r['keys']:>4}  {r['stored']:>6}  {len(r['missing']):>7}")
+    missing = [(r["kernel"], m) for r in per for m in r["missing"]]
+    if missing:
+        print("missing keys:")
+        for kernel, m in missing:
+            print(f"  {kernel} {m['key']}: {m['why']}")
+    for job, err in cov.failed:
+        print(f"failed call {job}: {err} (its keys past the failure are not counted)")
+    if cov.store_errors:
+        print(f"gems-tunedb: warning: {cov.store_errors} lookups failed; those keys count as missing", file=sys.stderr)
+    return 0
+
+
+# -- verify ------------------------------------------------------------------------------
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tuner.probe import verify
+
+    if args.threshold < 0:
+        raise CLIError("--threshold must not be negative", 2)
+    jobs = _load_jobs(args.workload) if args.workload else []
+    prov = _provider(args.provider)
+    here = _here()
+    store = _open_existing(args.db)
+    try:
+        rep = verify(store, prov, kernel=args.kernel, sample=args.sample, seed=args.seed,
+                     threshold=args.threshold, workload_jobs=jobs, here=here)
+    finally:
+        store.close()
+    print(f"verify: {store.name}, this machine's {_env_line(here)}; threshold {args.threshold:.0%}")
+    for c in rep.checked:
+        if args.verbose or c.status != "verified":
+            i = c.record.identity
+            on = f" on {c.call}" if c.call and c.status in ("verified", "moved", "failed") else ""
+            print(f"{c.status}: {i.kernel} key {i.key} config {json.dumps(c.record.config, sort_keys=True)}: {c.reason}{on}")
+    groups: dict[tuple[str, str, str], int] = {}
+    for c in rep.skipped:  # one line per kernel and reason: a removed kernel may have many rows
+        k = (c.status, c.record.identity.kernel, c.reason)
+        groups[k] = groups.get(k, 0) + 1
+    for (st, kernel, why), n in sorted(groups.items()):
+        print(f"{st}: {kernel} ({n} row{'s' if n != 1 else ''}): {why}")
+    n = rep.counts()
+    print(f"verify: {len(rep.checked)} of {rep.candidates} re-timable records of this environment sampled "
+          f"(of {rep.this_env}; {rep.other_envs} of other environments cannot be timed here): "
+          + ", ".join(f"{k} {n[k]}" for k in ("verified", "moved", "failed", "untimed", "stale", "unknown")))
+    if rep.exit_code == 3:
+        print("verify: nothing could be re-timed", file=sys.stderr)
+    return rep.exit_code
 
 
 # -- explain -----------------------------------------------------------------------------
@@ -345,44 +402,123 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 # -- prune -------------------------------------------------------------------------------
+_DEVICE_FIELDS = ("vendor", "device_name", "compute_capability", "sm_count")
+
+
+def _release(version: str) -> tuple[int, ...] | None:
+    """The release numbers of a version ("2.5.1+cu124" -> (2, 5, 1)), trailing zeros
+    dropped so 2.5 == 2.5.0; None when it does not start with one."""
+    m = re.match(r"\d+(?:\.\d+)*", version.strip())
+    if m is None:
+        return None
+    parts = [int(x) for x in m.group(0).split(".")]
+    while parts and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def _older_software(fp: Any, here: Any) -> bool:
+    """Triton and torch both no newer than this machine's and one of them older. A newer
+    or an unparsable version is kept: another node of this device may run it."""
+    pairs = [(_release(fp.triton_version), _release(here.triton_version)),
+             (_release(fp.torch_version), _release(here.torch_version))]
+    if any(a is None or b is None for a, b in pairs):
+        return False
+    return all(a <= b for a, b in pairs) and any(a < b for a, b in pairs)
+
+
+def _same_device(fp: Any, here: Any) -> bool:
+    return all(getattr(fp, f) == getattr(here, f) for f in _DEVICE_FIELDS)
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
-    from sqlalchemy import delete, func, or_, select
+    from sqlalchemy import and_, delete, func, select
 
     from tuner.store.models import ConfigTiming, TuningMiss, TuningRecord
+    from tuner.store.sql import row_fingerprint
 
     if args.older_than is not None and args.older_than < 0:
         raise CLIError("--older-than must not be negative", 2)
-    other_envs = args.other_envs or args.older_than is None
+    explicit = args.old_versions or args.stale_kernels or args.other_devices or args.other_envs or args.older_than is not None
+    # Without a selector only rows that can never be served again go: valid rows of other
+    # devices (one DB may hold several) are dropped only when asked for.
+    old_versions = args.old_versions or not explicit
+    stale_kernels = args.stale_kernels or not explicit
     here = _here()
+    current: dict[str, set[str]] = {}
+    if stale_kernels:
+        from tuner.libtuner import _REGISTRY
+
+        _, problems = _load_flag_gems_kernels()
+        for p in problems:
+            print(f"gems-tunedb: warning: could not import {p}; its rows are not judged stale", file=sys.stderr)
+        for t in _REGISTRY:
+            current.setdefault(t.name, set()).add(t.kernel_hash)
+    models = (TuningRecord, ConfigTiming, TuningMiss)
     store = _open_existing(args.db)
-    conds: dict[Any, list] = {TuningRecord: [], ConfigTiming: [], TuningMiss: []}
-    if other_envs:
-        for m in conds:
-            conds[m].append(m.env_id != here.env_id)
-    if args.older_than is not None:
-        cutoff = datetime.now(timezone.utc) - timedelta(days=args.older_than)
-        conds[TuningRecord].append(TuningRecord.created_at < cutoff)
-        conds[ConfigTiming].append(ConfigTiming.created_at < cutoff)
-        conds[TuningMiss].append(TuningMiss.last_seen < cutoff)
-    counts = {}
     try:
+        envs: dict[str, Any] = {}
+        pairs: set[tuple[str, str]] = set()
+        with store.session() as s:
+            for m in models:
+                cols = (m.env_id, m.vendor, m.device_name, m.compute_capability, m.sm_count, m.triton_version, m.torch_version)
+                for row in s.execute(select(*cols).distinct()):
+                    envs[row.env_id] = row_fingerprint(row)
+                if stale_kernels:
+                    pairs |= {(k, h) for k, h in s.execute(select(m.kernel, m.kernel_hash).distinct())}
+        old_envs = sorted(e for e, fp in envs.items() if e != here.env_id and _same_device(fp, here)
+                          and _older_software(fp, here)) if old_versions else []
+        other_devs = sorted(e for e, fp in envs.items() if not _same_device(fp, here)) if args.other_devices else []
+        stale = sorted((k, h) for k, h in pairs if k in current and h not in current[k])
+        cutoff = datetime.now(timezone.utc) - timedelta(days=args.older_than) if args.older_than is not None else None
+
+        def selectors(m: Any) -> list[tuple[str, Any]]:
+            out = []
+            for e in old_envs:
+                fp = envs[e]
+                out.append((f"this device under older triton {fp.triton_version} torch {fp.torch_version} ({e[:8]})", m.env_id == e))
+            for e in other_devs:
+                out.append((f"other device {envs[e].device_slug or envs[e].vendor} ({e[:8]})", m.env_id == e))
+            if args.other_envs:
+                out.append(("every environment but this one", m.env_id != here.env_id))
+            for k, h in stale:
+                out.append((f"stale kernel version {k} {h[:12]}", and_(m.kernel == k, m.kernel_hash == h)))
+            if cutoff is not None:
+                when = m.last_seen if m is TuningMiss else m.created_at
+                out.append((f"older than {args.older_than:g} days", when < cutoff))
+            return out
+
+        # One statement per selector, not one OR of them all: a DB with many stale kernel
+        # versions would exceed SQLite's expression depth.
+        counts: dict[str, int] = {}
+        with store.session() as s:
+            per_reason = [(label, s.scalar(select(func.count()).select_from(TuningRecord).where(c)))
+                          for label, c in selectors(TuningRecord)]
         if args.dry_run:
             with store.session() as s:
-                for m, cs in conds.items():
-                    counts[m.__tablename__] = s.scalar(select(func.count()).select_from(m).where(or_(*cs)))
+                for m in models:
+                    ids: set[int] = set()
+                    for _, c in selectors(m):
+                        ids.update(s.scalars(select(m.id).where(c)))
+                    counts[m.__tablename__] = len(ids)
         else:
-            with store.write() as s:
-                for m, cs in conds.items():
-                    counts[m.__tablename__] = s.execute(delete(m).where(or_(*cs))).rowcount
+            with store.write() as s:  # one transaction: all of it or nothing
+                for m in models:
+                    counts[m.__tablename__] = sum(s.execute(delete(m).where(c)).rowcount for _, c in selectors(m))
     finally:
         store.close()
-    what = " and ".join(
-        x for x in ("rows of other environments" if other_envs else "",
-                    f"rows older than {args.older_than} days" if args.older_than is not None else "") if x
-    )
+    what = ", ".join(x for x in (
+        "older Triton/torch of this device" if old_versions else "",
+        "stale kernel versions" if stale_kernels else "",
+        "other devices" if args.other_devices else "",
+        "other environments" if args.other_envs else "",
+        f"rows older than {args.older_than:g} days" if args.older_than is not None else "",
+    ) if x)
     verb = "would delete" if args.dry_run else "deleted"
     print(f"prune ({what}; this environment {here.env_id[:8]}): {verb} "
           + ", ".join(f"{n} {t}" for t, n in counts.items()))
+    for label, n in per_reason:
+        print(f"  {label}: {n} records")
     return 0
 
 
@@ -418,17 +554,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("stats", help="counts per kernel, device and environment")
     s.add_argument("--db", help=db_help)
-    s.add_argument("--workload", help="coverage of a workload's keys (needs the workload module)")
+    s.add_argument("--workload", action="append", metavar="FILE",
+                   help="coverage of a workload (repeatable): run its calls without tuning and report which "
+                        "requested keys the DB holds for this environment and kernel version")
+    s.add_argument("--provider", default="flag_gems.tuning", help="module that runs the calls (default: flag_gems.tuning)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_stats)
 
-    v = sub.add_parser("verify", help="re-time stored winners of this environment")
+    v = sub.add_parser("verify", help="re-time a sample of stored winners of this environment on this device")
     v.add_argument("--db", help=db_help)
     v.add_argument("--kernel")
-    v.add_argument("--sample", type=int, default=None, help="check this many random records (default: all)")
+    v.add_argument("--sample", type=int, default=20, help="check this many random records (default 20; 0: all)")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--threshold", type=float, default=0.2, help="flag a winner whose time moved by more than this fraction")
-    v.add_argument("-v", "--verbose", action="store_true")
+    v.add_argument("--threshold", type=float, default=0.25,
+                   help="flag a winner whose median moved by more than this fraction (default 0.25)")
+    v.add_argument("--workload", action="append", metavar="FILE",
+                   help="time winners on this workload's calls (the shapes pretuned) before rebuilding calls from keys")
+    v.add_argument("--provider", default="flag_gems.tuning", help="module that runs the calls (default: flag_gems.tuning)")
+    v.add_argument("-v", "--verbose", action="store_true", help="also list the verified rows")
     v.set_defaults(func=cmd_verify)
 
     x = sub.add_parser("explain", help="why a lookup of KERNEL KEY misses")
@@ -439,10 +582,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--limit", type=int, default=3)
     x.set_defaults(func=cmd_explain)
 
-    r = sub.add_parser("prune", help="drop rows of other environments or old rows")
+    r = sub.add_parser("prune", help="drop rows that can never be served again (selectors combine; "
+                                       "default: --old-versions --stale-kernels)")
     r.add_argument("--db", help=db_help)
-    r.add_argument("--other-envs", action="store_true", help="rows of environments other than this one (the default)")
-    r.add_argument("--older-than", type=float, metavar="DAYS")
+    r.add_argument("--old-versions", action="store_true",
+                   help="rows of this machine's device under an older Triton or torch")
+    r.add_argument("--stale-kernels", action="store_true",
+                   help="rows of a kernel registered here whose kernel hash is not the current one (any device)")
+    r.add_argument("--other-devices", action="store_true", help="every row of other devices (valid ones too)")
+    r.add_argument("--other-envs", action="store_true", help="every row of an environment other than this one")
+    r.add_argument("--older-than", type=float, metavar="DAYS", help="rows created (misses: last seen) before this many days")
     r.add_argument("--dry-run", action="store_true")
     r.set_defaults(func=cmd_prune)
     return p

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 from tuner.store.base import (
     Identity, LayeredStore, MemoryStore, Miss, Record, Timing, TuningStore, canonical_json,
@@ -10,7 +12,7 @@ from tuner.store.db import TuningDBError
 
 __all__ = [
     "Identity", "LayeredStore", "MemoryStore", "Miss", "Record", "Timing", "TuningStore",
-    "TuningDBError", "canonical_json", "default_store", "set_default_store",
+    "TuningDBError", "canonical_json", "default_store", "set_default_store", "using_store",
 ]
 
 _default: LayeredStore | None = None
@@ -46,3 +48,15 @@ def set_default_store(store: LayeredStore | None) -> None:
     """Replace the process-wide store (``None``: reopen from settings on next use)."""
     global _default
     _default = store
+
+
+@contextmanager
+def using_store(store: LayeredStore) -> Iterator[LayeredStore]:
+    """``store`` as the process-wide store inside the block; the previous one (opened or
+    not: entering never opens the default DB) is put back on exit."""
+    global _default
+    old, _default = _default, store
+    try:
+        yield store
+    finally:
+        _default = old
