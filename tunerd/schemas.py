@@ -38,26 +38,26 @@ NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"  # for query parameters (PostgreSQL rejects 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _printable(s: str) -> str:
-    """No control characters (PostgreSQL rejects NUL) and valid UTF-8 (no lone surrogates)."""
-    if _CONTROL.search(s):
-        raise ValueError("must not contain control characters")
+def _utf8(s: str) -> str:
     try:
         s.encode("utf-8")
     except UnicodeEncodeError as e:
         raise ValueError("must be valid UTF-8") from e
     return s
+
+
+def _printable(s: str) -> str:
+    """No control characters (PostgreSQL rejects NUL) and valid UTF-8 (no lone surrogates)."""
+    if _CONTROL.search(s):
+        raise ValueError("must not contain control characters")
+    return _utf8(s)
 
 
 def _text(s: str) -> str:
     """Free text (an error message, raw arguments): newlines and tabs allowed, no NUL."""
     if "\x00" in s:
         raise ValueError("must not contain NUL characters")
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError("must be valid UTF-8") from e
-    return s
+    return _utf8(s)
 
 
 def _canonical_key(s: str) -> str:
