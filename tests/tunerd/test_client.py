@@ -58,6 +58,34 @@ def test_round_trip_through_remote_store(server):
     down.close()
 
 
+def test_lookups_are_batched_per_kernel_version(server, monkeypatch):
+    """A model's first pass asks tunerd once per kernel version, not once per key: the
+    first lookup fetches the kernel's rows; later keys (stored or not) need no request,
+    unless the kernel has more rows than one prefetch page."""
+    from tuner.store import remote
+
+    up = RemoteStore(server.url, TOKEN, timeout_s=2.0)
+    for i in range(6):
+        up.save(record(i, kernel="batched"))
+        up.save(record(i, kernel="many"))
+    assert up.flush(20.0)
+    up.close()
+    down = RemoteStore(server.url, None, timeout_s=2.0)
+    found = [down.lookup(ident(i, "batched")) is not None for i in range(10)]
+    assert found == [True] * 6 + [False] * 4
+    assert down.counters["requests"] == 1 and down.counters["hits"] == 6 and down.counters["misses"] == 4
+    monkeypatch.setattr(remote, "PREFETCH", 4)  # "many" has 6 rows: a partial page
+    assert down.lookup(ident(1, "many")) is not None  # on the first page: no second request
+    assert down.counters["requests"] == 2
+    assert down.lookup(ident(5, "many")) is not None  # past the page: asked for alone
+    assert down.lookup(ident(9, "many")) is None
+    assert down.counters["requests"] == 4
+    monkeypatch.setattr(remote, "PREFETCH_TTL_S", 0.0)  # expired: fetched again
+    down.lookup(ident(0, "batched"))
+    assert down.counters["requests"] == 5
+    down.close()
+
+
 def test_layered_store_copies_remote_hits_into_local_db(server, isolated_store, monkeypatch):
     live = server
     from tuner import settings
@@ -99,10 +127,11 @@ def test_tunerd_stopped_mid_run_never_blocks(live):
     assert store.lookup(ident(1)) is not None
 
     live.stop()
+    assert store.lookup(ident(2)) is None  # a kernel fetched before: answered without tunerd
     worst = 0.0
     for i in range(50):
         t0 = time.perf_counter()
-        assert store.lookup(ident(i + 100)) is None
+        assert store.lookup(ident(i + 100, kernel=f"unseen_{i}")) is None  # each would need a request
         store.save(record(i + 100))  # queued, never blocks
         store.record_miss(Miss(ident(i + 100)))
         worst = max(worst, time.perf_counter() - t0)

@@ -3,7 +3,10 @@
 Reads are bounded: every request has a short timeout (``FLAGGEMS_TUNERD_TIMEOUT_MS``,
 per connect/write/read phase), and after a failure a circuit breaker answers "not found"
 at once for ``breaker_s`` seconds, so a kernel call never waits on a tunerd that is down
-or slow more than once per breaker period. Writes (records tuned here, recorded misses)
+or slow more than once per breaker period. Reads are batched per kernel version: the first
+lookup of a (kernel, kernel hash, environment) fetches that kernel's rows in one request
+(up to ``PREFETCH`` of them, kept ``PREFETCH_TTL_S``), so a model's first pass costs one
+request per kernel, not one per key; a key past a partial page is asked for alone. Writes (records tuned here, recorded misses)
 never block: they go into a bounded queue that a daemon thread uploads in batches; when
 the queue is full the newest items are dropped and counted.
 """
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 API = "/v1"
 MAX_BATCH = 1000  # the server's default limit of items per request
 MAX_TIMINGS = 1024
+PREFETCH = 256  # rows per kernel version fetched at its first lookup: one small, quick answer
+PREFETCH_TTL_S = 60.0  # then asked again, so keys tuned meanwhile elsewhere are seen
 MAX_KEY_CHARS = 1536  # tunerd refuses longer keys (they would not fit its indexes)
 
 
@@ -129,6 +134,8 @@ class RemoteStore:
         self.breaker = CircuitBreaker(breaker_s)
         self.upload_attempts = upload_attempts
         self.counters: Counter[str] = Counter()
+        # (kernel, kernel_hash, env_id) -> (fetched at, {key: record}, whether that is all of them)
+        self._prefetched: dict[tuple[str, str, str], tuple[float, dict[str, Record], bool]] = {}
         self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
@@ -142,6 +149,7 @@ class RemoteStore:
         if not self.breaker.allow():
             self.counters["skipped"] += 1
             raise RemoteUnavailable("circuit open")
+        self.counters["requests"] += 1
         try:
             r = self._client.request(method, API + path, **kw)
         except httpx.HTTPError as e:
@@ -161,7 +169,32 @@ class RemoteStore:
 
     # -- reads ---------------------------------------------------------------------------
     def lookup(self, ident: Identity) -> Record | None:
+        known = self._kernel_rows(ident.kernel, ident.kernel_hash, ident.fingerprint)
+        if known is not None:
+            rows, complete = known
+            if ident.key in rows or complete:
+                rec = rows.get(ident.key)
+                self.counters["hits" if rec is not None else "misses"] += 1
+                return rec
         return self.lookup_many([ident]).get(ident)
+
+    def _kernel_rows(self, kernel: str, kernel_hash: str, fp: Fingerprint) -> tuple[dict[str, Record], bool] | None:
+        """The prefetched rows of one kernel version (fetched now if absent or expired);
+        None when tunerd cannot answer."""
+        group = (kernel, kernel_hash, fp.env_id)
+        hit = self._prefetched.get(group)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < PREFETCH_TTL_S:
+            return hit[1], hit[2]
+        try:
+            data = self._request("GET", "/records", params={
+                "kernel": kernel, "kernel_hash": kernel_hash, "env_id": fp.env_id, "limit": PREFETCH,
+            })
+        except RemoteUnavailable:
+            return None
+        rows = {d["key"]: record_from_json(d, Identity(kernel, kernel_hash, d["key"], fp)) for d in data["items"]}
+        self._prefetched[group] = (now, rows, data.get("next_after") is None)
+        return rows, data.get("next_after") is None
 
     def lookup_many(self, idents: Iterable[Identity]) -> dict[Identity, Record | None]:
         """Every key of one kernel version and environment in one request (per 1000 keys)."""
