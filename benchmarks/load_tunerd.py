@@ -1,7 +1,7 @@
 """Load test of tunerd's batch lookups (POST /v1/records/lookup), on SQLite and PostgreSQL.
 
-    python benchmarks/load_tunerd.py                       # both backends, ~1 minute
-    python benchmarks/load_tunerd.py --backends sqlite --seconds 5
+    PYTHONPATH=. python benchmarks/load_tunerd.py                   # both backends, ~1 minute
+    PYTHONPATH=. python benchmarks/load_tunerd.py --backends sqlite --seconds 5
 
 For each backend: start tunerd (a uvicorn subprocess on 127.0.0.1, a fresh DB: a temp
 SQLite file, or a fresh schema on FLAGGEMS_TEST_PG_URL, dropped afterwards), fill it with
@@ -14,6 +14,7 @@ Goal (issue 6): >= 2,000 keys/s with p99 < 20 ms.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import random
@@ -32,8 +33,9 @@ from pathlib import Path
 
 import httpx
 
+from tests.pg import PG_BASE_URL, fresh_schema
+
 REPO = Path(__file__).resolve().parents[1]
-PG_BASE_URL = os.environ.get("FLAGGEMS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TOKEN = "load-" + uuid.uuid4().hex
 KERNELS = 8
 FP = {"vendor": "nvidia", "device_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "sm_count": 132,
@@ -185,24 +187,6 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
 
 
-def pg_schema() -> tuple[str, object]:
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(PG_BASE_URL, isolation_level="AUTOCOMMIT")
-    conn = admin.connect()
-    version = conn.execute(sa.text("SHOW server_version")).scalar()
-    schema = f"load_{uuid.uuid4().hex[:12]}"
-    conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-
-    def drop() -> None:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        conn.close()
-        admin.dispose()
-
-    drop.version = version  # type: ignore[attr-defined]
-    return f"{PG_BASE_URL}?options=-csearch_path%3D{schema}", drop
-
-
 def version(dist: str) -> str:
     try:
         return metadata.version(dist)
@@ -224,17 +208,16 @@ def main() -> int:
 
     rows, notes = [], []
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        with tempfile.TemporaryDirectory(prefix="load-tunerd-") as tmp:
-            drop = None
+        with tempfile.TemporaryDirectory(prefix="load-tunerd-") as tmp, contextlib.ExitStack() as stack:
             if backend == "sqlite":
                 db, label = str(Path(tmp) / "tuning.db"), f"SQLite {sqlite3.sqlite_version} (WAL)"
             elif backend == "postgres":
                 try:
-                    db, drop = pg_schema()
+                    db, pg_version = stack.enter_context(fresh_schema("load"))
                 except Exception as e:  # no server: say so, measure the rest
                     notes.append(f"PostgreSQL skipped: not reachable at {PG_BASE_URL} ({type(e).__name__})")
                     continue
-                label = f"PostgreSQL {drop.version}"  # type: ignore[attr-defined]
+                label = f"PostgreSQL {pg_version}"
             else:
                 p.error(f"unknown backend {backend!r}")
             srv = Tunerd(db, Path(tmp))
@@ -254,8 +237,6 @@ def main() -> int:
                     print(f"{label}, {mode}: {n} lookups, {res.errors} errors", file=sys.stderr)
             finally:
                 srv.stop()
-                if drop is not None:
-                    drop()
 
     print(f"Host: {os.cpu_count()} cores ({platform.machine()}), {platform.system()} {platform.release()}; "
           f"Python {platform.python_version()}, fastapi {version('fastapi')}, uvicorn {version('uvicorn')}, "

@@ -45,26 +45,10 @@ def isolated_store(tmp_path, monkeypatch):
     tuner.clear_caches()
 
 
-PG_BASE_URL = os.environ.get("FLAGGEMS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
 @pytest.fixture
 def pg_url():
     """A PostgreSQL URL whose search_path is a fresh schema, dropped after the test."""
-    import uuid
+    from tests.pg import fresh_schema_or_skip
 
-    import sqlalchemy as sa
-
-    try:
-        admin = sa.create_engine(PG_BASE_URL, isolation_level="AUTOCOMMIT")
-        conn = admin.connect()
-    except Exception as e:  # the server is down: say so rather than fail obscurely
-        pytest.skip(f"PostgreSQL not reachable at {PG_BASE_URL}: {e}")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_BASE_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        conn.close()
-        admin.dispose()
+    with fresh_schema_or_skip("t") as url:
+        yield url

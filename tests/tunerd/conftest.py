@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-PG_BASE_URL = os.environ.get("FLAGGEMS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from tests.pg import fresh_schema_or_skip
+
 TOKEN = "test-token-" + uuid.uuid4().hex
 MAX_BODY = 256 * 1024
 REPO = Path(__file__).resolve().parents[2]
@@ -66,26 +67,6 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
 
 
-def _pg_schema():
-    """A fresh schema on the test server (a URL whose search_path is it) and its dropper."""
-    import sqlalchemy as sa
-
-    try:
-        admin = sa.create_engine(PG_BASE_URL, isolation_level="AUTOCOMMIT")
-        conn = admin.connect()
-    except Exception as e:  # the server is down: say so rather than fail obscurely
-        pytest.skip(f"PostgreSQL not reachable at {PG_BASE_URL}: {e}")
-    schema = f"tunerd_{uuid.uuid4().hex[:12]}"
-    conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-
-    def drop() -> None:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        conn.close()
-        admin.dispose()
-
-    return f"{PG_BASE_URL}?options=-csearch_path%3D{schema}", drop
-
-
 @pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path_factory):
     """A fresh tuning DB URL on each backend, shared by the session's tests (each test
@@ -93,11 +74,8 @@ def db_url(request, tmp_path_factory):
     if request.param == "sqlite":
         yield str(tmp_path_factory.mktemp("tunerd-sqlite") / "tuning.db")
         return
-    url, drop = _pg_schema()
-    try:
+    with fresh_schema_or_skip("tunerd") as url:
         yield url
-    finally:
-        drop()
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,15 @@ SQLite and PostgreSQL: a round trip into a second, empty server gives identical 
 bad bundle is a 422 that changes nothing."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import tarfile
 
 import pytest
 
-from tests.tunerd.conftest import Server, _pg_schema
+from tests.pg import fresh_schema_or_skip
+from tests.tunerd.conftest import Server
 from tuner import bundle as bd
 from tuner.fingerprint import Fingerprint
 from tuner.store.base import Identity, Record
@@ -38,16 +40,13 @@ def rows(c, path: str, **params) -> list[dict]:
 @pytest.fixture
 def empty_server(db_url, tmp_path):
     """A second tunerd on a fresh, empty DB of the same backend."""
-    if "://" in db_url:
-        url, drop = _pg_schema()
-    else:
-        url, drop = str(tmp_path / "second.db"), (lambda: None)
-    srv = Server(url, tmp_path).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-        drop()
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(fresh_schema_or_skip("tunerd")) if "://" in db_url else str(tmp_path / "second.db")
+        srv = Server(url, tmp_path).start()
+        try:
+            yield srv
+        finally:
+            srv.stop()
 
 
 def test_export_import_round_trip(server, empty_server):
