@@ -19,6 +19,7 @@ import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 import flag_gems  # noqa: E402
+import tuner  # noqa: E402
 from flag_gems import fused  # noqa: E402
 from tests.helpers import count_kernels  # noqa: E402  (run from the repo root, PYTHONPATH=.)
 
@@ -109,13 +110,6 @@ def spin_up(seconds: float = 2.0) -> None:
         torch.cuda.synchronize()
 
 
-def tuned_configs() -> dict[tuple[str, tuple], dict]:
-    """Every (kernel, key) -> config resolved so far in this process."""
-    import sys
-
-    return {(t.name, k): c for t in sys.modules["tuner.libtuner"]._REGISTRY for k, c in t.cache.items()}
-
-
 def main() -> None:
     if os.environ.get("BENCH_SPIN_UP", "1") == "1":
         spin_up()
@@ -126,7 +120,7 @@ def main() -> None:
     flag_gems.enable()
     flag_gems.disable()
     for name, size, torch_fn, gems_fn, moved in cases():
-        before = tuned_configs()
+        before = tuner.resolved_configs()
         try:
             t_torch = do_bench(torch_fn, warmup=25, rep=100)
             if gems_fn is None:
@@ -141,7 +135,7 @@ def main() -> None:
             if not ran:
                 raise RuntimeError("no Triton kernel ran: the op fell back to aten")
             print(f"| {name} | {size} | {t_torch * 1e3:.1f} | {t_gems * 1e3:.1f} | {t_torch / t_gems:.2f}x | {moved / t_gems / 1e6:.0f} |")
-            picked += [f"{name}: {k[0].rsplit('.', 1)[-1]} {c}" for k, c in tuned_configs().items() if k not in before]
+            picked += [f"{name}: {k[0].rsplit('.', 1)[-1]} {c}" for k, c in tuner.resolved_configs().items() if k not in before]
         except Exception as e:  # report and go on: one broken op must not hide the rest
             print(f"| {name} | {size} | error: {type(e).__name__}: {str(e)[:120]} | | | |")
     print("\nconfigs picked by the tuner:\n" + "\n".join(picked))

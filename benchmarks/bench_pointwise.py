@@ -19,6 +19,7 @@ import triton.language as tl  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 import flag_gems  # noqa: E402
+import tuner  # noqa: E402
 from tests.helpers import count_kernels  # noqa: E402
 
 
@@ -81,21 +82,10 @@ def main() -> None:
         else:
             line += " | | | |"
         print(line)
-    # which config the tuner picked for the flat add kernel
-    import sys
-
-    for t in sys.modules["tuner.libtuner"]._REGISTRY:
-        if t.cache and ("add_tts" in t.name or "add_ttt" in t.name or "exp_t" in t.name or "mul_ts" in t.name):
-            print(t.name, t.cache)
-
-    # torch 2.11 CUDA: a switched-off pow.Scalar (Scalar self) called boxed
-    k = torch.library.get_kernel("aten::pow.Scalar", "CUDA")
-    ks = torch._C.DispatchKeySet("CUDA")
-    for label, args in (("(2.0, x)", (2.0, x[:4, 0])), ("(cpu 0-d, x)", (torch.tensor(2.0), x[:4, 0]))):
-        try:
-            print("pow.Scalar call_boxed", label, "->", k.call_boxed(ks, *args))
-        except Exception as e:
-            print("pow.Scalar call_boxed", label, "raises", type(e).__name__, str(e)[:160])
+    # the configs the tuner picked for the flat kernels timed above
+    for (kernel, key), cfg in tuner.resolved_configs().items():
+        if kernel.rsplit(".", 1)[-1] in ("add_tt_flat", "exp_t_flat", "mul_ts_flat"):
+            print(kernel, key, cfg)
 
 
 if __name__ == "__main__":

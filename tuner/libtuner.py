@@ -370,6 +370,11 @@ def libtuner(
     return wrap
 
 
+def resolved_configs() -> dict[tuple[str, tuple], dict]:
+    """Every (kernel name, key) -> config resolved in this process so far (for tools)."""
+    return {(t.name, key): cfg for t in _REGISTRY for key, cfg in t.cache.items()}
+
+
 def clear_caches() -> None:
     """Forget every key resolved in this process (the next call asks the store again)."""
     for t in _REGISTRY:

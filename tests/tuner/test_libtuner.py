@@ -54,6 +54,15 @@ def test_miss_tunes_once_persists_and_result_is_right(policy):
     assert len(failed) == 2 and all("out of resources" in t.error for t in failed)
 
 
+def test_resolved_configs_lists_the_keys_this_process_resolved(policy):
+    policy("miss")
+    scale(torch.randn(100, device=DEVICE))
+    got = {cfg_subset(c)["BLOCK"]: key for (name, key), c in tuner.resolved_configs().items() if name == scale_kernel.name}
+    assert got == {BEST["BLOCK"]: (128, torch.float32, torch.float32)}
+    tuner.clear_caches()
+    assert not any(name == scale_kernel.name for name, _ in tuner.resolved_configs())
+
+
 def test_new_process_reads_db_hit_without_benchmark(policy):
     policy("miss")
     scale(torch.randn(100, device=DEVICE))
