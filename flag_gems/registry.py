@@ -70,6 +70,9 @@ def _category(x: Any) -> int:
     return 0 if isinstance(x, bool) else 1 if isinstance(x, int) else 2 if isinstance(x, float) else 3
 
 
+_WIDEST = {0: torch.bool, 1: torch.int64, 2: torch.float64, 3: torch.complex128}  # per _category
+
+
 def _as_wrapped(value: Any, args: tuple) -> torch.Tensor:
     """A 0-d CPU tensor that promotes like the wrapped number it was (aten takes a CPU
     scalar beside device tensors, as it takes the wrapped number itself: no copy to the
@@ -81,11 +84,8 @@ def _as_wrapped(value: Any, args: tuple) -> torch.Tensor:
     if ref is not None and _category(ref.dtype) == _category(value):
         if ref.dim() == 0:
             return torch.tensor(value, dtype=ref.dtype)
-        return torch.tensor(value, dtype=torch.complex128 if isinstance(value, complex) else _WIDE[_category(value)])
+        return torch.tensor(value, dtype=_WIDEST[_category(value)])
     return torch.tensor(value)
-
-
-_WIDE = {0: torch.bool, 1: torch.int64, 2: torch.float64}
 
 
 _ENTRIES: dict[str, OpEntry] = {}
