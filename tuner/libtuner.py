@@ -246,7 +246,7 @@ class LibTuner:
     def _checked(self, rec: Record | None) -> Record | None:
         """``rec`` if its config is one this kernel declares, else ``None`` (a miss): a row
         written by a buggy client or an old version is never launched."""
-        if rec is None or canonical_json(rec.config) in self._known_configs:
+        if rec is None or self.serves(rec):
             return rec
         if not self._warned_unknown_config:
             self._warned_unknown_config = True
