@@ -167,7 +167,7 @@ class ReadOnlyRemote(RemoteStore):
     itself before finishing the job); ``served`` remembers what came from tunerd."""
 
     def __init__(self, url: str, token: str | None, *, timeout_s: float = 2.0) -> None:
-        super().__init__(url, token, timeout_s=timeout_s, breaker_s=10.0)
+        super().__init__(url, token, timeout_s=timeout_s, breaker_s=10.0, confirm_misses=True)
         self.served: set[Identity] = set()
 
     def lookup(self, ident: Identity) -> Record | None:

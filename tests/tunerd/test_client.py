@@ -85,6 +85,17 @@ def test_lookups_are_batched_per_kernel_version(server, monkeypatch):
     assert down.counters["requests"] == 5
     down.close()
 
+    # A pretune worker confirms a prefetched miss: a key another machine just stored is seen.
+    monkeypatch.setattr(remote, "PREFETCH_TTL_S", 60.0)
+    worker = RemoteStore(server.url, None, timeout_s=2.0, confirm_misses=True)
+    assert worker.lookup(ident(0, "batched")) is not None and worker.lookup(ident(7, "batched")) is None
+    up = RemoteStore(server.url, TOKEN, timeout_s=2.0)
+    up.save(record(7, kernel="batched"))
+    assert up.flush(20.0)
+    up.close()
+    assert worker.lookup(ident(7, "batched")) is not None
+    worker.close()
+
 
 def test_layered_store_copies_remote_hits_into_local_db(server, isolated_store, monkeypatch):
     live = server

@@ -124,8 +124,12 @@ class RemoteStore:
         upload_timeout_s: float = 5.0,
         upload_attempts: int = 3,
         transport: httpx.BaseTransport | None = None,
+        confirm_misses: bool = False,
     ) -> None:
+        """``confirm_misses``: a key absent from its kernel's prefetched rows is still asked
+        for alone (a pretune worker must see keys other machines tuned a moment ago)."""
         self.url = url.rstrip("/")
+        self.confirm_misses = confirm_misses
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout_s), headers=headers,
                                     transport=transport)
@@ -172,7 +176,7 @@ class RemoteStore:
         known = self._kernel_rows(ident.kernel, ident.kernel_hash, ident.fingerprint)
         if known is not None:
             rows, complete = known
-            if ident.key in rows or complete:
+            if ident.key in rows or (complete and not self.confirm_misses):
                 rec = rows.get(ident.key)
                 self.counters["hits" if rec is not None else "misses"] += 1
                 return rec
