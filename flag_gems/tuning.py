@@ -239,9 +239,9 @@ def register_replay(kernel: str) -> Callable[[Replay], Replay]:
 @register_replay("flag_gems.ops.mm._mm_kernel")
 def _replay_mm(raw: dict) -> Job | None:
     m, n, k, batch, dt = raw["M"], raw["N"], raw["K"], raw["BATCH"], raw["dtypes"][0]
-    # operand layouts, when the key has them: K-contiguous A (row-major), B with unit K
-    # stride (F.linear's transposed weight)
-    a_k1, b_k1 = raw.get("s_ak", 1) == 1, raw.get("s_bk", n) == 1
+    # operand layouts: K-contiguous A (row-major), B with unit K stride (F.linear's
+    # transposed weight); a miss holds the strides, a stored key their layout() strings
+    a_k1, b_k1 = raw.get("s_ak", 1) in (1, "unit"), raw.get("s_bk", n) in (1, "unit")
     sa = (k, 1) if a_k1 else (1, m)
     sb = (1, k) if b_k1 else (n, 1)
     if batch > 1:

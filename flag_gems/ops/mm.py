@@ -2,16 +2,22 @@
 
 One batched, tiled Triton kernel serves all of them: any row/column-major operand is read
 through its strides (``F.linear``'s transposed weight included), so nothing is copied.
-Tiles walk in grouped order (GROUP_M rows of tiles share B in L2). When M and N leave
-most SMs idle (decode: M = 1..64 against a 4096-wide weight), K is split across
-programs into fp32 partials that a second small kernel sums, scales, adds the bias to
-and casts.
+Tiles walk in grouped order (GROUP_M rows of tiles share B in L2).
 
-Key strategy: ``[m_class(M), log(M), align32(N), align32(K), batch]`` plus dtypes.
-``m_class`` is "decode" for M <= 256 and "prefill" above, a string, so the nearest-key
-fallback under ``FLAGGEMS_AUTOTUNE=never`` never hands a decode config to a prefill shape
-(strings must match exactly; numbers are compared in log2 distance). ``log(M)`` buckets
-decode sizes 1, 2, 4, ... 256 and prefill 512 ... 16384 apart.
+The config space (tuned per device and key): tile sizes, num_warps, num_stages, GROUP_M,
+and for decode-class shapes SPLIT_K. When M and N leave most SMs idle (decode: M = 1..64
+against a 4096-wide weight), K is split across programs: each adds its fp32 partial into
+a zeroed workspace and the last one of a tile runs the epilogue (serial split-K, one
+launch, no reduction kernel). Configs that cannot fit the device's shared memory or would
+spill their accumulator are pruned before benchmarking.
+
+Key strategy: ``[m_class(M), log(M), align32(N), align32(K), log(batch), layout(A),
+layout(B)]`` plus dtypes. ``m_class`` is "decode" for M <= 256 and "prefill" above, and
+``layout`` is "unit" or "strided" (the operand's K stride); both are strings, so the
+nearest-key fallback under ``FLAGGEMS_AUTOTUNE=never`` never hands a decode config to a
+prefill shape or a config tuned for one layout to another (strings must match exactly;
+numbers are compared in log2 distance). ``log(M)`` buckets decode sizes 1, 2, 4, ... 256
+and prefill 512 ... 16384 apart.
 """
 from __future__ import annotations
 
@@ -28,58 +34,106 @@ from tuner import libtuner, settings
 log = logging.getLogger(__name__)
 
 DECODE_MAX_M = 256
+# Split-K accumulates fp32 partials in a zeroed workspace of the output's size; above this
+# many elements the workspace costs more memory than the split can save time.
+SPLIT_K_MAX_ELEMS = 1 << 25
+_FALLBACK_SMEM = 227 * 1024  # Hopper's opt-in per-block maximum
 
 
 def m_class(m: int) -> str:
     return "decode" if int(m) <= DECODE_MAX_M else "prefill"
 
 
-def _cfg(bm, bn, bk, warps, stages, group=8):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group}, num_warps=warps, num_stages=stages)
+def layout(stride: int | str) -> str:
+    """Key strategy for an operand's K stride: "unit" (contiguous along K) or "strided".
+    A string, so the nearest-key fallback never crosses layouts (numbers are compared in
+    log2 distance; strings must match). Idempotent, so a stored key maps back to a call."""
+    if isinstance(stride, str):
+        return stride
+    return "unit" if stride == 1 else "strided"
 
 
-# Hopper-sized tiles for prefill, narrow-M tiles for decode. Pruned per shape below.
-MM_CONFIGS = [
-    # decode / skinny M: narrow N tiles so a 4096-wide weight still fills every SM
-    _cfg(16, 32, 256, 4, 4), _cfg(16, 64, 128, 4, 4), _cfg(16, 64, 256, 4, 3), _cfg(16, 128, 128, 4, 4),
-    _cfg(32, 32, 256, 4, 4), _cfg(32, 64, 128, 4, 4), _cfg(64, 64, 128, 4, 4), _cfg(64, 128, 64, 4, 4),
-    # prefill: wgmma-sized tiles, 3-4 stages
+def _cfg(bm, bn, bk, warps, stages, group=8, split=1):
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, "SPLIT_K": split},
+        num_warps=warps, num_stages=stages,
+    )
+
+
+# decode / skinny M: narrow N tiles so a 4096-wide weight still fills every SM, and split-K
+# (fp32 partials reduced in the kernel) when even those leave SMs idle
+_DECODE_TILES = [
+    (16, 32, 256, 4, 4), (16, 64, 64, 4, 4), (16, 64, 128, 4, 4), (16, 64, 256, 4, 3), (16, 128, 128, 4, 4),
+    (32, 32, 256, 4, 4), (32, 64, 128, 4, 4), (64, 64, 128, 4, 4), (64, 128, 64, 4, 4),
+]
+# prefill: wgmma-sized tiles, 3-4 stages; the likeliest winners also in wider L2 groups
+_PREFILL = [
     _cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(128, 128, 64, 4, 4), _cfg(128, 256, 64, 8, 3),
     _cfg(128, 256, 64, 8, 4), _cfg(256, 128, 64, 8, 3), _cfg(64, 256, 64, 4, 4), _cfg(128, 64, 64, 4, 4),
+    _cfg(128, 256, 64, 8, 3, group=16), _cfg(128, 128, 64, 8, 4, group=16), _cfg(128, 256, 64, 8, 3, group=4),
 ]
-SMEM_BYTES = 227 * 1024  # Hopper's per-block maximum; smaller parts prune further at compile
+MM_CONFIGS = [_cfg(*t, group=1, split=s) for t in _DECODE_TILES for s in (1, 2, 4, 8)] + _PREFILL
+MAX_ACC_REGS = 128  # fp32 accumulator registers per thread; above this the tile spills
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    if not torch.cuda.is_available() or settings.get().interpret:
+        return 8
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_bytes(device_index: int) -> int:
+    """Shared memory one block may opt into on this device (the interpreter: Hopper's)."""
+    if not torch.cuda.is_available() or settings.get().interpret:
+        return _FALLBACK_SMEM
+    props = torch.cuda.get_device_properties(device_index)
+    return int(getattr(props, "shared_memory_per_block_optin", 0) or _FALLBACK_SMEM)
+
+
+def _fits(c: dict, elt: int, smem: int) -> bool:
+    """The tile's pipelined operands fit shared memory and its accumulator registers."""
+    bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
+    if c["num_stages"] * (bm * bk + bk * bn) * elt > smem:
+        return False
+    return bm * bn // (32 * c["num_warps"]) <= MAX_ACC_REGS
 
 
 def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
-    """Drop tiles far larger than the problem and stage counts that cannot fit shared memory."""
-    m, n, k = named["M"], named["N"], named["K"]
-    elt = named["A"].element_size()
+    """Drop tiles far larger than the problem, tiles that cannot fit (shared memory,
+    registers), and splits of K that are too short or would oversubscribe the GPU."""
+    m, n, k, batch = named["M"], named["N"], named["K"], named["BATCH"]
+    a = named["A"]
+    smem = _smem_bytes(a.device.index or 0) if a.device.type == "cuda" else _FALLBACK_SMEM
+    sms = _sm_count(a.device.index or 0) if a.device.type == "cuda" else 8
     kept = []
     for c in configs:
-        bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
-        if bm > max(16, triton.next_power_of_2(m)) or bn > max(64, triton.next_power_of_2(n)) or bk > max(32, triton.next_power_of_2(k)):
+        bm, bn, bk, split = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["SPLIT_K"]
+        if bm > max(16, triton.next_power_of_2(m)) or bn > max(32, triton.next_power_of_2(n)) or bk > max(32, triton.next_power_of_2(k)):
             continue
-        if m <= DECODE_MAX_M and bm >= 128:
+        if (m <= DECODE_MAX_M) != (c["GROUP_M"] == 1):  # decode tiles span one row of tiles
             continue
-        if c["num_stages"] * (bm * bk + bk * bn) * elt > SMEM_BYTES:
+        if not _fits(c, a.element_size(), smem):
             continue
+        if split > 1:
+            tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn) * batch
+            if not named["USE_WS"] or k < 2 * bk * split or tiles * split > 8 * sms:
+                continue
         kept.append(c)
     return kept
 
 
-def _even_k(args: dict) -> bool:
-    return args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0
-
-
-def unit_stride(stride: int) -> int:
-    """Key strategy for a stride: 1 if unit (the operand's layout), else 0."""
-    return int(stride == 1)
+def _split(args: dict) -> int:
+    """The split a launch really uses: 1 without a workspace (a stored split config reached
+    through the nearest-key fallback then runs unsplit instead of failing)."""
+    return args["SPLIT_K"] if args["USE_WS"] else 1
 
 
 @libtuner(
     configs=MM_CONFIGS,
     key=["M", "M", "N", "K", "BATCH", "s_ak", "s_bk"],
-    strategy=[m_class, "log", "align32", "align32", "log", unit_stride, unit_stride],
+    strategy=[m_class, "log", "align32", "align32", "log", layout, layout],
     default=_cfg(64, 128, 64, 4, 4),
     prune_configs_by=prune_mm_configs,
 )
@@ -87,18 +141,20 @@ def unit_stride(stride: int) -> int:
 # contiguous and vectorizes its loads (row-major A, and B either way: F.linear's weight
 # is read transposed, contiguous along K).
 @triton.heuristics({
-    "EVEN_K": _even_k,
+    "EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * _split(args)) == 0,
+    "SPLIT": _split,
     "A_K1": lambda args: args["s_ak"] == 1,
     "B_K1": lambda args: args["s_bk"] == 1,
     "B_N1": lambda args: args["s_bn"] == 1,
 })
 @triton.jit
 def _mm_kernel(
-    A, B, C, Bias, M, N, K, BATCH,
+    A, B, C, Bias, WS, Locks, M, N, K, BATCH,
     s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, s_bias_b, s_bias_m, s_bias_n,
     alpha, beta,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, USE_WS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr, SPLIT: tl.constexpr,
     EVEN_K: tl.constexpr, A_K1: tl.constexpr, B_K1: tl.constexpr, B_N1: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -117,7 +173,7 @@ def _mm_kernel(
     # Out-of-range rows/cols read row/col 0 instead of masking: loads stay unmasked in M/N.
     ram = tl.where(rm < M, rm, 0).to(tl.int64)
     rbn = tl.where(rn < N, rn, 0).to(tl.int64)
-    k_chunk = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_chunk = tl.cdiv(tl.cdiv(K, SPLIT), BLOCK_K) * BLOCK_K
     k_lo = pid_k * k_chunk
     k_hi = min(k_lo + k_chunk, K)
     rk = k_lo + tl.arange(0, BLOCK_K)
@@ -151,56 +207,43 @@ def _mm_kernel(
     # int64 offsets: a prefill's logits (16k x 152k) pass 2**31 elements
     cm = rm[:, None].to(tl.int64)
     cn = rn[None, :].to(tl.int64)
-    if SPLIT_K == 1:
-        acc = acc * alpha
-        if HAS_BIAS:
-            bias = tl.load(Bias + batch * s_bias_b + cm * s_bias_m + cn * s_bias_n, mask=mask, other=0.0)
-            acc += bias.to(tl.float32) * beta
-        c_ptrs = C + batch * s_cb + cm * s_cm + cn * s_cn
-        tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=mask)
-    else:  # fp32 partials: C is the workspace [BATCH, SPLIT_K, M, N]
-        c_ptrs = C + (batch * SPLIT_K + pid_k) * M * N + cm * N + cn
-        tl.store(c_ptrs, acc, mask=mask)
-
-
-@triton.jit
-def _splitk_reduce_kernel(
-    WS, C, Bias, M, N, s_cb, s_cm, s_cn, s_bias_b, s_bias_m, s_bias_n, alpha, beta,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
-):
-    batch = tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < M * N
-    rm = offs // N
-    rn = offs % N
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(SPLIT_K):
-        acc += tl.load(WS + (batch * SPLIT_K + s) * M * N + offs, mask=mask, other=0.0)
+    if SPLIT > 1:
+        # Serial split-K: every split adds its fp32 partial into the zeroed workspace; the
+        # last to finish a tile (counted on the tile's lock) reads the sum, puts the
+        # workspace and the lock back to zero for the next GEMM, and runs the epilogue.
+        ws_ptrs = WS + batch * M * N + cm * N + cn
+        tl.atomic_add(ws_ptrs, acc, mask=mask, sem="relaxed")
+        tl.debug_barrier()  # every thread's partial is issued before the tile's count
+        lock = Locks + batch * grid_m * grid_n + pid_m * grid_n + pid_n
+        if tl.atomic_add(lock, 1, sem="acq_rel") != SPLIT - 1:
+            return
+        acc = tl.load(ws_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(ws_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), mask=mask)
+        tl.atomic_xchg(lock, 0)
     acc = acc * alpha
     if HAS_BIAS:
-        acc += tl.load(Bias + batch * s_bias_b + rm * s_bias_m + rn * s_bias_n, mask=mask, other=0.0).to(tl.float32) * beta
-    tl.store(C + batch * s_cb + rm * s_cm + rn * s_cn, acc.to(C.dtype.element_ty), mask=mask)
+        bias = tl.load(Bias + batch * s_bias_b + cm * s_bias_m + cn * s_bias_n, mask=mask, other=0.0)
+        acc += bias.to(tl.float32) * beta
+    c_ptrs = C + batch * s_cb + cm * s_cm + cn * s_cn
+    tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=mask)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    if not torch.cuda.is_available() or settings.get().interpret:
-        return 8
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+# (device, stream) -> (fp32 workspace, int32 tile locks), both all zeros between GEMMs:
+# each split-K launch leaves them as it found them, so no call pays for a memset.
+_WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def split_k_for(m: int, n: int, k: int, batch: int, device: torch.device) -> int:
-    """Split K when the output tiles leave most SMs idle. A split costs a second launch:
-    worth it for mid-sized M (64..256, tiles of 64 x 128) over a long K, and for tiny
-    outputs that even 16 x 32 tiles cannot spread; not for decode against LLM weights,
-    where narrow tiles already fill the GPU."""
-    sms = _sm_count(device.index or 0) if device.type == "cuda" else 8
-    tiles = triton.cdiv(m, 64) * triton.cdiv(n, 128) * batch if m >= 64 else triton.cdiv(m, 16) * triton.cdiv(n, 32) * batch
-    min_k = 1024 if m >= 64 else 512
-    split = 1
-    while split < 16 and tiles * split * 2 <= sms and k // (split * 2) >= min_k:
-        split *= 2
-    return split
+def _workspace(device: torch.device, elems: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    slot = (str(device), stream)
+    ws, locks = _WORKSPACES.get(slot, (None, None))
+    if ws is None or ws.numel() < elems or locks.numel() < tiles:
+        size = max(elems, ws.numel() if ws is not None else 0)
+        ntiles = max(tiles, locks.numel() if locks is not None else 0)
+        ws = torch.zeros(size, device=device, dtype=torch.float32)
+        locks = torch.zeros(ntiles, device=device, dtype=torch.int32)
+        _WORKSPACES[slot] = (ws, locks)
+    return ws, locks
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -256,22 +299,16 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor
     has_bias = bias is not None
     s_bias = _as3d(bias)[1] if has_bias else (0, 0, 0)
     bias_arg = bias if has_bias else out
-    split = split_k_for(m, n, k, batch, a.device)
+    # split-K is a decode-class choice (the key's m_class), and needs a workspace
+    use_ws = m <= DECODE_MAX_M and batch * m * n <= SPLIT_K_MAX_ELEMS
+    if use_ws:  # locks: one per output tile of the narrowest tile (16 x 32)
+        ws, locks = _workspace(a.device, batch * m * n, batch * triton.cdiv(m, 16) * triton.cdiv(n, 32))
+    else:
+        ws, locks = out, out  # never read: every launch runs unsplit
     upcast = settings.get().interpret and a.dtype == torch.bfloat16
-    if split == 1:
-        _mm_kernel[lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(n, META["BLOCK_N"]), 1, batch)](
-            a, b, out, bias_arg, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, *s_bias,
-            alpha, beta, HAS_BIAS=has_bias, SPLIT_K=1, PRECISION=_precision(a.dtype), UPCAST=upcast,
-        )
-        return out
-    ws = torch.empty((batch, split, m, n), device=a.device, dtype=torch.float32)
-    _mm_kernel[lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(n, META["BLOCK_N"]), split, batch)](
-        a, b, ws, bias_arg, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, 0, 0, 0, *s_bias,
-        1.0, 0.0, HAS_BIAS=False, SPLIT_K=split, PRECISION=_precision(a.dtype), UPCAST=upcast,
-    )
-    block = 1024
-    _splitk_reduce_kernel[(triton.cdiv(m * n, block), batch)](
-        ws, out, bias_arg, m, n, s_cb, s_cm, s_cn, *s_bias, alpha, beta, HAS_BIAS=has_bias, SPLIT_K=split, BLOCK=block,
+    _mm_kernel[lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(n, META["BLOCK_N"]), META["SPLIT"], batch)](
+        a, b, out, bias_arg, ws, locks, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, *s_bias,
+        alpha, beta, HAS_BIAS=has_bias, USE_WS=use_ws, PRECISION=_precision(a.dtype), UPCAST=upcast,
     )
     return out
 

@@ -1,11 +1,14 @@
 """GEMM family through torch.* under flag_gems: layouts, transposes, dtypes, batches,
 M = 1 (decode, split-K) and addmm/baddbmm scaling, against a float64 reference."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from flag_gems.ops import mm as mm_ops
 from tests.helpers import DEVICE, FLOAT_DTYPES, assert_close, gems_ran
+from tuner.libtuner import resolve_hook
 
 SHAPES = [(1, 40, 33), (7, 33, 65), (33, 64, 17), (70, 5, 129)]  # (M, N, K)
 
@@ -16,6 +19,13 @@ def rand(*shape, dtype=torch.float32):
 
 def check(actual, expected, dtype, k):
     assert_close(actual, expected, dtype, reduce_dim=k)
+
+
+@contextlib.contextmanager
+def forced_config(kernel, cfg):
+    """Launch ``kernel`` with ``cfg`` for every key in this block."""
+    with resolve_hook(lambda t, *_: cfg if t is kernel else None):
+        yield
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -39,13 +49,59 @@ def test_linear_reaches_gemm(dtype):
     check(y2, F.linear(x.double(), w.double()), dtype, 48)
 
 
-def test_decode_uses_split_k():
-    m, n, k = 1, 32, 8192
-    assert mm_ops.split_k_for(m, n, k, 1, torch.device(DEVICE)) > 1
-    a, b = rand(m, k), rand(k, n)
-    with gems_ran("_mm_kernel", "_splitk_reduce_kernel"):
-        out = a @ b
-    check(out, a.double() @ b.double(), torch.float32, k)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("split", [2, 4, 8])
+def test_split_k_configs(dtype, split):
+    """Every split of K gives the right sum, with bias and scaling, and leaves the shared
+    workspace and tile locks zeroed for the next GEMM (each call reruns on it)."""
+    m, n, k = 3, 40, 1000  # K not a multiple of BLOCK_K * split: the masked path too
+    cfg = next(c for c in mm_ops._mm_kernel.configs if c["SPLIT_K"] == split and c["BLOCK_N"] == 32)
+    bias, a, b = rand(n, dtype=dtype), rand(m, k, dtype=dtype), rand(n, k, dtype=dtype).t()
+    with forced_config(mm_ops._mm_kernel, cfg), gems_ran("_mm_kernel"):
+        for _ in range(2):
+            out = torch.addmm(bias, a, b, beta=0.5, alpha=2.0)
+            check(out, 0.5 * bias.double() + 2.0 * (a.double() @ b.double()), dtype, k)
+    for ws in mm_ops._WORKSPACES.values():
+        assert not ws[0].any() and not ws[1].any()
+
+
+def test_split_k_pruned_where_it_cannot_help():
+    """Split-K is a decode-class choice: never offered for prefill M, for K too short to
+    split, or without a workspace; decode tiles keep GROUP_M = 1, prefill tiles never."""
+    def cands(m, n, k, use_ws=True):
+        a = torch.empty(m, k, device=DEVICE, dtype=torch.bfloat16)
+        return mm_ops.prune_mm_configs(mm_ops._mm_kernel.configs, {"A": a, "M": m, "N": n, "K": k, "BATCH": 1, "USE_WS": use_ws})
+
+    assert any(c["SPLIT_K"] > 1 for c in cands(1, 64, 8192))
+    assert not any(c["SPLIT_K"] > 1 for c in cands(1, 64, 8192, use_ws=False))
+    assert not any(c["SPLIT_K"] > 1 for c in cands(1, 64, 64))
+    assert all(c["GROUP_M"] == 1 for c in cands(1, 64, 8192))
+    prefill = cands(4096, 4096, 4096)
+    assert prefill and all(c["SPLIT_K"] == 1 and c["GROUP_M"] > 1 for c in prefill)
+
+
+def test_config_pruning_respects_smem_and_registers():
+    a = torch.empty(4096, 4096, device=DEVICE, dtype=torch.float32)
+    kept = mm_ops.prune_mm_configs(mm_ops._mm_kernel.configs, {"A": a, "M": 4096, "N": 4096, "K": 4096, "BATCH": 1, "USE_WS": False})
+    for c in kept:
+        assert c["num_stages"] * (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * 4 <= mm_ops._FALLBACK_SMEM
+        assert c["BLOCK_M"] * c["BLOCK_N"] // (32 * c["num_warps"]) <= mm_ops.MAX_ACC_REGS
+    big = {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
+    assert not mm_ops._fits(big, 2, mm_ops._FALLBACK_SMEM)  # 256 accumulator registers per thread
+
+
+def test_layout_is_part_of_the_key_and_never_crossed():
+    """A stored config for one operand layout is never the nearest-key fallback for another."""
+    from tuner.libtuner import nearest
+    from tuner.store import Identity, Record
+    from tuner.fingerprint import current
+    import json
+
+    assert mm_ops.layout(1) == "unit" and mm_ops.layout(4096) == "strided" and mm_ops.layout("unit") == "unit"
+    key = ["decode", 1, 4096, 4096, 1, "unit", "unit", "bfloat16"]
+    other = ["decode", 1, 4096, 4096, 1, "unit", "strided", "bfloat16"]
+    rec = Record(Identity("k", "h", json.dumps(other), current()), {"tag": "x"}, 1, 1, 1, 1)
+    assert nearest(key, [rec]) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -174,9 +230,8 @@ def test_never_policy_nearest_stays_in_m_class():
     assert nearest(["decode", 1, 4096, 4096], recs).config["tag"] == "d"
 
 
-def test_mid_m_long_k_splits():
+def test_mid_m_long_k():
     m, n, k = 64, 32, 4096
-    assert mm_ops.split_k_for(m, n, k, 1, torch.device(DEVICE)) > 1 or DEVICE == "cuda"
     a, b = rand(m, k, dtype=torch.float16), rand(n, k, dtype=torch.float16).t()
     with gems_ran("_mm_kernel"):
         out = a @ b
