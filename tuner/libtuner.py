@@ -293,6 +293,19 @@ class LibTuner:
         kept = list(self.prune(list(self.configs), named))
         return kept or [self.default]
 
+    def warm(self, args: tuple, kwargs: dict, grid: Any, configs: Sequence[dict] | None = None) -> int:
+        """Compile ``configs`` (default: the candidates for these arguments) into Triton's
+        cache without launching anything; returns how many compiled. Pretuning runs this
+        in parallel processes ahead of benchmarking (``tuner.precompile``)."""
+        ok = 0
+        for cfg in self.candidate_configs(args, kwargs) if configs is None else configs:
+            try:
+                self.fn.warmup(*args, grid=grid, **kwargs, **cfg)
+                ok += 1
+            except Exception as e:  # it fails again, and is timed as failing, when benchmarked
+                log.debug("config %s of %s does not compile: %s", cfg, self.name, e)
+        return ok
+
     def tune(self, ident: Identity, key: tuple, args: tuple, kwargs: dict, grid: Any, *, source: str = "online") -> tuple[Record, list[Timing]]:
         """Benchmark every candidate config on these arguments; a failing config is
         timed as infinite. Restores ``restore_value`` arguments afterwards."""

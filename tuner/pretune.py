@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from tuner import settings
+from tuner import precompile, settings
 from tuner.stats import stats
 from tuner.store import Identity, LayeredStore, Record, Timing, canonical_json, default_store, set_default_store
 from tuner.workload import Job
@@ -193,12 +193,15 @@ def run_jobs(
     stop_on_error: bool = False,
     on_record: Callable[[Record, Sequence[Timing]], None] | None = None,
     fresh: bool = True,
+    compile_workers: int = 0,
 ) -> Summary:
     """Run every job once under the ``miss`` policy (``always`` with ``force``).
 
     ``on_record`` gets every record the jobs tuned (with its timings) and every record
     they found already stored (without). ``fresh=False`` keeps the process's resolved keys
     (a caller running jobs one by one: with ``force`` each key is still retuned once).
+    ``compile_workers`` processes compile each job's configs ahead of its benchmarks
+    (``tuner.precompile``; 0: every config compiles when first timed).
     """
     from tuner.libtuner import clear_caches
 
@@ -227,7 +230,8 @@ def run_jobs(
         clear_caches()  # every key goes to the store once in this run
     try:
         with miss_policy("always" if force else "miss"):
-            for i, job in enumerate(jobs):
+            prov_name = provider if isinstance(provider, str) else prov.__name__
+            for i, job in precompile.ahead(jobs, prov_name, compile_workers, force):
                 before = stats()["benchmarks_run"]
                 try:
                     prov.run_job(job)
@@ -309,7 +313,8 @@ def remaining_misses() -> int:
 
 
 # -- several devices ------------------------------------------------------------------------
-def _worker(device: str, jobs: list[dict], db_url: str, provider: str, force: bool, queue: Any) -> None:
+def _worker(device: str, jobs: list[dict], db_url: str, provider: str, force: bool, queue: Any,
+            compile_workers: int = 0) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch is imported in this process
     os.environ["FLAGGEMS_TUNING_DB"] = db_url
     settings.reload()
@@ -318,6 +323,7 @@ def _worker(device: str, jobs: list[dict], db_url: str, provider: str, force: bo
         s = run_jobs(
             [Job.from_dict(j) for j in jobs], provider=provider, force=force, progress=False,
             on_job=lambda i, job, tuned: queue.put(("job", device, tuned)),
+            compile_workers=compile_workers,
         )
         queue.put(("done", device, s.as_dict()))
     except BaseException as e:  # report, then die
@@ -326,8 +332,9 @@ def _worker(device: str, jobs: list[dict], db_url: str, provider: str, force: bo
 
 
 def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, provider: str = DEFAULT_PROVIDER,
-                 force: bool = False, progress: bool = True) -> Summary:
-    """One spawned worker per device, jobs split round-robin, all writing to one DB."""
+                 force: bool = False, progress: bool = True, compile_workers: int = 0) -> Summary:
+    """One spawned worker per device, jobs split round-robin, all writing to one DB; each
+    worker has its own ``compile_workers`` compiling ahead of it."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -335,7 +342,7 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
     procs = []
     for i, dev in enumerate(devices):
         share = [j.as_dict() for j in jobs[i::len(devices)]]
-        p = ctx.Process(target=_worker, args=(dev, share, db_url, provider, force, queue), daemon=False)
+        p = ctx.Process(target=_worker, args=(dev, share, db_url, provider, force, queue, compile_workers), daemon=False)
         p.start()
         procs.append(p)
     bar = None

@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(token: FLAGGEMS_TUNERD_TOKEN or --token-file)")
     p.add_argument("--token-file", metavar="FILE", help="with --server: a file holding tunerd's bearer token")
     p.add_argument("--devices", help="comma-separated GPU indices, one worker process each, one shared DB")
+    p.add_argument("--compile-workers", type=int, metavar="N",
+                   help="processes compiling configs ahead of benchmarking (default: the CPU cores "
+                        "per device, less one; 0: compile as each config is first timed)")
     p.add_argument("--dry-run", action="store_true", help="list the jobs and an estimate; tune nothing")
     p.add_argument("--force", action="store_true", help="retune keys that are already tuned")
     p.add_argument("--from-misses", action="store_true", help="tune the keys inference recorded as misses")
@@ -110,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
 
             devices = [d.strip() for d in args.devices.split(",") if d.strip()]
             summary = pt.run_parallel(jobs, devices, db_url=resolve_url(None), provider=args.provider,
+                                      compile_workers=_compile_workers(args, len(devices)),
                                       force=args.force, progress=not args.no_progress)
         else:
-            summary = pt.run_jobs(jobs, provider=args.provider, force=args.force, progress=not args.no_progress)
+            summary = pt.run_jobs(jobs, provider=args.provider, force=args.force, progress=not args.no_progress,
+                                  compile_workers=_compile_workers(args, 1))
     except pt.PretuneError as e:
         return _err(str(e))
     except KeyboardInterrupt:
@@ -125,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         report = summary.as_dict() | {"unreplayable_misses": unreplayable, "workloads": args.workloads}
         Path(args.report).write_text(json.dumps(report, indent=2, default=str))
     return 1 if summary.jobs_failed else 0
+
+
+def _compile_workers(args: argparse.Namespace, devices: int) -> int:
+    if args.compile_workers is not None:
+        return max(0, args.compile_workers)
+    from tuner.precompile import default_workers
+
+    return default_workers(devices)
 
 
 def _token(args: argparse.Namespace) -> str | None:

@@ -1,0 +1,83 @@
+"""Compiling a pretune run's configs ahead of benchmarking (tuner.precompile): a job is
+compiled, never launched, timed or stored; stored keys are not compiled; the process
+pool hands jobs over in order and the run tunes exactly what it tunes without it."""
+import json
+import zlib
+
+import pytest
+
+import tuner
+from tuner import bench, precompile
+from tuner import pretune as pt
+from flag_gems.ops import mm as mm_ops
+from tuner.store import default_store
+from tuner.workload import Job
+
+PROVIDER = "flag_gems.tuning"
+JOBS = [
+    Job("linear", ((3, 256), (64, 256)), "float32"),
+    Job("linear", ((300, 64), (32, 64)), "float32"),
+    Job("rms_norm", ((4, 96),), "float32"),
+]
+
+
+def fake_time(req):
+    h = zlib.crc32(json.dumps([req.config, [str(k) for k in req.key]], sort_keys=True).encode())
+    return 1.0 + (h % 1000) / 1000, 1.0, 2.0
+
+
+@pytest.fixture
+def timer(isolated_store):
+    bench.set_timer(fake_time)
+    yield isolated_store
+    bench.set_timer(None)
+
+
+def stored():
+    return {(r.identity.kernel, r.identity.key) for r in default_store().layers[1].records()}
+
+
+def test_compile_job_compiles_every_candidate_without_launching(timer, monkeypatch):
+    warmed, launched = [], []
+    jit = type(mm_ops._mm_kernel.fn.fn)  # LibTuner -> heuristics -> the jit function
+    real = jit.run
+
+    def spy(self, *args, warmup=False, **kwargs):
+        (warmed if warmup else launched).append(kwargs.get("BLOCK_K"))
+        return real(self, *args, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(jit, "run", spy)
+    n = precompile.compile_job(JOBS[0].as_dict(), PROVIDER)
+    assert n == len(warmed) > 1
+    assert not launched
+    assert tuner.stats()["benchmarks_run"] == 0 and not stored()
+
+
+def test_stored_key_is_not_compiled(timer):
+    pt.run_jobs(JOBS[:1], provider=PROVIDER, progress=False)
+    assert stored()
+    assert precompile.compile_job(JOBS[0].as_dict(), PROVIDER) == 0
+    assert precompile.compile_job(JOBS[0].as_dict(), PROVIDER, force=True) > 0
+
+
+def test_default_workers_is_zero_under_the_interpreter():
+    assert precompile.default_workers() == 0
+
+
+def test_pool_ahead_of_benchmarks_tunes_the_same_keys(timer, tmp_path, monkeypatch):
+    """Two spawned compile workers ahead of the run: the same keys and winners as a run
+    without them, and every job yielded in order."""
+    order = [i for i, _ in precompile.ahead(JOBS, PROVIDER, workers=2)]
+    assert order == list(range(len(JOBS)))
+    with_pool = pt.run_jobs(JOBS, provider=PROVIDER, progress=False, compile_workers=2)
+    keys = {(t.kernel, t.key, json.dumps(t.config, sort_keys=True)) for t in with_pool.tuned}
+
+    monkeypatch.setenv("FLAGGEMS_TUNING_DB", str(tmp_path / "second.db"))
+    from tuner import settings
+    from tuner.store import set_default_store
+
+    settings.reload()
+    set_default_store(None)
+    plain = pt.run_jobs(JOBS, provider=PROVIDER, progress=False)
+    assert keys == {(t.kernel, t.key, json.dumps(t.config, sort_keys=True)) for t in plain.tuned}
+    assert with_pool.jobs_failed == plain.jobs_failed == 0
