@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# On the GPU machine: pretune a workload from nothing (fresh DB, fresh Triton cache) once
+# per device set, and report each run's wall time and key count.
+#   bash benchmarks/pretune_scaling.sh workloads/llama7b.yaml OUTDIR [DEVICES...]
+# DEVICES: comma-separated GPU sets, one run each (default: "0" then "0,1").
+# WORK: where the DBs and caches go (default: a temp dir); COMPILE_WORKERS: per device
+# (default: pretune's own, the cores per device less one).
+set -uo pipefail
+wl=${1:-workloads/llama7b.yaml}; out=${2:-/tmp/gems-scaling}; shift 2 || true
+sets=${*:-0 0,1}
+work=${WORK:-$(mktemp -d)}; mkdir -p "$out" "$work"
+py=${PYTHON:-python3}
+for devs in $sets; do
+  tag=gpus-${devs//,/_}
+  rm -rf "$work/$tag.db" "$work/triton-$tag"
+  export TRITON_CACHE_DIR=$work/triton-$tag FLAGGEMS_CACHE_DIR=$work/cache-$tag
+  t0=$(date +%s.%N)
+  timeout "${PRETUNE_TIMEOUT:-590}" $py -m tuner.cli.pretune "$wl" --db "$work/$tag.db" --devices "$devs" \
+    ${COMPILE_WORKERS:+--compile-workers "$COMPILE_WORKERS"} --report "$out/$tag.json" --no-progress \
+    > "$out/$tag.log" 2>&1
+  rc=$?
+  wall=$($py -c "import time; print(round(time.time() - $t0, 1))")
+  tail -n 25 "$out/$tag.log"
+  echo "== pretune $wl on GPUs $devs: rc=$rc, wall ${wall} s, DB $work/$tag.db"
+done
