@@ -46,6 +46,13 @@ class NoConfigError(RuntimeError):
     """Every config of a kernel failed to compile or run for a key."""
 
 
+FINALISTS = 3  # configs re-timed in full after a brief first round (see LibTuner.tune)
+
+
+def _ms(t: Timing) -> float:
+    return t.median_ms if t.median_ms is not None else math.inf
+
+
 def _key_json_value(v: Any) -> Any:
     import torch
 
@@ -308,19 +315,30 @@ class LibTuner:
 
     def tune(self, ident: Identity, key: tuple, args: tuple, kwargs: dict, grid: Any, *, source: str = "online") -> tuple[Record, list[Timing]]:
         """Benchmark every candidate config on these arguments; a failing config is
-        timed as infinite. Restores ``restore_value`` arguments afterwards."""
+        timed as infinite. Restores ``restore_value`` arguments afterwards.
+
+        A large space is timed in two rounds: every config briefly (a fifth of the
+        warm-up and repetitions), then the ``FINALISTS`` fastest in full, so most of the
+        benchmark time goes to the configs that can win."""
         timer = bench.get_timer()
         named = dict(zip(self.arg_names, args)) | kwargs
-        timings: list[Timing] = []
+        cands = self.candidate_configs(args, kwargs)
         bump("benchmarks_run")
         with self._restoring(named):
-            for cfg in self.candidate_configs(args, kwargs):
-                timings.append(self._time_one(timer, cfg, key, named, args, kwargs, grid))
-        ok = [t for t in timings if t.median_ms is not None and math.isfinite(t.median_ms)]
+            if len(cands) <= FINALISTS:
+                timings = [self._time_one(timer, cfg, key, named, args, kwargs, grid) for cfg in cands]
+                full = timings
+            else:
+                timings = [self._time_one(timer, cfg, key, named, args, kwargs, grid, brief=True) for cfg in cands]
+                ranked = sorted(range(len(cands)), key=lambda i: _ms(timings[i]))
+                for i in [i for i in ranked[:FINALISTS] if math.isfinite(_ms(timings[i]))]:
+                    timings[i] = self._time_one(timer, cands[i], key, named, args, kwargs, grid, count=False)
+                full = [timings[i] for i in ranked[:FINALISTS]]
+        ok = [t for t in timings if math.isfinite(_ms(t))]
         if not ok:
             errors = "; ".join(f"{t.config}: {t.error}" for t in timings)
             raise NoConfigError(f"{self.name} key {ident.key}: every config failed: {errors}")
-        best = min(ok, key=lambda t: t.median_ms)
+        best = min([t for t in full if math.isfinite(_ms(t))] or ok, key=_ms)
         rec = Record(ident, best.config, best.median_ms, best.p20_ms, best.p80_ms, len(timings), source=source)
         return rec, timings
 
@@ -341,7 +359,7 @@ class LibTuner:
             for n, t in saved.items():
                 named[n].copy_(t)
 
-    def _time_one(self, timer, cfg, key, named, args, kwargs, grid) -> Timing:
+    def _time_one(self, timer, cfg, key, named, args, kwargs, grid, *, brief: bool = False, count: bool = True) -> Timing:
         zero = [named[n] for n in self.reset_to_zero]
 
         def launch() -> None:
@@ -349,9 +367,11 @@ class LibTuner:
                 t.zero_()
             self.fn[grid](*args, **kwargs, **cfg)
 
-        bump("configs_timed")
+        if count:
+            bump("configs_timed")
+        warmup, rep = (max(1, self.warmup // 5), max(1, self.rep // 5)) if brief else (self.warmup, self.rep)
         try:
-            med, p20, p80 = timer(bench.BenchRequest(launch, self.name, cfg, key, self.warmup, self.rep))
+            med, p20, p80 = timer(bench.BenchRequest(launch, self.name, cfg, key, warmup, rep))
         except Exception as e:  # a config that cannot compile or launch never wins
             log.debug("config %s of %s failed: %s", cfg, self.name, e)
             return Timing(cfg, None, error=f"{type(e).__name__}: {e}"[:2000])

@@ -37,6 +37,33 @@ def cfg_subset(cfg):
     return {k: cfg[k] for k in ("BLOCK", "num_warps")}
 
 
+def test_large_space_is_screened_briefly_then_finalists_timed_in_full(policy):
+    """Every config gets a brief round; only the FINALISTS fastest get the full warm-up
+    and repetitions, and the winner is chosen on full timings only."""
+    from tuner.libtuner import FINALISTS
+
+    seen = []
+
+    def timer(req):
+        seen.append((req.config["BLOCK"], req.config["num_warps"], req.rep))
+        ms, p20, p80 = fake_time(req)
+        # a brief round under-reports BLOCK 128 / 1 warp, which a full timing corrects
+        if req.rep < scale_kernel.rep and (req.config["BLOCK"], req.config["num_warps"]) == (128, 1):
+            ms = 0.1
+        return ms, p20, p80
+
+    bench.set_timer(timer)
+    policy("miss")
+    scale(torch.randn(100, device=DEVICE))
+    full = [(b, w) for b, w, rep in seen if rep == scale_kernel.rep]
+    brief = [(b, w) for b, w, rep in seen if rep < scale_kernel.rep]
+    assert len(brief) == len(CONFIGS) and len(full) == FINALISTS
+    assert (128, 1) in full and (64, 2) in full
+    (rec,) = default_store().layers[1].records()
+    assert cfg_subset(rec.config) == BEST and rec.configs_tried == len(CONFIGS)
+    assert tuner.stats()["configs_timed"] == len(CONFIGS)
+
+
 def test_miss_tunes_once_persists_and_result_is_right(policy):
     policy("miss")
     x = torch.randn(100, device=DEVICE)
