@@ -152,7 +152,7 @@ def _mm_kernel(
     A, B, C, Bias, WS, Locks, M, N, K, BATCH,
     s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, s_bias_b, s_bias_m, s_bias_n,
     alpha, beta,
-    HAS_BIAS: tl.constexpr, USE_WS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, USE_WS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, FENCE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     SPLIT_K: tl.constexpr, SPLIT: tl.constexpr,
     EVEN_K: tl.constexpr, A_K1: tl.constexpr, B_K1: tl.constexpr, B_N1: tl.constexpr,
@@ -213,7 +213,10 @@ def _mm_kernel(
         # workspace and the lock back to zero for the next GEMM, and runs the epilogue.
         ws_ptrs = WS + batch * M * N + cm * N + cn
         tl.atomic_add(ws_ptrs, acc, mask=mask, sem="relaxed")
-        tl.debug_barrier()  # every thread's partial is issued before the tile's count
+        if FENCE:  # each thread's adds are visible GPU-wide before the tile is counted
+            pid = tl.inline_asm_elementwise("fence.acq_rel.gpu;\n\tmov.u32 $0, $1;", "=r,r", [pid],
+                                            dtype=tl.int32, is_pure=False, pack=1)
+        tl.debug_barrier()  # every thread has fenced before one of them counts the tile
         lock = Locks + batch * grid_m * grid_n + pid_m * grid_n + pid_n
         if tl.atomic_add(lock, 1, sem="acq_rel") != SPLIT - 1:
             return
@@ -233,11 +236,20 @@ def _mm_kernel(
 _WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _workspace(device: torch.device, elems: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    slot = (str(device), stream)
+# Serial split-K fences with PTX: NVIDIA GPUs (and the interpreter) only.
+_SPLIT_OK = torch.version.hip is None
+
+
+def _workspace(device: torch.device, elems: int, tiles: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The zeroed split-K workspace and locks of this device and stream, grown to fit;
+    (None, None) where it would have to be allocated inside a CUDA graph capture (it would
+    then belong to the graph's memory pool): the GEMM runs unsplit."""
+    cuda = device.type == "cuda"
+    slot = (str(device), torch.cuda.current_stream(device).cuda_stream if cuda else 0)
     ws, locks = _WORKSPACES.get(slot, (None, None))
     if ws is None or ws.numel() < elems or locks.numel() < tiles:
+        if cuda and torch.cuda.is_current_stream_capturing():
+            return None, None
         size = max(elems, ws.numel() if ws is not None else 0)
         ntiles = max(tiles, locks.numel() if locks is not None else 0)
         ws = torch.zeros(size, device=device, dtype=torch.float32)
@@ -300,15 +312,18 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor
     s_bias = _as3d(bias)[1] if has_bias else (0, 0, 0)
     bias_arg = bias if has_bias else out
     # split-K is a decode-class choice (the key's m_class), and needs a workspace
-    use_ws = m <= DECODE_MAX_M and batch * m * n <= SPLIT_K_MAX_ELEMS
+    use_ws = m <= DECODE_MAX_M and batch * m * n <= SPLIT_K_MAX_ELEMS and _SPLIT_OK
+    ws = locks = None
     if use_ws:  # locks: one per output tile of the narrowest tile (16 x 32)
         ws, locks = _workspace(a.device, batch * m * n, batch * triton.cdiv(m, 16) * triton.cdiv(n, 32))
-    else:
-        ws, locks = out, out  # never read: every launch runs unsplit
+        use_ws = ws is not None
+    if not use_ws:
+        ws = locks = out  # never read: every launch runs unsplit
     upcast = settings.get().interpret and a.dtype == torch.bfloat16
     _mm_kernel[lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(n, META["BLOCK_N"]), META["SPLIT"], batch)](
         a, b, out, bias_arg, ws, locks, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, *s_bias,
         alpha, beta, HAS_BIAS=has_bias, USE_WS=use_ws, PRECISION=_precision(a.dtype), UPCAST=upcast,
+        FENCE=not settings.get().interpret,
     )
     return out
 
