@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -325,14 +326,15 @@ class LibTuner:
         cands = self.candidate_configs(args, kwargs)
         bump("benchmarks_run")
         with self._restoring(named):
+            sets = self._argument_sets(args, kwargs)
             if len(cands) <= FINALISTS:
-                timings = [self._time_one(timer, cfg, key, named, args, kwargs, grid) for cfg in cands]
+                timings = [self._time_one(timer, cfg, key, sets, grid) for cfg in cands]
                 full = timings
             else:
-                timings = [self._time_one(timer, cfg, key, named, args, kwargs, grid, brief=True) for cfg in cands]
+                timings = [self._time_one(timer, cfg, key, sets, grid, brief=True) for cfg in cands]
                 ranked = sorted(range(len(cands)), key=lambda i: _ms(timings[i]))
                 for i in [i for i in ranked[:FINALISTS] if math.isfinite(_ms(timings[i]))]:
-                    timings[i] = self._time_one(timer, cands[i], key, named, args, kwargs, grid, count=False)
+                    timings[i] = self._time_one(timer, cands[i], key, sets, grid, count=False)
                 full = [timings[i] for i in ranked[:FINALISTS]]
         ok = [t for t in timings if math.isfinite(_ms(t))]
         if not ok:
@@ -347,7 +349,7 @@ class LibTuner:
         ``tune`` times each candidate; a failing config gives a Timing with ``error``."""
         named = dict(zip(self.arg_names, args)) | kwargs
         with self._restoring(named):
-            return self._time_one(bench.get_timer(), config, key, named, args, kwargs, grid)
+            return self._time_one(bench.get_timer(), config, key, self._argument_sets(args, kwargs), grid)
 
     @contextmanager
     def _restoring(self, named: dict) -> Iterator[None]:
@@ -359,10 +361,22 @@ class LibTuner:
             for n, t in saved.items():
                 named[n].copy_(t)
 
-    def _time_one(self, timer, cfg, key, named, args, kwargs, grid, *, brief: bool = False, count: bool = True) -> Timing:
-        zero = [named[n] for n in self.reset_to_zero]
+    def _argument_sets(self, args: tuple, kwargs: dict) -> list[tuple[tuple, dict, list]]:
+        """(args, kwargs, tensors to zero before each launch) per copy of the arguments
+        that timing rotates through (``bench.rotations``; just the call's own under the
+        interpreter)."""
+        sets = [(args, kwargs)] if settings.get().interpret else bench.rotations(args, kwargs)
+        out = []
+        for a, kw in sets:
+            named = dict(zip(self.arg_names, a)) | kw
+            out.append((a, kw, [named[n] for n in self.reset_to_zero]))
+        return out
+
+    def _time_one(self, timer, cfg, key, sets, grid, *, brief: bool = False, count: bool = True) -> Timing:
+        turn = itertools.cycle(sets)
 
         def launch() -> None:
+            args, kwargs, zero = next(turn)
             for t in zero:
                 t.zero_()
             self.fn[grid](*args, **kwargs, **cfg)
