@@ -40,6 +40,7 @@ _REGISTRY: list["LibTuner"] = []
 # ``resolve_hook``: a tool's say on every key a LibTuner resolves (None: the normal path).
 # Consulted only on a miss of a tuner's in-memory dict, never on the hot path.
 ResolveHook = Callable[["LibTuner", tuple, tuple, dict, Any], "dict | None"]
+Launcher = Callable[[Any, Any, tuple, dict, dict], Any]  # (jit fn, grid, args, kwargs, config)
 _resolve_hook: ResolveHook | None = None
 
 
@@ -115,6 +116,7 @@ class LibTuner:
         reset_to_zero: Sequence[str] = (),
         restore_value: Sequence[str] = (),
         name: str | None = None,
+        config_launcher: Launcher | None = None,
     ) -> None:
         if not configs:
             raise ValueError("libtuner needs at least one config")
@@ -134,6 +136,7 @@ class LibTuner:
             prune_configs_by = prune_configs_by.get("early_config_prune")
         self.prune = prune_configs_by
         self.reset_to_zero, self.restore_value = list(reset_to_zero), list(restore_value)
+        self.config_launcher = config_launcher
         pyfn = python_fn(fn)
         self.name = name or f"{pyfn.__module__}.{pyfn.__qualname__}"
         self._hash: str | None = None
@@ -173,6 +176,8 @@ class LibTuner:
         cfg = self.cache.get(key)
         if cfg is None:
             cfg = self._resolve(key, args, kwargs, grid)
+        if self.config_launcher is not None:
+            return self.config_launcher(self.fn, grid, args, kwargs, cfg)
         return self.fn[grid](*args, **kwargs, **cfg)
 
     # -- the miss path: once per key per process ----------------------------------------
@@ -379,7 +384,10 @@ class LibTuner:
             args, kwargs, zero = next(turn)
             for t in zero:
                 t.zero_()
-            self.fn[grid](*args, **kwargs, **cfg)
+            if self.config_launcher is not None:
+                self.config_launcher(self.fn, grid, args, kwargs, cfg)
+            else:
+                self.fn[grid](*args, **kwargs, **cfg)
 
         if count:
             bump("configs_timed")
@@ -404,14 +412,20 @@ def libtuner(
     reset_to_zero: Sequence[str] = (),
     restore_value: Sequence[str] = (),
     name: str | None = None,
+    config_launcher: Launcher | None = None,
 ) -> Callable[[Any], LibTuner]:
-    """Decorate a ``triton.jit`` function so its config comes from the tuning DB."""
+    """Decorate a ``triton.jit`` function so its config comes from the tuning DB.
+
+    ``config_launcher(fn, grid, args, kwargs, config)``, when given, launches a resolved config
+    in place of ``fn[grid](*args, **kwargs, **config)``, at run time and when timing:
+    for a config that needs more than the one kernel (split-K's partial sums and their
+    reduction), so its benchmark is the whole of what a call costs."""
 
     def wrap(fn: Any) -> LibTuner:
         return LibTuner(
             fn, configs, key, strategy, default=default, warmup=warmup, rep=rep,
             prune_configs_by=prune_configs_by, reset_to_zero=reset_to_zero,
-            restore_value=restore_value, name=name,
+            restore_value=restore_value, name=name, config_launcher=config_launcher,
         )
 
     return wrap

@@ -6,10 +6,10 @@ Tiles walk in grouped order (GROUP_M rows of tiles share B in L2).
 
 The config space (tuned per device and key): tile sizes, num_warps, num_stages, GROUP_M,
 and for decode-class shapes SPLIT_K. When M and N leave most SMs idle (decode: M = 1..64
-against a 4096-wide weight), K is split across programs: each adds its fp32 partial into
-a zeroed workspace and the last one of a tile runs the epilogue (serial split-K, one
-launch, no reduction kernel). Configs that cannot fit the device's shared memory or would
-spill their accumulator are pruned before benchmarking.
+against a 4096-wide weight), K is split across programs that write fp32 partials, and a
+second small kernel sums them, scales, adds the bias and casts. The tuner times a split
+config as that pair (LibTuner's ``config_launcher``). Configs that cannot fit the device's
+shared memory or would spill their accumulator are pruned before benchmarking.
 
 Key strategy: ``[m_class(M), log(M), align32(N), align32(K), log(batch), layout(A),
 layout(B)]`` plus dtypes. ``m_class`` is "decode" for M <= 256 and "prefill" above, and
@@ -34,9 +34,6 @@ from tuner import libtuner, settings
 log = logging.getLogger(__name__)
 
 DECODE_MAX_M = 256
-# Split-K accumulates fp32 partials in a zeroed workspace of the output's size; above this
-# many elements the workspace costs more memory than the split can save time.
-SPLIT_K_MAX_ELEMS = 1 << 25
 _FALLBACK_SMEM = 227 * 1024  # Hopper's opt-in per-block maximum
 
 
@@ -116,18 +113,12 @@ def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
             continue
         if not _fits(c, a.element_size(), smem):
             continue
-        if split > 1:
+        if split > 1:  # decode-class only (the key's m_class): partials cost M x N x split
             tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn) * batch
-            if not named["USE_WS"] or k < 2 * bk * split or tiles * split > 8 * sms:
+            if m > DECODE_MAX_M or k < 2 * bk * split or tiles * split > 8 * sms:
                 continue
         kept.append(c)
     return kept
-
-
-def _split(args: dict) -> int:
-    """The split a launch really uses: 1 without a workspace (a stored split config reached
-    through the nearest-key fallback then runs unsplit instead of failing)."""
-    return args["SPLIT_K"] if args["USE_WS"] else 1
 
 
 @libtuner(
@@ -136,25 +127,24 @@ def _split(args: dict) -> int:
     strategy=[m_class, "log", "align32", "align32", "log", layout, layout],
     default=_cfg(64, 128, 64, 4, 4),
     prune_configs_by=prune_mm_configs,
+    config_launcher=lambda fn, grid, args, kwargs, cfg: _launch(fn, grid, args, kwargs, cfg),
 )
 # Unit strides as constexprs: the compiler then knows which way each operand is
 # contiguous and vectorizes its loads (row-major A, and B either way: F.linear's weight
 # is read transposed, contiguous along K).
 @triton.heuristics({
-    "EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * _split(args)) == 0,
-    "SPLIT": _split,
+    "EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0,
     "A_K1": lambda args: args["s_ak"] == 1,
     "B_K1": lambda args: args["s_bk"] == 1,
     "B_N1": lambda args: args["s_bn"] == 1,
 })
 @triton.jit
 def _mm_kernel(
-    A, B, C, Bias, WS, Locks, M, N, K, BATCH,
+    A, B, C, Bias, WS, M, N, K, BATCH,
     s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, s_bias_b, s_bias_m, s_bias_n,
     alpha, beta,
-    HAS_BIAS: tl.constexpr, USE_WS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, FENCE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SPLIT_K: tl.constexpr, SPLIT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
     EVEN_K: tl.constexpr, A_K1: tl.constexpr, B_K1: tl.constexpr, B_N1: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -173,7 +163,7 @@ def _mm_kernel(
     # Out-of-range rows/cols read row/col 0 instead of masking: loads stay unmasked in M/N.
     ram = tl.where(rm < M, rm, 0).to(tl.int64)
     rbn = tl.where(rn < N, rn, 0).to(tl.int64)
-    k_chunk = tl.cdiv(tl.cdiv(K, SPLIT), BLOCK_K) * BLOCK_K
+    k_chunk = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
     k_lo = pid_k * k_chunk
     k_hi = min(k_lo + k_chunk, K)
     rk = k_lo + tl.arange(0, BLOCK_K)
@@ -207,55 +197,60 @@ def _mm_kernel(
     # int64 offsets: a prefill's logits (16k x 152k) pass 2**31 elements
     cm = rm[:, None].to(tl.int64)
     cn = rn[None, :].to(tl.int64)
-    if SPLIT > 1:
-        # Serial split-K: every split adds its fp32 partial into the zeroed workspace; the
-        # last to finish a tile (counted on the tile's lock) reads the sum, puts the
-        # workspace and the lock back to zero for the next GEMM, and runs the epilogue.
-        ws_ptrs = WS + batch * M * N + cm * N + cn
-        tl.atomic_add(ws_ptrs, acc, mask=mask, sem="relaxed")
-        if FENCE:  # each thread's adds are visible GPU-wide before the tile is counted
-            pid = tl.inline_asm_elementwise("fence.acq_rel.gpu;\n\tmov.u32 $0, $1;", "=r,r", [pid],
-                                            dtype=tl.int32, is_pure=False, pack=1)
-        tl.debug_barrier()  # every thread has fenced before one of them counts the tile
-        lock = Locks + batch * grid_m * grid_n + pid_m * grid_n + pid_n
-        if tl.atomic_add(lock, 1, sem="acq_rel") != SPLIT - 1:
-            return
-        acc = tl.load(ws_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
-        tl.store(ws_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), mask=mask)
-        tl.atomic_xchg(lock, 0)
+    if SPLIT_K > 1:  # fp32 partials: WS is [BATCH, SPLIT_K, M, N], summed by _splitk_reduce_kernel
+        tl.store(WS + (batch * SPLIT_K + pid_k) * M * N + cm * N + cn, acc, mask=mask)
+    else:
+        acc = acc * alpha
+        if HAS_BIAS:
+            bias = tl.load(Bias + batch * s_bias_b + cm * s_bias_m + cn * s_bias_n, mask=mask, other=0.0)
+            acc += bias.to(tl.float32) * beta
+        tl.store(C + batch * s_cb + cm * s_cm + cn * s_cn, acc.to(C.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _splitk_reduce_kernel(
+    WS, C, Bias, M, N, s_cb, s_cm, s_cn, s_bias_b, s_bias_m, s_bias_n, alpha, beta,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
+):
+    batch = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < M * N
+    rm = offs // N
+    rn = offs % N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(SPLIT_K):
+        acc += tl.load(WS + (batch * SPLIT_K + s) * M * N + offs, mask=mask, other=0.0)
     acc = acc * alpha
     if HAS_BIAS:
-        bias = tl.load(Bias + batch * s_bias_b + cm * s_bias_m + cn * s_bias_n, mask=mask, other=0.0)
-        acc += bias.to(tl.float32) * beta
-    c_ptrs = C + batch * s_cb + cm * s_cm + cn * s_cn
-    tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=mask)
+        acc += tl.load(Bias + batch * s_bias_b + rm * s_bias_m + rn * s_bias_n, mask=mask, other=0.0).to(tl.float32) * beta
+    tl.store(C + batch * s_cb + rm * s_cm + rn * s_cn, acc.to(C.dtype.element_ty), mask=mask)
 
 
-# (device, stream) -> (fp32 workspace, int32 tile locks), both all zeros between GEMMs:
-# each split-K launch leaves them as it found them, so no call pays for a memset.
-_WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_WS = 4  # the position of _mm_kernel's WS argument
 
 
-# Serial split-K fences with PTX: NVIDIA GPUs (and the interpreter) only.
-_SPLIT_OK = torch.version.hip is None
+def _launch(fn, grid, args: tuple, kwargs: dict, cfg: dict) -> None:
+    """Launch a resolved config: one kernel, or with SPLIT_K > 1 the fp32 partials into a
+    fresh workspace (every element is written, so it needs no zeroing) and their sum, with
+    the epilogue, into the output. LibTuner times the same pair, so a split wins only by
+    what the whole call costs."""
+    split = cfg["SPLIT_K"]
+    if split == 1:
+        fn[grid](*args, **kwargs, **cfg)
+        return
+    a = dict(zip(_ARG_NAMES, args)) | kwargs
+    m, n, batch = a["M"], a["N"], a["BATCH"]
+    ws = torch.empty((batch, split, m, n), device=a["A"].device, dtype=torch.float32)
+    fn[grid](*args[:_WS], ws, *args[_WS + 1:], **kwargs, **cfg)
+    block = 1024
+    _splitk_reduce_kernel[(triton.cdiv(m * n, block), batch)](
+        ws, a["C"], a["Bias"], m, n, a["s_cb"], a["s_cm"], a["s_cn"], a["s_bias_b"], a["s_bias_m"], a["s_bias_n"],
+        a["alpha"], a["beta"], HAS_BIAS=a["HAS_BIAS"], SPLIT_K=split, BLOCK=block,
+    )
 
 
-def _workspace(device: torch.device, elems: int, tiles: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The zeroed split-K workspace and locks of this device and stream, grown to fit;
-    (None, None) where it would have to be allocated inside a CUDA graph capture (it would
-    then belong to the graph's memory pool): the GEMM runs unsplit."""
-    cuda = device.type == "cuda"
-    slot = (str(device), torch.cuda.current_stream(device).cuda_stream if cuda else 0)
-    ws, locks = _WORKSPACES.get(slot, (None, None))
-    if ws is None or ws.numel() < elems or locks.numel() < tiles:
-        if cuda and torch.cuda.is_current_stream_capturing():
-            return None, None
-        size = max(elems, ws.numel() if ws is not None else 0)
-        ntiles = max(tiles, locks.numel() if locks is not None else 0)
-        ws = torch.zeros(size, device=device, dtype=torch.float32)
-        locks = torch.zeros(ntiles, device=device, dtype=torch.int32)
-        _WORKSPACES[slot] = (ws, locks)
-    return ws, locks
+_ARG_NAMES = _mm_kernel.arg_names
+assert _ARG_NAMES[_WS] == "WS"
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -311,19 +306,11 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor
     has_bias = bias is not None
     s_bias = _as3d(bias)[1] if has_bias else (0, 0, 0)
     bias_arg = bias if has_bias else out
-    # split-K is a decode-class choice (the key's m_class), and needs a workspace
-    use_ws = m <= DECODE_MAX_M and batch * m * n <= SPLIT_K_MAX_ELEMS and _SPLIT_OK
-    ws = locks = None
-    if use_ws:  # locks: one per output tile of the narrowest tile (16 x 32)
-        ws, locks = _workspace(a.device, batch * m * n, batch * triton.cdiv(m, 16) * triton.cdiv(n, 32))
-        use_ws = ws is not None
-    if not use_ws:
-        ws = locks = out  # never read: every launch runs unsplit
     upcast = settings.get().interpret and a.dtype == torch.bfloat16
-    _mm_kernel[lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(n, META["BLOCK_N"]), META["SPLIT"], batch)](
-        a, b, out, bias_arg, ws, locks, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, *s_bias,
-        alpha, beta, HAS_BIAS=has_bias, USE_WS=use_ws, PRECISION=_precision(a.dtype), UPCAST=upcast,
-        FENCE=not settings.get().interpret,
+    # WS: the split-K workspace, which _launch allocates for a split config (out until then)
+    _mm_kernel[lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(n, META["BLOCK_N"]), META["SPLIT_K"], batch)](
+        a, b, out, bias_arg, out, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, *s_bias,
+        alpha, beta, HAS_BIAS=has_bias, PRECISION=_precision(a.dtype), UPCAST=upcast,
     )
     return out
 

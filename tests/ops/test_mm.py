@@ -52,28 +52,26 @@ def test_linear_reaches_gemm(dtype):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("split", [2, 4, 8])
 def test_split_k_configs(dtype, split):
-    """Every split of K gives the right sum, with bias and scaling, and leaves the shared
-    workspace and tile locks zeroed for the next GEMM (each call reruns on it)."""
+    """Every split of K gives the right sum, with bias and scaling (partials, then the
+    reduction kernel)."""
     m, n, k = 3, 40, 1000  # K not a multiple of BLOCK_K * split: the masked path too
     cfg = next(c for c in mm_ops._mm_kernel.configs if c["SPLIT_K"] == split and c["BLOCK_N"] == 32)
     bias, a, b = rand(n, dtype=dtype), rand(m, k, dtype=dtype), rand(n, k, dtype=dtype).t()
-    with forced_config(mm_ops._mm_kernel, cfg), gems_ran("_mm_kernel"):
-        for _ in range(2):
-            out = torch.addmm(bias, a, b, beta=0.5, alpha=2.0)
-            check(out, 0.5 * bias.double() + 2.0 * (a.double() @ b.double()), dtype, k)
-    for ws in mm_ops._WORKSPACES.values():
-        assert not ws[0].any() and not ws[1].any()
+    with forced_config(mm_ops._mm_kernel, cfg), gems_ran("_mm_kernel", "_splitk_reduce_kernel"):
+        out = torch.addmm(bias, a, b, beta=0.5, alpha=2.0)
+        out2 = torch.bmm(a.expand(2, m, k), b.expand(2, k, n))
+    check(out, 0.5 * bias.double() + 2.0 * (a.double() @ b.double()), dtype, k)
+    check(out2, (a.double() @ b.double()).expand(2, m, n), dtype, k)
 
 
 def test_split_k_pruned_where_it_cannot_help():
-    """Split-K is a decode-class choice: never offered for prefill M, for K too short to
-    split, or without a workspace; decode tiles keep GROUP_M = 1, prefill tiles never."""
-    def cands(m, n, k, use_ws=True):
+    """Split-K is a decode-class choice: never offered for prefill M or for K too short to
+    split; decode tiles keep GROUP_M = 1, prefill tiles never."""
+    def cands(m, n, k):
         a = torch.empty(m, k, device=DEVICE, dtype=torch.bfloat16)
-        return mm_ops.prune_mm_configs(mm_ops._mm_kernel.configs, {"A": a, "M": m, "N": n, "K": k, "BATCH": 1, "USE_WS": use_ws})
+        return mm_ops.prune_mm_configs(mm_ops._mm_kernel.configs, {"A": a, "M": m, "N": n, "K": k, "BATCH": 1})
 
     assert any(c["SPLIT_K"] > 1 for c in cands(1, 64, 8192))
-    assert not any(c["SPLIT_K"] > 1 for c in cands(1, 64, 8192, use_ws=False))
     assert not any(c["SPLIT_K"] > 1 for c in cands(1, 64, 64))
     assert all(c["GROUP_M"] == 1 for c in cands(1, 64, 8192))
     prefill = cands(4096, 4096, 4096)
@@ -82,7 +80,7 @@ def test_split_k_pruned_where_it_cannot_help():
 
 def test_config_pruning_respects_smem_and_registers():
     a = torch.empty(4096, 4096, device=DEVICE, dtype=torch.float32)
-    kept = mm_ops.prune_mm_configs(mm_ops._mm_kernel.configs, {"A": a, "M": 4096, "N": 4096, "K": 4096, "BATCH": 1, "USE_WS": False})
+    kept = mm_ops.prune_mm_configs(mm_ops._mm_kernel.configs, {"A": a, "M": 4096, "N": 4096, "K": 4096, "BATCH": 1})
     for c in kept:
         assert c["num_stages"] * (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * 4 <= mm_ops._FALLBACK_SMEM
         assert c["BLOCK_M"] * c["BLOCK_N"] // (32 * c["num_warps"]) <= mm_ops.MAX_ACC_REGS
