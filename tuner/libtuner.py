@@ -124,6 +124,7 @@ class LibTuner:
         self.configs = [config_repr(c) for c in configs]
         self.default = config_repr(default) if default is not None else self.configs[0]
         self.arg_names: list[str] = list(fn.arg_names)
+        self._position = {n: i for i, n in enumerate(self.arg_names)}
         unknown = [k for k in key if k not in self.arg_names]
         if unknown:
             raise ValueError(f"key names {unknown} are not arguments of {self.arg_names}")
@@ -165,7 +166,9 @@ class LibTuner:
         tensor = self._tensor
         vals += [a.dtype for a in args if isinstance(a, tensor)]
         if kwargs:  # keyword tensors, in argument order: the same key as passed positionally
-            vals += [kwargs[n].dtype for n in self.arg_names if isinstance(kwargs.get(n), tensor)]
+            kw = [(self._position[n], v.dtype) for n, v in kwargs.items() if isinstance(v, tensor)]
+            if kw:
+                vals += [d for _, d in sorted(kw)]
         return tuple(vals)
 
     def __getitem__(self, grid: Any) -> Callable[..., Any]:

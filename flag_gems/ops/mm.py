@@ -129,23 +129,19 @@ def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
     prune_configs_by=prune_mm_configs,
     config_launcher=lambda fn, grid, args, kwargs, cfg: _launch(fn, grid, args, kwargs, cfg),
 )
-# Unit strides as constexprs: the compiler then knows which way each operand is
-# contiguous and vectorizes its loads (row-major A, and B either way: F.linear's weight
-# is read transposed, contiguous along K).
-@triton.heuristics({
-    "EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0,
-    "A_K1": lambda args: args["s_ak"] == 1,
-    "B_K1": lambda args: args["s_bk"] == 1,
-    "B_N1": lambda args: args["s_bn"] == 1,
-})
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0})
 @triton.jit
 def _mm_kernel(
     A, B, C, Bias, WS, M, N, K, BATCH,
     s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, s_bias_b, s_bias_m, s_bias_n,
     alpha, beta,
     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    # unit strides as constexprs: the compiler then knows which way each operand is
+    # contiguous and vectorizes its loads (row-major A, and B either way: F.linear's
+    # weight is read transposed, contiguous along K)
+    A_K1: tl.constexpr, B_K1: tl.constexpr, B_N1: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
-    EVEN_K: tl.constexpr, A_K1: tl.constexpr, B_K1: tl.constexpr, B_N1: tl.constexpr,
+    EVEN_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -311,6 +307,7 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor
     _mm_kernel[lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(n, META["BLOCK_N"]), META["SPLIT_K"], batch)](
         a, b, out, bias_arg, out, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, *s_bias,
         alpha, beta, HAS_BIAS=has_bias, PRECISION=_precision(a.dtype), UPCAST=upcast,
+        A_K1=s_ak == 1, B_K1=s_bk == 1, B_N1=s_bn == 1,
     )
     return out
 
