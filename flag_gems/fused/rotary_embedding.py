@@ -12,7 +12,24 @@ import torch
 import triton
 import triton.language as tl
 
+from tuner import libtuner
 
+
+def _prune_heads(configs: list[dict], named: dict) -> list[dict]:
+    """Head blocks past the head count only waste lanes: keep those up to it."""
+    cap = triton.next_power_of_2(max(int(named["H"]), 1))
+    return [c for c in configs if c["BLOCK_H"] <= cap]
+
+
+# BLOCK_HALF / BLOCK_REST are the rotated and passed-through widths rounded up to powers
+# of two (fully determined by the shape); BLOCK_H, the heads one program rotates, is tuned.
+@libtuner(
+    configs=[triton.Config({"BLOCK_H": h}, num_warps=w) for h, w in [(1, 1), (2, 2), (4, 4), (8, 4), (16, 4), (16, 8), (32, 8)]],
+    key=["H", "HALF", "D"],
+    strategy=["log", "log", "log"],
+    default=triton.Config({"BLOCK_H": 4}, num_warps=4),
+    prune_configs_by=_prune_heads,
+)
 @triton.jit
 def rotary_kernel(
     X, sx_t, sx_h, sx_d, Out, so_t, so_h, so_d,
@@ -71,14 +88,14 @@ def _rotate(x, cos, sin, pos, seq_len, rot, interleaved, inplace) -> torch.Tenso
     T = x3.shape[0]
     out3 = x3 if inplace else torch.empty((T, H, D), dtype=x.dtype, device=x.device)
     if T and H:
-        block_h = min(triton.next_power_of_2(H), 16)
         rest = D - rot
         copy_rest = not inplace and rest > 0
-        rotary_kernel[(T, triton.cdiv(H, block_h))](
+        grid = lambda META: (T, triton.cdiv(H, META["BLOCK_H"]))
+        rotary_kernel[grid](
             x3, *x3.stride(), out3, *out3.stride(), cos, *cos.stride(), sin, *sin.stride(),
             pos if pos is not None else x3, seq_len, H, rot // 2, D,
             HAS_POS=pos is not None, INTERLEAVED=interleaved, COPY_REST=copy_rest,
-            BLOCK_H=block_h, BLOCK_HALF=triton.next_power_of_2(max(rot // 2, 1)),
+            BLOCK_HALF=triton.next_power_of_2(max(rot // 2, 1)),
             BLOCK_REST=triton.next_power_of_2(max(rest, 1)),
         )
     if inplace:

@@ -1,5 +1,8 @@
 """nonzero: count per block, an exclusive scan of the counts, then each block writes the
-coordinates of its nonzeros at its offset. The output size needs one host sync, as in aten."""
+coordinates of its nonzeros at its offset. The output size needs one host sync, as in aten.
+
+The count kernel's BLOCK is tuned; the write kernel takes the same BLOCK (its blocks'
+offsets are the scan of the count kernel's blocks)."""
 from __future__ import annotations
 
 import logging
@@ -9,10 +12,12 @@ import triton
 import triton.language as tl
 
 from flag_gems.registry import register
+from tuner import libtuner
 
 log = logging.getLogger(__name__)
 
-BLOCK = 1024
+_CONFIGS = [triton.Config({"BLOCK": b}, num_warps=w) for b, w in [(256, 2), (512, 4), (1024, 4), (2048, 8), (4096, 8)]]
+MIN_BLOCK = 256  # the smallest BLOCK of _CONFIGS: the per-block counts are sized for it
 
 
 @triton.jit
@@ -23,6 +28,7 @@ def _nonzero(v):
     return v != 0
 
 
+@libtuner(configs=_CONFIGS, key=["n"], strategy=["log"], default=triton.Config({"BLOCK": 1024}, num_warps=4))
 @triton.jit
 def nonzero_count_kernel(x, counts, n, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -48,15 +54,24 @@ def nonzero(x: torch.Tensor) -> torch.Tensor:
     if flat.dtype == torch.bool:
         flat = flat.view(torch.uint8)
     n, ndim = flat.numel(), x.dim()
-    nblocks = triton.cdiv(n, BLOCK)
     if n == 0:
         return torch.empty((0, ndim), dtype=torch.int64, device=x.device)
-    counts = torch.empty(nblocks, dtype=torch.int64, device=x.device)
-    nonzero_count_kernel[(nblocks,)](flat, counts, n, BLOCK=BLOCK)
+    used: dict = {}
+
+    def grid(META):
+        used.update(META)
+        return (triton.cdiv(n, META["BLOCK"]),)
+
+    counts = torch.empty(triton.cdiv(n, MIN_BLOCK), dtype=torch.int64, device=x.device)
+    nonzero_count_kernel[grid](flat, counts, n)
+    block = used["BLOCK"]
+    nblocks = triton.cdiv(n, block)
+    counts = counts[:nblocks]
     offsets = torch.cumsum(counts, 0)
     total = int(offsets[-1].item())
     out = torch.empty((total, ndim), dtype=torch.int64, device=x.device)
     if total and ndim:
         shape = torch.tensor(list(x.shape), dtype=torch.int64, device=x.device)
-        nonzero_write_kernel[(nblocks,)](flat, offsets - counts, shape, out, n, NDIM=ndim, BLOCK=BLOCK)
+        nonzero_write_kernel[(nblocks,)](flat, offsets - counts, shape, out, n, NDIM=ndim, BLOCK=block,
+                                         num_warps=4 if block <= 1024 else 8)
     return out

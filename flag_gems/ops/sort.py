@@ -1,12 +1,19 @@
-"""sort, topk and unique (_unique2) on a bitonic sort in registers (tl.sort).
+"""sort, topk and unique (_unique2): a bitonic sort in registers, merged across chunks.
 
-One program sorts one row of up to MAX_SORT elements. Each value becomes an int32 key
-whose signed order is the value order (floats: flip the non-sign bits of negatives; NaN
-canonical, so it sorts last; -0.0 == 0.0); the key goes in the high half of an int64 and
-the element's position in the low half, so one ascending sort of int64 is a *stable*
-sort that carries the indices (descending: the key is bit-inverted).
-Not covered, left to aten: rows longer than MAX_SORT (sort; topk when its reduction
-stages cannot shrink the row), and 64-bit dtypes (int64/float64) that need indices.
+Short rows (up to MAX_SORT elements of a 32-bit-or-narrower dtype): one program sorts one
+row in registers (tl.sort). Each value becomes an int32 key whose signed order is the
+value order (floats: flip the non-sign bits of negatives; NaN canonical, so it sorts last;
+-0.0 == 0.0); the key goes in the high half of an int64 and the element's position in the
+low half, so one ascending sort of int64 is a *stable* sort that carries the indices
+(descending: the key is bit-inverted).
+
+Long rows, and 64-bit dtypes (int64 / float64, whose int64 key leaves no room for the
+position): each chunk of a row is sorted in registers (32-bit keys as above; 64-bit keys
+by a bitonic network over (key, position) pairs), then merge passes double the sorted run
+length until one run holds the row. A merge places each element by a binary search of the
+partner run (left run: partner keys < its key; right run: <=), so equal keys keep their
+order: the whole sort is stable, as torch's stable sort; NaN sorts last (first when
+descending), as in torch. The last pass gathers the values through the indices.
 """
 from __future__ import annotations
 
@@ -17,11 +24,21 @@ import triton
 import triton.language as tl
 
 from flag_gems.registry import aten_fallback, register
+from tuner import libtuner
 
 log = logging.getLogger(__name__)
 
-MAX_SORT = 4096  # elements one program sorts in registers
+MAX_SORT = 4096  # elements one program sorts in registers (32-bit keys packed with positions)
+CHUNK_WIDE = 1024  # elements one program sorts in registers as (64-bit key, position) pairs
 KEY_DTYPES = {torch.float32, torch.float16, torch.bfloat16, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool}
+WIDE_DTYPES = {torch.int64, torch.float64}
+SORT_DTYPES = KEY_DTYPES | WIDE_DTYPES
+_BLOCK_CONFIGS = [triton.Config({"BLOCK": b}, num_warps=w) for b, w in [(256, 2), (512, 4), (1024, 4), (2048, 8)]]
+_BLOCK_DEFAULT = triton.Config({"BLOCK": 1024}, num_warps=4)
+
+
+def _follower_warps(block: int) -> int:
+    return 4 if block <= 1024 else 8
 
 
 @triton.jit
@@ -76,7 +93,10 @@ def sort_kernel(
 
 
 def _sort_rows(x2d: torch.Tensor, k: int, desc: bool, ids: torch.Tensor | None = None, seg: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort each row of contiguous (R, N) ``x2d`` in segments of ``seg``; first k of each."""
+    """Sort each row of contiguous (R, N) ``x2d`` in segments of ``seg``; first k of each.
+
+    Not tuned: BLOCK is the segment rounded up to a power of two (the whole segment sits
+    in registers), fully determined by the shape, and num_warps follows it."""
     R, N = x2d.shape
     seg = seg or N
     nseg = triton.cdiv(N, seg)
@@ -88,6 +108,174 @@ def _sort_rows(x2d: torch.Tensor, k: int, desc: bool, ids: torch.Tensor | None =
             x2d, ids if ids is not None else x2d, vals, idx, N, seg, nseg, N, k,
             HAS_IDS=ids is not None, DESC=desc, BLOCK=block, num_warps=4 if block <= 1024 else 8,
         )
+    return vals, idx
+
+
+# -- long rows and 64-bit keys: chunk sort + merge passes ---------------------------------
+@triton.jit
+def _key64(v):
+    """An int64 whose signed order is the order of ``v`` (NaN last, -0.0 == 0.0)."""
+    if v.dtype.is_floating():
+        if v.dtype.primitive_bitwidth == 64:
+            f = tl.where(v != v, float("nan"), v)
+            f = tl.where(f == 0.0, 0.0, f)
+            bits = f.to(tl.int64, bitcast=True)
+            return bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)
+        else:
+            return _key32(v).to(tl.int64)
+    else:
+        return v.to(tl.int64)
+
+
+@triton.jit
+def _indicator(NDIM: tl.constexpr, j: tl.constexpr):
+    ar = tl.arange(0, 2)
+    return tl.reshape(ar, [1] * (NDIM - j - 1) + [2] + [1] * j)
+
+
+@triton.jit
+def _swap_pairs(k, i, flip, s: tl.constexpr, NDIM: tl.constexpr):
+    """Compare-and-swap of (key, position) pairs along the s-th innermost hypercube dim."""
+    pk = k ^ tl.xor_sum(k, NDIM - 1 - s, True)  # the partner's key
+    pi = i ^ tl.xor_sum(i, NDIM - 1 - s, True)
+    right = _indicator(NDIM, s)
+    greater = (k > pk) | ((k == pk) & (i > pi))
+    swap = greater != (flip ^ right).to(tl.int1)
+    return tl.where(swap, pk, k), tl.where(swap, pi, i)
+
+
+@triton.jit
+def _merge_pairs(k, i, stage: tl.constexpr, ALTERNATE: tl.constexpr, NDIM: tl.constexpr):
+    if ALTERNATE:
+        flip = _indicator(NDIM, stage)
+    else:
+        flip = 0
+    for j in tl.static_range(stage):
+        k, i = _swap_pairs(k, i, flip, stage - 1 - j, NDIM)
+    return k, i
+
+
+@triton.jit
+def _sort_pairs(k, i, NDIM: tl.constexpr):
+    """Ascending bitonic sort of 2**NDIM (key, position) pairs, ordered by key then position."""
+    if NDIM > 0:
+        hk = tl.reshape(k, [2] * NDIM)
+        hi = tl.reshape(i, [2] * NDIM)
+        for stage in tl.static_range(1, NDIM + 1):
+            hk, hi = _merge_pairs(hk, hi, stage, stage < NDIM, NDIM)
+        k = tl.reshape(hk, [1 << NDIM])
+        i = tl.reshape(hi, [1 << NDIM])
+    return k, i
+
+
+@triton.jit
+def sort_chunk_kernel(
+    x, keys, ids, vals_out, idx_out, N, nchunk,
+    DESC: tl.constexpr, WIDE: tl.constexpr, FINAL: tl.constexpr, CHUNK: tl.constexpr, LOG_CHUNK: tl.constexpr,
+):
+    """Program (row, c) sorts elements [c*CHUNK, c*CHUNK+CHUNK) of row ``row`` of the
+    contiguous (R, N) ``x``: their keys and row positions go to ``keys`` / ``ids``
+    (FINAL, the row is one chunk: the values and positions go to the outputs)."""
+    pid = tl.program_id(0)
+    row = (pid // nchunk).to(tl.int64)
+    start = (pid % nchunk) * CHUNK
+    o = tl.arange(0, CHUNK)
+    m = start + o < N
+    v = tl.load(x + row * N + start + o, mask=m, other=0)
+    if WIDE:
+        key = _key64(v)
+        if DESC:
+            key = ~key
+        key = tl.where(m, key, 0x7FFFFFFFFFFFFFFF)  # empty slots sort last (their o is larger)
+        key, loc = _sort_pairs(key, o, LOG_CHUNK)
+    else:
+        k32 = _key32(v)
+        if DESC:
+            k32 = ~k32
+        k32 = tl.where(m, k32, 0x7FFFFFFF)
+        comp = tl.sort((k32.to(tl.int64) << 32) | o.to(tl.int64))
+        key = comp >> 32  # arithmetic: the int32 key, sign-extended
+        loc = (comp & 0xFFFFFFFF).to(tl.int32)
+    src = (start + loc).to(tl.int64)
+    out = row * N + start + o
+    if FINAL:
+        tl.store(vals_out + out, tl.load(x + row * N + src, mask=m), mask=m)
+        tl.store(idx_out + out, src, mask=m)
+    else:
+        tl.store(keys + out, key, mask=m)
+        tl.store(ids + out, src, mask=m)
+
+
+@libtuner(configs=_BLOCK_CONFIGS, key=["N"], strategy=["log"], default=_BLOCK_DEFAULT)
+@triton.jit
+def sort_merge_kernel(
+    keys, ids, keys_out, ids_out, x, vals_out, idx_out, N, L, STEPS,
+    FINAL: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Merge sorted runs of length L of each row of (R, N) into runs of 2L: the element at
+    p of run r goes to its place in r's pair, found by a binary search of the partner run
+    (STEPS = bits of L). The last pass writes values (gathered from ``x``) and indices."""
+    nblk = tl.cdiv(N, BLOCK)
+    pid = tl.program_id(0)
+    row = (pid // nblk).to(tl.int64)
+    p = (pid % nblk).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = p < N
+    base = row * N
+    k = tl.load(keys + base + p, mask=m, other=0)
+    r = p // L
+    left = (r % 2) == 0
+    pstart = (r ^ 1) * L
+    plen = tl.minimum(tl.maximum(N - pstart, 0), L)
+    lo = tl.zeros([BLOCK], dtype=tl.int64)
+    hi = tl.where(m, plen, 0)
+    for _ in range(STEPS):
+        active = lo < hi
+        mid = (lo + hi) // 2
+        pk = tl.load(keys + base + pstart + mid, mask=active, other=0)
+        before = tl.where(left, pk < k, pk <= k)  # the partner element goes before this one
+        lo = tl.where(active & before, mid + 1, lo)
+        hi = tl.where(active & ~before, mid, hi)
+    dst = base + (r // 2) * (2 * L) + (p - r * L) + lo
+    src = tl.load(ids + base + p, mask=m, other=0)
+    if FINAL:
+        tl.store(vals_out + dst, tl.load(x + base + src, mask=m), mask=m)
+        tl.store(idx_out + dst, src, mask=m)
+    else:
+        tl.store(keys_out + dst, k, mask=m)
+        tl.store(ids_out + dst, src, mask=m)
+
+
+def _sort_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable sort of each row of contiguous (R, N) ``x2d``: chunks in registers, then
+    merge passes. Any length, any SORT_DTYPES dtype."""
+    R, N = x2d.shape
+    vals = torch.empty((R, N), dtype=x2d.dtype, device=x2d.device)
+    idx = torch.empty((R, N), dtype=torch.int64, device=x2d.device)
+    if R * N == 0:
+        return vals, idx
+    wide = x2d.dtype in WIDE_DTYPES
+    chunk = min(CHUNK_WIDE if wide else MAX_SORT, triton.next_power_of_2(N))
+    nchunk = triton.cdiv(N, chunk)
+    src = x2d.view(torch.uint8) if x2d.dtype == torch.bool else x2d
+    out_vals = vals.view(torch.uint8) if x2d.dtype == torch.bool else vals
+    final = nchunk == 1
+    keys = ids = keys2 = ids2 = idx  # placeholders when one chunk is the row
+    if not final:
+        keys = torch.empty((R, N), dtype=torch.int64, device=x2d.device)
+        ids = torch.empty((R, N), dtype=torch.int64, device=x2d.device)
+        keys2, ids2 = torch.empty_like(keys), torch.empty_like(ids)
+    warps = 4 if chunk <= 1024 else 8
+    sort_chunk_kernel[(R * nchunk,)](
+        src, keys, ids, out_vals, idx, N, nchunk,
+        DESC=desc, WIDE=wide, FINAL=final, CHUNK=chunk, LOG_CHUNK=chunk.bit_length() - 1, num_warps=warps,
+    )
+    L = chunk
+    while L < N:
+        last = 2 * L >= N
+        grid = lambda META: (R * triton.cdiv(N, META["BLOCK"]),)
+        sort_merge_kernel[grid](keys, ids, keys2, ids2, src, out_vals, idx, N, L, L.bit_length(), FINAL=last)
+        keys, ids, keys2, ids2 = keys2, ids2, keys, ids
+        L *= 2
     return vals, idx
 
 
@@ -110,10 +298,13 @@ def _back(t2d: torch.Tensor, x: torch.Tensor, dim: int, k: int) -> torch.Tensor:
 # -- sort --------------------------------------------------------------------------------
 def _sort(x: torch.Tensor, stable: bool | None, dim: int, descending: bool) -> tuple[torch.Tensor, torch.Tensor]:
     n = x.shape[dim] if x.dim() else 1
-    if x.dtype not in KEY_DTYPES or n > MAX_SORT or x.numel() == 0:
+    if x.dtype not in SORT_DTYPES or x.numel() == 0:
         return aten_fallback("sort.stable")(x, stable=stable, dim=dim, descending=descending)
     rows, d = _rows(x, dim)
-    vals, idx = _sort_rows(rows, n, descending)
+    if x.dtype in KEY_DTYPES and n <= MAX_SORT:
+        vals, idx = _sort_rows(rows, n, descending)
+    else:
+        vals, idx = _sort_long(rows, descending)
     return _back(vals, x, d, n), _back(idx, x, d, n)
 
 
@@ -134,10 +325,13 @@ def topk(x: torch.Tensor, k: int, dim: int = -1, largest: bool = True, sorted: b
     if not 0 <= k <= n:
         raise RuntimeError("selected index k out of range")
     seg = MAX_SORT // 2
-    # long rows: stages keep the top k of each segment until one segment holds the rest
-    if x.dtype not in KEY_DTYPES or x.numel() == 0 or k == 0 or (n > MAX_SORT and 2 * k > seg):
+    if x.dtype not in SORT_DTYPES or x.numel() == 0 or k == 0:
         return aten_fallback("topk")(x, k, dim, largest, sorted)
     rows, d = _rows(x, dim)
+    if x.dtype in WIDE_DTYPES or (n > MAX_SORT and 2 * k > seg):  # a full sort, cut to k
+        vals, idx = _sort_long(rows, largest)
+        return _back(vals[:, :k], x, d, k), _back(idx[:, :k], x, d, k)
+    # long rows: stages keep the top k of each segment until one segment holds the rest
     vals, ids = rows, None
     while vals.shape[1] > MAX_SORT:
         vals, ids = _sort_rows(vals, k, largest, ids, seg)
@@ -147,57 +341,89 @@ def topk(x: torch.Tensor, k: int, dim: int = -1, largest: bool = True, sorted: b
 
 # -- unique ------------------------------------------------------------------------------
 @triton.jit
-def unique_kernel(sv, perm, uniq, inverse, counts, num, n, HAS_PERM: tl.constexpr, BLOCK: tl.constexpr):
-    """One program over the sorted values ``sv`` (and their source positions ``perm``)."""
-    o = tl.arange(0, BLOCK)
-    m = o < n
-    v = tl.load(sv + o, mask=m)
-    prev = tl.load(sv + o - 1, mask=m & (o > 0))
+def _first_of_run(sv, i, m):
+    """The sorted values at ``i`` and whether each starts a run of equal values."""
+    v = tl.load(sv + i, mask=m)
+    prev = tl.load(sv + i - 1, mask=m & (i > 0))
+    a, b = v, prev
     if v.dtype.is_floating():  # compare in fp32/fp64, never on bf16 directly
         if v.dtype.primitive_bitwidth < 64:
-            v = v.to(tl.float32)
-            prev = prev.to(tl.float32)
-    first = m & ((o == 0) | (v != prev))
-    gid = tl.cumsum(first.to(tl.int32), axis=0) - 1
+            a = v.to(tl.float32)
+            b = prev.to(tl.float32)
+    return v, m & ((i == 0) | (a != b))
+
+
+@libtuner(configs=_BLOCK_CONFIGS, key=["n"], strategy=["log"], default=_BLOCK_DEFAULT)
+@triton.jit
+def unique_count_kernel(sv, block_counts, n, BLOCK: tl.constexpr):
+    """How many runs of equal values start in each block of the sorted values ``sv``."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    _, first = _first_of_run(sv, i, i < n)
+    tl.store(block_counts + tl.program_id(0), tl.sum(first.to(tl.int64), axis=0))
+
+
+@triton.jit
+def unique_kernel(sv, perm, offsets, uniq, inverse, counts, n, HAS_PERM: tl.constexpr, BLOCK: tl.constexpr):
+    """Each block writes its runs' values at its offset (the runs before it), counts each
+    run's elements, and (HAS_PERM) each source element's run through ``perm``."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    v, first = _first_of_run(sv, i, m)
+    gid = tl.load(offsets + tl.program_id(0)) + tl.cumsum(first.to(tl.int64), axis=0) - 1
     tl.store(uniq + gid, v, mask=first)
     tl.atomic_add(counts + gid, 1, mask=m)
     if HAS_PERM:
-        p = tl.load(perm + o, mask=m, other=0)
-        tl.store(inverse + p, gid.to(tl.int64), mask=m)
-    tl.store(num + o * 0, tl.sum(first.to(tl.int64), axis=0), mask=o == 0)
+        p = tl.load(perm + i, mask=m, other=0)
+        tl.store(inverse + p, gid, mask=m)
 
 
 @triton.jit
 def sort_values_kernel(x, out, n, BLOCK: tl.constexpr):
-    """Values-only ascending sort of one row (any dtype: no index rides along)."""
+    """Values-only ascending sort of one row of integers (no index rides along).
+    Not tuned: BLOCK is the row rounded up to a power of two (all of it in registers)."""
     o = tl.arange(0, BLOCK)
     m = o < n
     v = tl.load(x + o, mask=m, other=tl.load(x))
-    if v.dtype.is_floating():
-        if v.dtype.primitive_bitwidth < 64:
-            v = v.to(tl.float32)
     v = tl.where(m, v, tl.max(v, axis=0))  # empty slots take the max: they sort last
     tl.store(out + o, tl.sort(v), mask=m)
+
+
+UNIQUE_DTYPES = SORT_DTYPES - {torch.bool}
 
 
 @register("_unique2")
 def unique2(x: torch.Tensor, sorted: bool = True, return_inverse: bool = False, return_counts: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n = x.numel()
-    if n == 0 or n > MAX_SORT or (return_inverse and x.dtype not in KEY_DTYPES) or x.dtype == torch.bool or x.is_complex():
+    if n == 0 or x.dtype not in UNIQUE_DTYPES:
         return aten_fallback("_unique2")(x, sorted, return_inverse, return_counts)
     flat = x.reshape(-1).contiguous()
-    block = triton.next_power_of_2(n)
-    warps = 4 if block <= 1024 else 8
-    if return_inverse:
-        sv, perm = _sort_rows(flat.reshape(1, n), n, False)
-    else:
+    if not return_inverse and n <= MAX_SORT and not x.is_floating_point():  # (floats: keys order NaN)
+        block = triton.next_power_of_2(n)
         sv, perm = torch.empty_like(flat), None
-        sort_values_kernel[(1,)](flat, sv, n, BLOCK=block, num_warps=warps)
-    uniq = torch.empty(n, dtype=x.dtype, device=x.device)
+        sort_values_kernel[(1,)](flat, sv, n, BLOCK=block, num_warps=4 if block <= 1024 else 8)
+    elif x.dtype in KEY_DTYPES and n <= MAX_SORT:
+        sv, perm = _sort_rows(flat.view(1, n), n, False)
+    else:
+        sv, perm = _sort_long(flat.view(1, n), False)
+    sv = sv.view(n)
+    used: dict = {}
+
+    def grid(META):
+        used.update(META)
+        return (triton.cdiv(n, META["BLOCK"]),)
+
+    nblocks = triton.cdiv(n, _BLOCK_CONFIGS[0].kwargs["BLOCK"])  # enough for the smallest block
+    block_counts = torch.zeros(nblocks, dtype=torch.int64, device=x.device)
+    unique_count_kernel[grid](sv, block_counts, n)
+    block = used["BLOCK"]
+    offsets = torch.cumsum(block_counts, 0)
+    u = int(offsets[-1].item())  # the output size: one host sync, as in aten
+    uniq = torch.empty(u, dtype=x.dtype, device=x.device)
     inverse = torch.empty(x.shape if return_inverse else (0,), dtype=torch.int64, device=x.device)
-    counts = torch.zeros(n, dtype=torch.int64, device=x.device)
-    num = torch.empty(1, dtype=torch.int64, device=x.device)
-    unique_kernel[(1,)](sv, perm if perm is not None else sv, uniq, inverse, counts, num, n, HAS_PERM=return_inverse, BLOCK=block, num_warps=warps)
-    u = int(num.item())  # the output size: one host sync, as in aten
-    counts = counts[:u] if return_counts else counts.new_empty(0)
-    return uniq[:u], inverse, counts
+    counts = torch.zeros(u, dtype=torch.int64, device=x.device)
+    # the same BLOCK as the counts: the blocks' offsets are the counts' exclusive scan
+    unique_kernel[(triton.cdiv(n, block),)](
+        sv, perm if perm is not None else sv, offsets - block_counts, uniq, inverse, counts, n,
+        HAS_PERM=return_inverse, BLOCK=block, num_warps=_follower_warps(block),
+    )
+    return uniq, inverse, counts if return_counts else counts.new_empty(0)

@@ -1,5 +1,6 @@
 """Tensor ops: cat/stack, index_select/gather/scatter, sort/topk/unique, flip/repeat/tile,
-constant_pad_nd, triu/tril, nonzero. Exact ops (copies, selections) compare bit-exactly."""
+constant_pad_nd, triu/tril, nonzero. Exact ops (copies, selections) compare bit-exactly.
+(F.pad's other modes: test_pad.py.)"""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -198,14 +199,127 @@ def test_unique2_int(return_inverse, return_counts):
         same(a, b)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int64])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int64, torch.float64, torch.uint8])
 def test_unique_through_torch(dtype):
     x = torch.cat([rand((40,), dtype, 0, 20)] * 2)
-    inverse = dtype != torch.int64  # int64 with inverse is left to aten
     with gems_ran("unique_kernel"):
-        got = torch.unique(x, return_inverse=inverse, return_counts=True)
-    for a, b in zip(got, torch.unique(x, return_inverse=inverse, return_counts=True)):
+        got = torch.unique(x, return_inverse=True, return_counts=True)
+    for a, b in zip(got, torch.unique(x, return_inverse=True, return_counts=True)):
         same(a, b)
+
+
+# -- sort / topk / unique beyond one chunk in registers, and 64-bit keys ------------------
+# MAX_SORT / CHUNK_WIDE are shrunk so short rows take several merge passes (the interpreter
+# is slow); test_sort_past_max_sort runs the real sizes once.
+LONG_DTYPES = FLOAT_DTYPES + [torch.float64, torch.int32, torch.int64, torch.int16, torch.uint8]
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    from flag_gems.ops import sort as sort_mod
+
+    monkeypatch.setattr(sort_mod, "MAX_SORT", 64)
+    monkeypatch.setattr(sort_mod, "CHUNK_WIDE", 16)
+
+
+def with_specials(x):
+    """Ties, and for floats NaN, +-inf and -0.0 beside 0.0."""
+    if x.is_floating_point():
+        x = x.clone()
+        flat = x.view(-1)
+        flat[::11] = float("nan")
+        flat[3::13] = float("inf")
+        flat[5::17] = -float("inf")
+        flat[7::19] = -0.0
+        flat[8::19] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("dtype", LONG_DTYPES)
+@pytest.mark.parametrize("descending", [False, True])
+def test_sort_long_rows_stable(small_chunks, dtype, descending):
+    lo, hi = (0, 9) if dtype == torch.uint8 else (-4, 5)
+    x = with_specials(rand((300, 3), dtype, lo, hi).round() if dtype.is_floating_point else rand((300, 3), dtype, lo, hi))
+    x = x.t()  # non-contiguous; 300 = 4 full chunks and a partial one (wide: 18 + 1)
+    with gems_ran("sort_chunk_kernel", "sort_merge_kernel"):
+        v, i = torch.sort(x, dim=-1, descending=descending, stable=True)
+        v0, i0 = torch.sort(x.t(), dim=0, descending=descending, stable=True)
+    rv, ri = torch.sort(x, dim=-1, descending=descending, stable=True)
+    same(i, ri)
+    assert_close(v, to_reference(rv), dtype, atol=0, rtol=0)  # (NaN == NaN here)
+    same(i0, ri.t())
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
+@pytest.mark.parametrize("n", [1, 2, 37])
+def test_sort_64bit_one_chunk(dtype, n):
+    """int64 / float64 rows that fit one chunk: one kernel, extremes of the dtype included."""
+    if dtype == torch.int64:
+        x = torch.randint(-(2**62), 2**62, (4, n), dtype=dtype, device=DEVICE) * 2
+        x.view(-1)[::5] = torch.iinfo(dtype).max
+        x.view(-1)[1::5] = torch.iinfo(dtype).min
+    else:
+        x = with_specials(torch.randn(4, n, dtype=dtype, device=DEVICE) * 1e300)
+        x.view(-1)[2::7] = 5e-324  # denormals
+    for desc in (False, True):
+        with gems_ran("sort_chunk_kernel") as launched:
+            v, i = torch.sort(x, descending=desc, stable=True)
+        assert launched["sort_merge_kernel"] == 0
+        rv, ri = torch.sort(x, descending=desc, stable=True)
+        same(i, ri)
+        assert_close(v, to_reference(rv), dtype, atol=0, rtol=0)
+
+
+def test_sort_past_max_sort():
+    """A real row longer than MAX_SORT: one 4096-chunk sort and a merge pass."""
+    x = rand((5000,), torch.float32, -100, 100).round()
+    with gems_ran("sort_chunk_kernel", "sort_merge_kernel"):
+        v, i = torch.sort(x, stable=True)
+    rv, ri = torch.sort(x, stable=True)
+    same(v, rv)
+    same(i, ri)
+
+
+def test_sort_empty_and_scalar():
+    with flag_gems.use_gems():
+        v, i = torch.sort(torch.empty(3, 0, device=DEVICE, dtype=torch.int64), dim=-1)
+        s, j = torch.sort(torch.tensor(7, device=DEVICE, dtype=torch.int64))
+    assert v.shape == i.shape == (3, 0)
+    assert s.item() == 7 and j.item() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.float64])
+@pytest.mark.parametrize("largest", [True, False])
+def test_topk_long_rows_large_k(small_chunks, dtype, largest):
+    """k too large for the reduction stages (or a 64-bit dtype): a full sort, cut to k."""
+    x = rand((2, 200), dtype)
+    with gems_ran("sort_merge_kernel"):
+        v, i = torch.topk(x, 40, largest=largest)
+    rv, _ = torch.topk(x, 40, largest=largest)
+    same(v, rv)
+    same(x.gather(1, i), rv)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.float64, torch.int32])
+@pytest.mark.parametrize("return_inverse", [False, True])
+def test_unique_long(small_chunks, dtype, return_inverse):
+    x = rand((13, 17), dtype, -30, 30)
+    if dtype.is_floating_point:
+        x = x.round()
+    with gems_ran("unique_count_kernel", "unique_kernel"):
+        got = torch.unique(x, return_inverse=return_inverse, return_counts=True)
+    for a, b in zip(got, torch.unique(x, return_inverse=return_inverse, return_counts=True)):
+        same(a, b)
+
+
+def test_unique_nan():
+    """Each NaN is its own value, sorted last (without inverse: NaNs' order is unspecified)."""
+    x = torch.tensor([2.0, float("nan"), 1.0, 2.0, float("nan"), -0.5], device=DEVICE)
+    with gems_ran("unique_kernel"):
+        u, _, c = torch.ops.aten._unique2(x, True, False, True)
+    ru, _, rc = torch.ops.aten._unique2(x, True, False, True)
+    assert_close(u, to_reference(ru), torch.float32, atol=0, rtol=0)
+    same(c, rc)
 
 
 # -- flip / repeat / tile / pad / triu / tril --------------------------------------------
