@@ -109,7 +109,9 @@ def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
         bm, bn, bk, split = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["SPLIT_K"]
         if bm > max(16, triton.next_power_of_2(m)) or bn > max(32, triton.next_power_of_2(n)) or bk > max(32, triton.next_power_of_2(k)):
             continue
-        if (m <= DECODE_MAX_M) != (c["GROUP_M"] == 1):  # decode tiles span one row of tiles
+        if m > DECODE_MAX_M and c["GROUP_M"] == 1:  # decode tiles: too narrow for prefill
+            continue
+        if m <= 64 and c["GROUP_M"] > 1:  # wgmma-sized tiles from the M bucket 128 up
             continue
         if not _fits(c, a.element_size(), smem):
             continue

@@ -66,7 +66,8 @@ def test_split_k_configs(dtype, split):
 
 def test_split_k_pruned_where_it_cannot_help():
     """Split-K is a decode-class choice: never offered for prefill M or for K too short to
-    split; decode tiles keep GROUP_M = 1, prefill tiles never."""
+    split; decode tiles (GROUP_M = 1) never serve prefill, and prefill tiles serve a
+    decode-class M from its bucket 128 up."""
     def cands(m, n, k):
         a = torch.empty(m, k, device=DEVICE, dtype=torch.bfloat16)
         return mm_ops.prune_mm_configs(mm_ops._mm_kernel.configs, {"A": a, "M": m, "N": n, "K": k, "BATCH": 1})
@@ -74,6 +75,7 @@ def test_split_k_pruned_where_it_cannot_help():
     assert any(c["SPLIT_K"] > 1 for c in cands(1, 64, 8192))
     assert not any(c["SPLIT_K"] > 1 for c in cands(1, 64, 64))
     assert all(c["GROUP_M"] == 1 for c in cands(1, 64, 8192))
+    assert any(c["BLOCK_M"] == 128 and c["GROUP_M"] > 1 for c in cands(65, 4096, 4096))  # the bucket of M = 128
     prefill = cands(4096, 4096, 4096)
     assert prefill and all(c["SPLIT_K"] == 1 and c["GROUP_M"] > 1 for c in prefill)
 
