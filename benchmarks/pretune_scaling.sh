@@ -21,5 +21,7 @@ for devs in $sets; do
   rc=$?
   wall=$($py -c "import time; print(round(time.time() - $t0, 1))")
   tail -n 25 "$out/$tag.log"
-  echo "== pretune $wl on GPUs $devs: rc=$rc, wall ${wall} s, DB $work/$tag.db"
+  # the DB holds what was tuned even if the run was cut short (rc 124): keys per second
+  keys=$($py -c "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from tuning_records').fetchone()[0])" "$work/$tag.db" 2>/dev/null || echo 0)
+  echo "== pretune $wl on GPUs $devs: rc=$rc, wall ${wall} s, $keys keys stored ($($py -c "print(round($keys / $wall, 2))") keys/s), DB $work/$tag.db"
 done
