@@ -8,7 +8,10 @@ are not tuned for shapes the model never asks for); the op itself runs inside it
 the same aten dispatch (or fused function) a model uses.
 
 Provider interface (what ``tuner.pretune`` calls):
-- ``OPS``: op name -> ``fn(job)``; ``run_job(job)``; ``known_op(name)``
+- ``OPS``: op name -> ``fn(job)``; ``run_job(job, init=True)``; ``known_op(name)``.
+  ``init=False`` (``gems-pretune --dry-run``) leaves floating inputs uninitialized: the
+  keys a call requests depend on shapes and dtypes only. Any op with ``args.backward``
+  also runs its backward (the gradients of its floating inputs).
 - ``replay_job(kernel, raw_args) -> Job | None``: a job whose run requests the key a
   recorded miss (kernel name + unbucketed key values + dtypes) asked for.
 - ``replay_key(kernel, key_json) -> Job | None``: a job whose run requests a stored
@@ -18,16 +21,19 @@ Provider interface (what ``tuner.pretune`` calls):
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 import flag_gems
+from flag_gems import registry
 from tuner.workload import Job, dump_ops_yaml
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,11 @@ def _dtype(name: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}") from e
 
 
+# False while a dry run runs jobs: floating inputs stay uninitialized (torch.empty), so a
+# 7B-sized call costs an allocation that is never touched
+_init_floats = True
+
+
 def _tensor(shape, dtype: torch.dtype, stride=None) -> torch.Tensor:
     """A random tensor (floats), zeros (integers: always-valid indices), random bools."""
     shape = tuple(int(s) for s in shape)
@@ -58,7 +69,8 @@ def _tensor(shape, dtype: torch.dtype, stride=None) -> torch.Tensor:
     else:
         t = torch.empty(shape, dtype=dtype, device=_dev())
     if dtype.is_floating_point:
-        t.normal_()
+        if _init_floats:
+            t.normal_()
     elif dtype == torch.bool:
         t.copy_(torch.rand(shape, device=_dev()) > 0.5)
     else:
@@ -72,12 +84,29 @@ def _inputs(job: Job) -> list[torch.Tensor]:
     return [_tensor(s, _dtype(d), st) for s, d, st in zip(job.shapes, dts, strides)]
 
 
+def _call(job: Job, fn: Callable[..., torch.Tensor], *inputs: torch.Tensor, train: bool = False) -> torch.Tensor:
+    """``fn(*inputs)`` under ``use_gems()``; with ``args.backward`` (or ``train``) also its backward: the
+    gradients of the floating inputs for a (contiguous) gradient of the output, as the
+    next op hands it back, or a scalar output's own (autograd's ones_like). Through
+    ``torch.autograd.grad``: inputs stand for a model's intermediate tensors, whose
+    gradients no AccumulateGrad copies."""
+    train = train or bool(job.kwargs.get("backward", False))
+    if train:
+        inputs = tuple(t.requires_grad_() if t.is_floating_point() else t for t in inputs)
+    with flag_gems.use_gems():
+        out = fn(*inputs)
+    if train:
+        grad = _tensor(out.shape, out.dtype) if out.dim() else None  # made outside: no fill kernel
+        with flag_gems.use_gems():
+            torch.autograd.grad(out, [t for t in inputs if t.requires_grad], grad)
+    return out
+
+
 # -- the ops a model workload derives ------------------------------------------------------
 def _linear(job: Job) -> Any:
-    """x (M, K) @ weight (N, K)^T, as ``F.linear`` dispatches it (mm on a transposed view)."""
-    x, w = _inputs(job)[:2]
-    with flag_gems.use_gems():
-        return F.linear(x, w)
+    """x (M, K) @ weight (N, K)^T (+ bias (N,)), as ``F.linear`` dispatches it (mm, or addmm
+    with a bias, on a transposed view). Its backward: dX = dY @ W, dW = dY^T @ X."""
+    return _call(job, F.linear, *_inputs(job)[:3])
 
 
 def _mm(job: Job) -> Any:
@@ -129,34 +158,254 @@ def _embedding(job: Job) -> Any:
     """weight (vocab, D), indices (T,) or (B, T)."""
     w = _tensor(job.shapes[0], _dtype(job.dtype))
     idx = torch.randint(0, w.shape[0], tuple(job.shapes[1]), device=_dev())
-    with flag_gems.use_gems():
-        return F.embedding(idx, w)
+    return _call(job, lambda w: F.embedding(idx, w), w)
 
 
-def _softmax(job: Job) -> Any:
-    (x,) = _inputs(job)[:1]
-    with flag_gems.use_gems():
-        return torch.softmax(x, dim=job.kwargs.get("dim", -1))
+def _softmax_fn(log: bool) -> Callable[[Job], Any]:
+    """softmax / log_softmax over ``args.dim`` (default -1), in ``args.dtype`` when given
+    (HF eager attention: softmax(x, dtype=float32))."""
+    f = F.log_softmax if log else F.softmax
+
+    def run(job: Job) -> Any:
+        dt = job.kwargs.get("dtype")
+        return _call(job, lambda x: f(x, dim=job.kwargs.get("dim", -1), dtype=_dtype(dt) if dt else None), *_inputs(job)[:1])
+
+    return run
 
 
 def _add(job: Job) -> Any:
-    a, b = _inputs(job)[:2]
-    with flag_gems.use_gems():
-        return a + b
+    return _call(job, torch.add, *_inputs(job)[:2])
 
 
 def _mul(job: Job) -> Any:
-    a, b = _inputs(job)[:2]
-    with flag_gems.use_gems():
-        return a * b
+    return _call(job, torch.mul, *_inputs(job)[:2])
+
+
+def _silu(job: Job) -> Any:
+    return _call(job, F.silu, *_inputs(job)[:1])
+
+
+def _gelu(job: Job) -> Any:
+    return _call(job, lambda x: F.gelu(x, approximate=job.kwargs.get("approximate", "none")), *_inputs(job)[:1])
+
+
+def _layer_norm(job: Job) -> Any:
+    """x (..., N) with a weight and a bias of (N,)."""
+    (x,) = _inputs(job)[:1]
+    n = x.shape[-1]
+    return _call(job, lambda x, w, b: F.layer_norm(x, (n,), w, b, job.kwargs.get("eps", 1e-5)),
+                 x, _tensor((n,), x.dtype), _tensor((n,), x.dtype))
+
+
+def _nn_rms_norm(job: Job) -> Any:
+    """torch's RMSNorm (``F.rms_norm``: the aten op, with its own backward), x (..., N)."""
+    (x,) = _inputs(job)[:1]
+    n = x.shape[-1]
+    return _call(job, lambda x, w: F.rms_norm(x, (n,), w, job.kwargs.get("eps")), x, _tensor((n,), x.dtype))
 
 
 def _cross_entropy(job: Job) -> Any:
     """logits (T, vocab); targets drawn in range."""
     (x,) = _inputs(job)[:1]
     target = torch.randint(0, x.shape[-1], x.shape[:-1], device=_dev())
-    with flag_gems.use_gems():
-        return F.cross_entropy(x, target)
+    return _call(job, lambda x: F.cross_entropy(x, target), x)
+
+
+# -- HF transformers (Llama, Qwen2, Mistral) as it runs under flag_gems.enable() ---------------
+# These mirror transformers' own code (5.x: modeling_llama, masking_utils, cache_utils,
+# loss_utils) op for op, so a job requests exactly the keys the model's modules do;
+# tests/test_pretune_hf.py checks them against a real LlamaForCausalLM.
+def _hf_rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm.forward."""
+    input_dtype = x.dtype
+    h = x.to(torch.float32)
+    variance = h.pow(2).mean(-1, keepdim=True)
+    h = h * torch.rsqrt(variance + eps)
+    return weight * h.to(input_dtype)
+
+
+def _hf_rms_norm(job: Job) -> Any:
+    """x (T, hidden), a weight of the model's dtype."""
+    (x,) = _inputs(job)[:1]
+    eps = job.kwargs.get("eps", 1e-6)
+    return _call(job, lambda x, w: _hf_rms_norm_forward(x, w, eps), x, _tensor((x.shape[-1],), x.dtype))
+
+
+def _hf_causal_mask(b: int, q: int, past: int, dtype: torch.dtype) -> torch.Tensor:
+    """create_causal_mask for eager attention without a padding mask (masking_utils'
+    sdpa_mask without vmap, then eager_mask): [b, 1, q, past + q], 0 or dtype's min."""
+    dev = _dev()
+    batch_arange = torch.arange(b, device=dev)  # made (and unused) by causal masks
+    head_arange = torch.arange(1, device=dev)
+    q_arange = torch.arange(q, device=dev) + past
+    kv_arange = torch.arange(past + q, device=dev) + 0
+    del batch_arange, head_arange
+    mask = kv_arange[None, None, None, :] <= q_arange[None, None, :, None]
+    mask = mask.expand(b, -1, q, past + q)
+    return torch.where(mask, torch.zeros((), device=dev, dtype=dtype), torch.finfo(dtype).min)
+
+
+def _hf_rope(position_ids: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype, rotary: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """LlamaRotaryEmbedding.forward: the installed transformers' own (``rotary``; its
+    versions compute the table differently: older ones as a float32 matmul, newer ones as a
+    broadcast mul), else transformers 5.2x's, mirrored (default rope: attention_scaling 1.0)."""
+    if rotary is not None:
+        return rotary(inv_freq.new_empty((1,)), position_ids)
+    freqs = position_ids[..., None].float() * inv_freq.to(device=position_ids.device, dtype=torch.float)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos = emb.cos() * 1.0
+    sin = emb.sin() * 1.0
+    return cos.to(dtype=dtype), sin.to(dtype=dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _installed_rotary(head_dim: int, dtype: torch.dtype, device: str) -> Any:
+    """transformers' LlamaRotaryEmbedding for ``head_dim``, cast as ``model.to(dtype)``
+    casts its ``inv_freq`` buffer; None without transformers. Made outside ``use_gems()``,
+    as a model's is (at load)."""
+    try:
+        from transformers import LlamaConfig
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    except ImportError:
+        return None
+    cfg = LlamaConfig(hidden_size=head_dim, num_attention_heads=1, num_key_value_heads=1, head_dim=head_dim)
+    return LlamaRotaryEmbedding(cfg).to(device=device, dtype=dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    b, kv, slen, hd = x.shape
+    if n_rep == 1:
+        return x
+    return x[:, :, None, :, :].expand(b, kv, n_rep, slen, hd).reshape(b, kv * n_rep, slen, hd)
+
+
+@contextlib.contextmanager
+def _gems_off() -> Iterator[None]:
+    """Every flag_gems op off inside the block (aten runs), whatever was on outside."""
+    snap = registry.snapshot()
+    registry.switch(set())
+    try:
+        yield
+    finally:
+        registry.restore(snap)
+
+
+def _empty_as(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialized tensor of ``shape`` whose dims are laid out in ``like``'s order."""
+    order = sorted(range(like.dim()), key=lambda d: (-like.stride(d), d))
+    return torch.empty([shape[d] for d in order], dtype=like.dtype, device=like.device).permute(
+        [order.index(d) for d in range(like.dim())])
+
+
+class _SdpaStandIn(torch.autograd.Function):
+    """A dry run's stand-in for SDPA, which no flag_gems op runs: its output and, in the
+    backward, the gradients of q, k and v, allocated uncomputed in the layouts a real SDPA
+    call (and its backward) on two of the queries and keys gives them -- what the flag_gems
+    ops around it see -- without the full attention's CPU time."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, run):  # type: ignore[override]
+        small = [x[:, :, :2].detach().requires_grad_(x.requires_grad) for x in (q, k, v)]
+        with torch.enable_grad(), _gems_off():  # the probe's own aten calls request nothing
+            out = run(*small)
+            wrt = [x for x in small if x.requires_grad]
+            if wrt:  # the gradient arrives through the transpose(1, 2).contiguous() after it
+                g = torch.empty(out.shape[0], out.shape[2], out.shape[1], out.shape[3], dtype=out.dtype, device=out.device)
+                ctx.grads = torch.autograd.grad(out, wrt, g.transpose(1, 2))
+        ctx.shapes = [x.shape for x in (q, k, v)]
+        return _empty_as((*q.shape[:3], v.shape[-1]), out)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return (*(_empty_as(shape, g) for shape, g in zip(ctx.shapes, ctx.grads)), None)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, gqa: bool) -> torch.Tensor:
+    """sdpa_attention_forward's call (no mask: is_causal for a prefill, GQA in the kernel);
+    in a dry run on a CPU its stand-in (on a GPU it runs: cheap, and where PyTorch falls
+    back to its math backend, e.g. float32 with GQA, that backend's aten ops reach flag_gems)."""
+    causal = q.shape[2] > 1
+
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, scale=scaling, is_causal=causal, enable_gqa=gqa)
+
+    return run(q, k, v) if _init_floats or q.is_cuda else _SdpaStandIn.apply(q, k, v, run)
+
+
+def _hf_attention_forward(q, k, v, past_k, past_v, inv_freq, rotary, impl: str, train: bool) -> torch.Tensor:
+    """One decoder layer's attention between its q/k/v projections and o_proj, with the
+    model's glue (position ids, causal mask, rotary table): LlamaModel.forward's prelude and
+    LlamaAttention.forward with a DynamicCache. q/k/v: [b, s, heads * head_dim]."""
+    dev, dtype = q.device, q.dtype
+    b, s = q.shape[:2]
+    hd = inv_freq.shape[0] * 2
+    past = 0 if past_k is None else past_k.shape[2]
+    position_ids = (torch.arange(s, device=dev) + past).unsqueeze(0)
+    mask = _hf_causal_mask(b, s, past, dtype) if impl == "eager" else None  # sdpa: skipped (is_causal)
+    cos, sin = _hf_rope(position_ids, inv_freq, dtype, rotary)
+
+    query = q.view(b, s, -1, hd).transpose(1, 2)
+    key = k.view(b, s, -1, hd).transpose(1, 2)
+    value = v.view(b, s, -1, hd).transpose(1, 2)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    query = (query * cos) + (_rotate_half(query) * sin)
+    key = (key * cos) + (_rotate_half(key) * sin)
+    cache_k = torch.tensor([], dtype=dtype, device=dev) if past_k is None else past_k  # DynamicLayer.update
+    cache_v = torch.tensor([], dtype=dtype, device=dev) if past_v is None else past_v
+    key = torch.cat([cache_k, key], dim=-2)
+    value = torch.cat([cache_v, value], dim=-2)
+
+    n_rep = query.shape[1] // key.shape[1]
+    scaling = hd ** -0.5
+    if impl == "eager":  # eager_attention_forward
+        key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+        weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+        weights = weights + mask
+        weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+        weights = F.dropout(weights, p=0.0, training=train)
+        out = torch.matmul(weights, value)
+    else:  # sdpa_attention_forward
+        out = _sdpa(query, key, value, scaling, n_rep > 1)
+    out = out.transpose(1, 2).contiguous()
+    return out.reshape(b, s, -1).contiguous()
+
+
+def _hf_attention(job: Job) -> Any:
+    """q [b, s, heads, head_dim], k and v [b, s, kv_heads, head_dim] (the projections'
+    outputs, viewed), a KV cache [b, kv_heads, past, head_dim]; ``args.impl``: eager or
+    sdpa. The rotary ``inv_freq`` buffer has the model's dtype (``model.to(dtype)``)."""
+    (b, s, heads, hd), (_, _, kv, _), _, (_, _, past, _) = job.shapes
+    dt = _dtype(job.dtype)
+    q, k, v = (_tensor((b, s, n * hd), dt) for n in (heads, kv, kv))
+    past_k, past_v = (_tensor((b, kv, past, hd), dt) for _ in range(2)) if past else (None, None)
+    inv_freq, rotary = _tensor((hd // 2,), dt), _installed_rotary(hd, dt, str(q.device))
+    impl, train = job.kwargs.get("impl", "sdpa"), bool(job.kwargs.get("backward", False))
+
+    def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return _hf_attention_forward(q, k, v, past_k, past_v, inv_freq, rotary, impl, train)
+
+    return _call(job, forward, q, k, v)
+
+
+def _hf_causal_lm_loss(job: Job) -> Any:
+    """LlamaForCausalLM's loss (ForCausalLMLoss, mean reduction) and its backward, logits
+    [b, s, vocab] of the model's dtype, the labels the input ids."""
+    (b, s, vocab), = job.shapes[:1]
+    logits = _tensor((b, s, vocab), _dtype(job.dtype))
+    labels = torch.randint(0, vocab, (b, s), device=_dev())
+
+    def loss(logits: torch.Tensor) -> torch.Tensor:
+        x = logits.float()
+        shift = F.pad(labels, (0, 1), value=-100)[..., 1:].contiguous()
+        return F.cross_entropy(x.view(-1, vocab), shift.view(-1).to(x.device), ignore_index=-100, reduction="mean")
+
+    return _call(job, loss, logits, train=True)
 
 
 def _sum(job: Job) -> Any:
@@ -202,11 +451,19 @@ OPS: dict[str, Callable[[Job], Any]] = {
     "gelu_and_mul": _gelu_and_mul,
     "rotary": _rotary,
     "embedding": _embedding,
-    "softmax": _softmax,
+    "softmax": _softmax_fn(False),
+    "log_softmax": _softmax_fn(True),
     "add": _add,
     "mul": _mul,
+    "silu": _silu,
+    "gelu": _gelu,
+    "layer_norm": _layer_norm,
+    "nn_rms_norm": _nn_rms_norm,
     "cross_entropy": _cross_entropy,
     "sum": _sum,
+    "hf_rms_norm": _hf_rms_norm,
+    "hf_attention": _hf_attention,
+    "hf_causal_lm_loss": _hf_causal_lm_loss,
 }
 
 
@@ -214,11 +471,17 @@ def known_op(name: str) -> bool:
     return name in OPS or name.startswith("aten.")
 
 
-def run_job(job: Job) -> None:
+def run_job(job: Job, init: bool = True) -> None:
+    """Run one job; ``init=False`` leaves floating inputs uninitialized (a dry run)."""
+    global _init_floats
     fn = _aten if job.op.startswith("aten.") else OPS.get(job.op)
     if fn is None:
         raise KeyError(f"unknown op {job.op!r}; known: {sorted(OPS)} or aten.<op>")
-    fn(job)
+    _init_floats = init
+    try:
+        fn(job)
+    finally:
+        _init_floats = True
 
 
 # -- replaying recorded misses -------------------------------------------------------------

@@ -68,16 +68,17 @@ def weights(dtype=torch.float32):
     hd, q, kv = M.head_dim, M.heads * M.head_dim, M.kv_heads * M.head_dim
     return {
         "emb": r(M.vocab, M.hidden), "norm": r(M.hidden), "wq": r(q, M.hidden), "wk": r(kv, M.hidden), "wv": r(kv, M.hidden),
-        "wo": r(M.hidden, q), "gate_up": r(2 * M.intermediate, M.hidden), "down": r(M.hidden, M.intermediate),
-        "head": r(M.vocab, M.hidden), "cos": r(64, hd // 2), "sin": r(64, hd // 2),
+        "qkv": r(q + 2 * kv, M.hidden), "wo": r(M.hidden, q), "gate_up": r(2 * M.intermediate, M.hidden),
+        "down": r(M.hidden, M.intermediate), "head": r(M.vocab, M.hidden), "cos": r(64, hd // 2), "sin": r(64, hd // 2),
     }
 
 
 def layer(w, t):
-    """Embedding, norm, q/k/v, rope, attention softmax, o-proj, residual add, fused
-    add+norm, gate_up, silu_and_mul, down, final norm, lm_head. The attention GEMMs (a
-    fused attention kernel's job) run in torch outside flag_gems. The fused functions are
-    called outside ``use_gems()``: inside it, the Triton interpreter's own copy-back of
+    """A vLLM-style layer (smoke.yaml's style): embedding, norm, merged qkv, rope, o-proj,
+    fused add+norm, merged gate_up, silu_and_mul, down, final fused add+norm, lm_head, the
+    sampler's softmax. The
+    attention (vLLM's flash kernels) runs in torch outside flag_gems. The fused functions
+    are called outside ``use_gems()``: inside it, the Triton interpreter's own copy-back of
     their arguments would dispatch to flag_gems' copy_ (an interpreter-only artifact)."""
     from flag_gems.fused import apply_rotary_pos_emb, fused_add_rms_norm, rms_norm, silu_and_mul
 
@@ -87,26 +88,24 @@ def layer(w, t):
         x = F.embedding(ids, w["emb"])
     h = rms_norm(x, w["norm"], M.rms_eps)
     with flag_gems.use_gems():
-        q, k, v = F.linear(h, w["wq"]), F.linear(h, w["wk"]), F.linear(h, w["wv"])
-    q, k = apply_rotary_pos_emb(q.view(t, H, hd), k.view(t, KV, hd), w["cos"][:t], w["sin"][:t])
-    kk = k.repeat_interleave(H // KV, dim=1)
-    scores = torch.einsum("thd,shd->hts", q, kk) / hd**0.5
-    with flag_gems.use_gems():
-        p = torch.softmax(scores, dim=-1)
-    attn = torch.einsum("hts,shd->thd", p, v.view(t, KV, hd).repeat_interleave(H // KV, dim=1)).reshape(t, H * hd)
+        qkv = F.linear(h, w["qkv"])
+    q, k, v = qkv.split([H * hd, KV * hd, KV * hd], dim=-1)
+    q, k = apply_rotary_pos_emb(q.reshape(t, H, hd), k.reshape(t, KV, hd), w["cos"][:t], w["sin"][:t])
+    kk, vv = k.repeat_interleave(H // KV, dim=1), v.reshape(t, KV, hd).repeat_interleave(H // KV, dim=1)
+    p = torch.softmax(torch.einsum("thd,shd->hts", q, kk) / hd**0.5, dim=-1)
+    attn = torch.einsum("hts,shd->thd", p, vv).reshape(t, H * hd)
     with flag_gems.use_gems():
         o = F.linear(attn.contiguous(), w["wo"])
-        x2 = x + o
     hn, res = fused_add_rms_norm(o.clone(), x.clone(), w["norm"], M.rms_eps)
     with flag_gems.use_gems():
         gu = F.linear(hn, w["gate_up"])
     act = silu_and_mul(gu)
     with flag_gems.use_gems():
         y = F.linear(act, w["down"])
-        y = y + x2
-    y = rms_norm(y, w["norm"], M.rms_eps)
+    y, _ = fused_add_rms_norm(y, res, w["norm"], M.rms_eps)
     with flag_gems.use_gems():
-        return F.linear(y, w["head"])
+        logits = F.linear(y, w["head"])
+        return torch.softmax(logits, dim=-1, dtype=torch.float32)  # the sampler's probabilities
 
 
 def token_counts():
@@ -275,10 +274,16 @@ def test_cli_server_and_dry_run(tmp_path):
     r = cli(str(SMOKE), "--server", "http://127.0.0.1:9", "--token-file", str(tmp_path / "missing"), "--no-progress")
     assert r.returncode == 2 and "--token-file" in r.stderr
     r = cli(str(SMOKE), "--server", "http://127.0.0.1:9", "--dry-run")  # lists the jobs, contacts nobody
-    assert r.returncode == 0 and "jobs (" in r.stdout
-    r = cli(str(SMOKE), "--dry-run", "--db", str(tmp_path / "t.db"))
+    assert r.returncode == 0 and "distinct keys" in r.stdout
+    # no GPU, no interpreter asked for: the dry run launches nothing, so it needs neither
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "tuner.cli.pretune", str(SMOKE), "--dry-run", "--db", str(tmp_path / "t.db"),
+                        "--report", str(tmp_path / "dry.json")], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stderr
-    assert "linear([5, 32] x [32, 32], float32)" in r.stdout and "jobs (" in r.stdout
+    assert "linear([5, 32] x [64, 32], float32)" in r.stdout  # the merged qkv projection
+    assert "flag_gems.ops.mm._mm_kernel [" in r.stdout and "configs" in r.stdout and "GPU time ~" in r.stdout
+    report = json.loads((tmp_path / "dry.json").read_text())
+    assert report["keys"] > 5 and report["estimate_s"] > 0 and all(j["error"] is None for j in report["jobs"])
     assert not (tmp_path / "t.db").exists()
 
 
@@ -293,3 +298,25 @@ def test_cli_smoke_real_timer_under_a_minute(tmp_path):
     assert "keys tuned" in r.stdout
     r = cli(str(SMOKE), "--db", str(db), "--no-progress", timeout=60)
     assert r.returncode == 0 and "0 keys tuned" in r.stdout
+
+
+def test_listed_ops_with_backward(env, tmp_path, monkeypatch):
+    """Form 2 ops with ``args.backward``: the forward, then the gradients of the floating
+    inputs (their backward kernels are tuned too)."""
+    text = """name: bwd
+ops:
+  - {op: layer_norm, shapes: [[6, 48]], dtype: float32, args: {backward: true}}
+  - {op: nn_rms_norm, shapes: [[6, 48]], dtype: float32, args: {backward: true}}
+  - {op: gelu, shapes: [[6, 48]], dtype: float32, args: {backward: true, approximate: tanh}}
+  - {op: log_softmax, shapes: [[6, 48]], dtype: float32, args: {backward: true}}
+  - {op: cross_entropy, shapes: [[6, 48]], dtype: float32, args: {backward: true}}
+  - {op: linear, shapes: [[6, 32], [16, 32], [16]], dtype: float32, args: {backward: true}}
+"""
+    p = tmp_path / "bwd.yaml"
+    p.write_text(text)
+    fresh_db(tmp_path, "bwd.db", monkeypatch)
+    s = pt.run_jobs(wl.load_jobs([p]), progress=False)
+    assert s.jobs_failed == 0, s.errors
+    kernels = {t.kernel for t in s.tuned}
+    for name in ("layer_norm_bwd", "rms_norm_bwd", "gelu_tanh_backward", "_softmax_bwd", "_nll_bwd", "_reduce_kernel"):
+        assert any(name in k for k in kernels), (name, sorted(kernels))

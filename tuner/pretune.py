@@ -265,18 +265,163 @@ def run_jobs(
 
 
 # -- dry run --------------------------------------------------------------------------------
-def estimate(jobs: Sequence[Job]) -> dict[str, Any]:
-    """A static estimate (no device, no op runs): jobs per op and an upper bound of the
-    GPU time at do_bench's default 25 + 100 ms per config and the largest config space of
-    an op's kernels (keys shared between jobs are tuned once, so real runs are shorter)."""
-    per_op: dict[str, int] = defaultdict(int)
-    for j in jobs:
-        per_op[j.op] += 1
-    from tuner.libtuner import _REGISTRY
+@dataclass(frozen=True)
+class KeyRequest:
+    """One key a job requests: the kernel, its bucketed key, how many configs tuning it
+    would time (after the kernel's pruning, for these arguments) and each one's budget."""
 
-    max_configs = max((len(t.configs) for t in _REGISTRY), default=16)
-    return {"jobs": len(jobs), "per_op": dict(per_op), "max_configs_per_key": max_configs,
-            "estimate_s": round(len(jobs) * max_configs * 0.125, 1)}
+    kernel: str
+    key: str
+    configs: int
+    ms_per_config: float  # the tuner's warmup + rep (do_bench's time per config, in ms)
+
+
+@dataclass
+class JobKeys:
+    job: Job
+    keys: list[KeyRequest]
+    error: str | None = None
+
+
+@dataclass
+class DryRun:
+    """What a run of ``jobs`` would tune: every job's keys, in request order."""
+
+    jobs: list[JobKeys] = field(default_factory=list)
+
+    def distinct(self) -> dict[tuple[str, str], KeyRequest]:
+        out: dict[tuple[str, str], KeyRequest] = {}
+        for j in self.jobs:
+            for k in j.keys:
+                out.setdefault((k.kernel, k.key), k)
+        return out
+
+    def estimate_s(self) -> float:
+        """GPU time to benchmark every distinct key once: configs x (warmup + rep); keys
+        already stored are skipped by a real run, compilation is not counted."""
+        return sum(k.configs * k.ms_per_config for k in self.distinct().values()) / 1000
+
+    def per_kernel(self) -> list[dict[str, Any]]:
+        by: dict[str, list[KeyRequest]] = defaultdict(list)
+        for k in self.distinct().values():
+            by[k.kernel].append(k)
+        return [{"kernel": name, "keys": len(ks), "configs": sum(k.configs for k in ks),
+                 "estimate_s": round(sum(k.configs * k.ms_per_config for k in ks) / 1000, 1)} for name, ks in sorted(by.items())]
+
+    def lines(self) -> list[str]:
+        """Per job its new keys (a key listed under an earlier job is counted, not repeated),
+        then a summary per kernel."""
+        out, listed = [], set()
+        for j in self.jobs:
+            out.append(f"{j.job.phase or '-':<9} {j.job.describe()}")
+            if j.error is not None:
+                out.append(f"            FAILED: {j.error}")
+            again = 0
+            for k in j.keys:
+                if (k.kernel, k.key) in listed:
+                    again += 1
+                    continue
+                listed.add((k.kernel, k.key))
+                out.append(f"            {k.kernel} {k.key}: {k.configs} configs")
+            if again:
+                out.append(f"            (+{again} keys listed above)")
+        out.append("")
+        width = max((len(r["kernel"]) for r in self.per_kernel()), default=6)
+        out.append(f"{'kernel':<{width}} {'keys':>6} {'configs':>8} {'~GPU s':>8}")
+        for r in self.per_kernel():
+            out.append(f"{r['kernel']:<{width}} {r['keys']:>6} {r['configs']:>8} {r['estimate_s']:>8.1f}")
+        failed = sum(j.error is not None for j in self.jobs)
+        keys = self.distinct()
+        out.append(
+            f"{len(self.jobs)} jobs{f' ({failed} failed)' if failed else ''}, {len(keys)} distinct keys of "
+            f"{len(self.per_kernel())} kernels, {sum(k.configs for k in keys.values())} configs to time: "
+            f"GPU time ~{self.estimate_s():.0f} s at warmup + rep per config (keys already stored are skipped; "
+            f"compilation not counted)"
+        )
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "jobs": [{"job": j.job.describe(), "phase": j.job.phase, "error": j.error,
+                      "keys": [dataclasses.asdict(k) for k in j.keys]} for j in self.jobs],
+            "kernels": self.per_kernel(), "keys": len(self.distinct()), "estimate_s": round(self.estimate_s(), 1),
+        }
+
+
+@contextmanager
+def _no_launches() -> Iterator[None]:
+    """Every Triton kernel launch (a LibTuner's, a plain ``triton.jit`` kernel's, compiled
+    or interpreted) returns without running: Triton's launch entry is stubbed, so nothing
+    needs a GPU, compiles or computes."""
+    from triton.runtime.jit import JITFunction
+
+    classes: list[Any] = [JITFunction]
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        classes.append(InterpretedFunction)
+    except ImportError:
+        pass
+    saved = [(c, c.__dict__["run"]) for c in classes if "run" in c.__dict__]
+    for c, _ in saved:
+        c.run = lambda self, *args, **kwargs: None
+    try:
+        yield
+    finally:
+        for c, run in saved:
+            c.run = run
+
+
+def _job_runner(prov: Any) -> Callable[[Job], None]:
+    """``prov.run_job`` with uninitialized inputs where the provider supports it."""
+    import inspect
+
+    if "init" in inspect.signature(prov.run_job).parameters:
+        return lambda job: prov.run_job(job, init=False)
+    return prov.run_job
+
+
+def dry_run(jobs: Sequence[Job], *, provider: str | Any = DEFAULT_PROVIDER) -> DryRun:
+    """Every key each job requests, without tuning, launching or touching the tuning DB.
+
+    Each job runs (floating inputs uninitialized) with a LibTuner resolve hook that records
+    the kernel, the key and the number of candidate configs, then answers the kernel's
+    default config, so the call goes on to the next kernel it reaches: a job requesting
+    several kernels (a norm's backward: dx then dw; cross-entropy: the loss then its sum)
+    lists them all, which aborting at the first key could not. Launches are stubbed
+    (``_no_launches``), so the answered config never runs; the hook answers before any
+    store lookup, and the process store is a memory-only one besides, so nothing is read
+    from or written to the DB. In-process caches are cleared before each job so every job
+    lists each of its keys.
+    """
+    from tuner.libtuner import clear_caches, resolve_hook
+    from tuner.store import MemoryStore, using_store
+
+    prov = load_provider(provider) if isinstance(provider, str) else provider
+    unknown = sorted({j.op for j in jobs if not prov.known_op(j.op)})
+    if unknown:
+        raise PretuneError(f"unknown ops {unknown}: the provider {getattr(prov, '__name__', prov)} has no such op")
+    run = _job_runner(prov)
+    sink: list[KeyRequest] = []
+
+    def hook(tuner: Any, key: tuple, args: tuple, kwargs: dict, grid: Any) -> dict:
+        sink.append(KeyRequest(tuner.name, tuner.key_json(key), len(tuner.candidate_configs(args, kwargs)),
+                               float(tuner.warmup + tuner.rep)))
+        return dict(tuner.default)
+
+    out = DryRun()
+    with using_store(LayeredStore([MemoryStore()])), _no_launches(), resolve_hook(hook):
+        for job in jobs:
+            clear_caches()
+            sink.clear()
+            error = None
+            try:
+                run(job)
+            except Exception as e:  # one bad job must not hide the others
+                error = f"{type(e).__name__}: {e}"[:500]
+                log.warning("job %s failed: %s", job.describe(), e)
+            out.jobs.append(JobKeys(job, list(dict.fromkeys(sink)), error))
+    return out
 
 
 # -- misses ---------------------------------------------------------------------------------

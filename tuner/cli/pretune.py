@@ -1,7 +1,7 @@
 """gems-pretune: tune a model's kernel shapes offline, so inference never autotunes.
 
     gems-pretune workloads/llama7b.yaml                 # tune into the per-device DB
-    gems-pretune workloads/llama7b.yaml --dry-run       # list the jobs, tune nothing
+    gems-pretune workloads/llama7b.yaml --dry-run       # list the jobs' keys, tune nothing
     gems-pretune --from-misses                          # tune what inference missed
     gems-pretune --from-record run.jsonl --capture-out w.yaml   # record -> workload
     gems-pretune workloads/llama7b.yaml --server http://tunerd:8600   # share the jobs between machines
@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-workers", type=int, metavar="N",
                    help="processes compiling configs ahead of benchmarking (default: the CPU cores "
                         "per device, less one; 0: compile as each config is first timed)")
-    p.add_argument("--dry-run", action="store_true", help="list the jobs and an estimate; tune nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list per job the kernels, keys and candidate configs it requests, and an estimate; "
+                        "tune, launch and write nothing (no GPU needed)")
     p.add_argument("--force", action="store_true", help="retune keys that are already tuned")
     p.add_argument("--from-misses", action="store_true", help="tune the keys inference recorded as misses")
     p.add_argument("--from-record", metavar="JSONL", action="append", default=[],
@@ -65,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     from tuner import workload as wl
     from tuner.store import set_default_store
 
+    if args.dry_run:
+        _interpret_without_gpu()
+
     if args.db:
         from tuner.store.db import resolve_url
 
@@ -95,15 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         return _err(str(e))
 
     if args.dry_run:
-        for j in jobs:
-            print(f"{j.phase or '-':<9} {j.describe()}")
-        est = pt.estimate(jobs)
-        print(f"{est['jobs']} jobs ({', '.join(f'{k}: {v}' for k, v in sorted(est['per_op'].items()))}); "
-              f"GPU time ~{est['estimate_s']:.0f} s or less ({est['max_configs_per_key']} configs per key at ~125 ms each, "
-              f"keys shared between jobs are tuned once, stored keys are skipped)")
+        try:
+            dry = pt.dry_run(jobs, provider=args.provider)
+        except pt.PretuneError as e:
+            return _err(str(e))
+        print("\n".join(dry.lines()))
         for u in unreplayable:
             print(f"no replay for a miss of {u['kernel']} key {u['key']} ({u['count']}x)")
-        return 0
+        if args.report:
+            Path(args.report).write_text(json.dumps(dry.as_dict() | {"workloads": args.workloads}, indent=2))
+        return 1 if any(j.error for j in dry.jobs) else 0
 
     if args.server:
         return _run_server(args, jobs, unreplayable)
@@ -138,6 +144,20 @@ def _compile_workers(args: argparse.Namespace, devices: int) -> int:
     from tuner.precompile import default_workers
 
     return default_workers(devices)
+
+
+def _interpret_without_gpu() -> None:
+    """A dry run launches nothing, but flag_gems registers its ops on the device it runs
+    on: without a GPU, the Triton interpreter's CPU (set before any kernel is defined)."""
+    if "TRITON_INTERPRET" in os.environ:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        from tuner import settings
+
+        os.environ["TRITON_INTERPRET"] = "1"
+        settings.reload()
 
 
 def _token(args: argparse.Namespace) -> str | None:
