@@ -44,7 +44,8 @@ def weights(m, dtype):
     }
 
 
-def layer(m, w, t: int, attn_seq: int) -> torch.Tensor:
+def layer(m, w, t: int) -> torch.Tensor:
+    """vLLM's layer (merged gate_up, fused norms), with q/k/v as separate projections."""
     H, KV, hd = m.heads, m.kv_heads, m.head_dim
     ids = torch.randint(0, m.vocab, (t,), device="cuda")
     with flag_gems.use_gems():
@@ -53,15 +54,13 @@ def layer(m, w, t: int, attn_seq: int) -> torch.Tensor:
         q = timed("linear", lambda: F.linear(h, w["wq"]))
         k, v = F.linear(h, w["wk"]), F.linear(h, w["wv"])
         q, k = timed("rotary", lambda: apply_rotary_pos_emb(q.view(t, H, hd), k.view(t, KV, hd), w["cos"][:t], w["sin"][:t]))
-        s = min(t, attn_seq)
-        scores = torch.randn(H, s, s, device="cuda", dtype=x.dtype)
-        timed("softmax", lambda: torch.softmax(scores, dim=-1))
         o = F.linear(q.reshape(t, H * hd), w["wo"])
         x2 = timed("add", lambda: x + o)
         hn, _ = timed("fused_add_rms_norm", lambda: fused_add_rms_norm(o.clone(), x.clone(), w["norm"], m.rms_eps))
         act = timed("silu_and_mul", lambda: silu_and_mul(F.linear(hn, w["gate_up"])))
         y = F.linear(act, w["down"]) + x2
-        return F.linear(rms_norm(y, w["norm"], m.rms_eps), w["head"])
+        logits = F.linear(rms_norm(y, w["norm"], m.rms_eps), w["head"])
+        return timed("softmax", lambda: torch.softmax(logits.float(), dim=-1))  # vLLM's sampler
 
 
 def main() -> None:
@@ -73,10 +72,9 @@ def main() -> None:
     m = wk.model
     dtype = getattr(torch, m.dtype)
     w = weights(m, dtype)
-    attn_seq = wk.tokens.attention_seq.hi if wk.tokens.attention_seq else 4096
     t0 = time.perf_counter()
     for t in map(int, args.tokens.split(",")):
-        layer(m, w, t, attn_seq)
+        layer(m, w, t)
     torch.cuda.synchronize()
     s = tuner.stats()
     print(f"device: {torch.cuda.get_device_name()}; {len(args.tokens.split(','))} token counts in {time.perf_counter() - t0:.1f} s")
