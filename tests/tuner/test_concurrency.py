@@ -12,6 +12,8 @@ from collections import Counter
 
 import filelock
 
+from tuner.libtuner import FINALISTS
+
 WORKER = textwrap.dedent(
     """
     import json, os, sys, torch, tuner
@@ -52,7 +54,10 @@ def test_eight_processes_tune_each_key_exactly_once(tmp_path):
     lines = [json.loads(l) for l in log.read_text().splitlines()]
     per_key = Counter(tuple(l["key"]) for l in lines)
     assert len(per_key) == 7
-    assert set(per_key.values()) == {8}  # each key: its 8 configs timed once, by one process
+    # each key: its 8 configs in a brief round, the finalists in full, all by one process
+    assert set(per_key.values()) == {8 + FINALISTS}
+    for key in per_key:
+        assert len({json.dumps(l["config"], sort_keys=True) for l in lines if tuple(l["key"]) == key}) == 8
     for key in per_key:
         assert len({l["pid"] for l in lines if tuple(l["key"]) == key}) == 1
     assert sum(s["benchmarks_run"] for s in stats) == 7
