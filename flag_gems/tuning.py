@@ -539,6 +539,14 @@ def _replay_embedding(raw: dict) -> Job | None:
     return Job("embedding", ((2, raw["D"]), (1,)), w_dt)
 
 
+@register_replay("flag_gems.fused.rotary_embedding.rotary_kernel")
+def _replay_rotary(raw: dict) -> Job | None:
+    h, half, d = raw["H"], raw["HALF"], raw["D"]
+    if 2 * half != d:  # partial rotary: the provider's rotary job rotates the whole head
+        return None
+    return Job("rotary", ((1, h, d), (1, h, d)), raw["dtypes"][0])
+
+
 def _replay_softmax(kind: str) -> Replay:
     def replay(raw: dict) -> Job | None:
         r, k, dt = raw["R"], raw["K"], raw["dtypes"][0]

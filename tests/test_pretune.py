@@ -193,7 +193,7 @@ def aten_model(w, t, **scope):
 
 
 def test_from_misses_loop(env, tmp_path, monkeypatch):
-    from flag_gems.fused import rms_norm, silu_and_mul
+    from flag_gems.fused import apply_rotary_pos_emb, rms_norm, silu_and_mul
 
     w = weights()
     fresh_db(tmp_path, "m.db", monkeypatch)
@@ -204,6 +204,8 @@ def test_from_misses_loop(env, tmp_path, monkeypatch):
             aten_model(w, t)
             rms_norm(torch.randn(t, M.hidden, device=DEVICE), w["norm"])
             silu_and_mul(torch.randn(t, 2 * M.intermediate, device=DEVICE))
+            q, k = torch.randn(t, 4, 16, device=DEVICE), torch.randn(t, 2, 16, device=DEVICE)
+            apply_rotary_pos_emb(q, k, torch.randn(t, 8, device=DEVICE), torch.randn(t, 8, device=DEVICE))
 
     run()
     missed = tuner.stats()["misses"]
