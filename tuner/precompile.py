@@ -14,6 +14,7 @@ is nothing to compile: ``default_workers`` is 0 there.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -54,10 +55,12 @@ def compile_job(spec: dict[str, Any], provider: str, force: bool = False) -> int
         compiled = tuner.warm(args, kwargs, grid)
         raise _Compiled
 
+    # uninitialized inputs where the provider allows it: no kernel (not even a fill)
+    # competes with the benchmarking process for the GPU
+    takes_init = "init" in inspect.signature(prov.run_job).parameters
     with resolve_hook(hook):
         try:
-            run = getattr(prov, "run_job_uninitialized", prov.run_job)
-            run(Job.from_dict(spec))
+            prov.run_job(Job.from_dict(spec), **({"init": False} if takes_init else {}))
         except _Compiled:
             pass
     return compiled
