@@ -547,6 +547,28 @@ def _replay_rotary(raw: dict) -> Job | None:
     return Job("rotary", ((1, h, d), (1, h, d)), raw["dtypes"][0])
 
 
+def _aten_job(op: str, shape: tuple[int, ...], dt: str, *rest: Any) -> Job:
+    """A job calling ``aten.<op>`` on one random tensor of ``shape``, then ``rest``."""
+    return Job(f"aten.{op}", (shape,), dt, (("argv", json.dumps([{"$t": 0}, *rest])),), dtypes=(dt,))
+
+
+@register_replay("flag_gems.ops.nonzero.nonzero_count_kernel")
+def _replay_nonzero(raw: dict) -> Job | None:
+    return _aten_job("nonzero", (raw["n"],), raw["dtypes"][0])
+
+
+@register_replay("flag_gems.ops.sort.unique_count_kernel")
+def _replay_unique(raw: dict) -> Job | None:
+    return _aten_job("_unique2", (raw["n"],), raw["dtypes"][0], True, False, False)
+
+
+@register_replay("flag_gems.ops.sort.sort_merge_kernel")
+def _replay_sort_merge(raw: dict) -> Job | None:
+    # keys, ids, keys_out, ids_out, x, ...: the input's dtype is the fifth (the merge runs
+    # for rows over 4096, and for 64-bit dtypes at any length)
+    return _aten_job("sort", (1, raw["N"]), raw["dtypes"][4], -1, False)
+
+
 def _replay_softmax(kind: str) -> Replay:
     def replay(raw: dict) -> Job | None:
         r, k, dt = raw["R"], raw["K"], raw["dtypes"][0]
