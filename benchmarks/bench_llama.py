@@ -66,7 +66,9 @@ def measure(model, iters: int):
         cache, tok = _decode_setup(model)
 
         def decode():
-            cache.crop(512)  # each step appends one token: decode from the same length
+            extra = cache.get_seq_length() - 512  # each step appends one token: decode from the same length
+            if extra > 0:
+                cache.crop(-extra)  # a negative count removes that many (positive counts are deprecated)
             return model(input_ids=tok, past_key_values=cache, use_cache=True)
 
         decode_ms = timed(decode, iters)
