@@ -569,6 +569,15 @@ def _replay_sort_merge(raw: dict) -> Job | None:
     return _aten_job("sort", (1, raw["N"]), raw["dtypes"][4], -1, False)
 
 
+@register_replay("flag_gems.ops.shape.pad_kernel")
+def _replay_pad(raw: dict) -> Job | None:
+    # any mode's key is (rows, padded last dim): a reflect pad of 1 each side requests it
+    rows, width = raw["n_rows"], raw["O2"]
+    if width < 4:  # a reflect pad needs at least 2 input columns
+        return None
+    return _aten_job("reflection_pad1d", (rows, width - 2), raw["dtypes"][0], [1, 1])
+
+
 def _replay_softmax(kind: str) -> Replay:
     def replay(raw: dict) -> Job | None:
         r, k, dt = raw["R"], raw["K"], raw["dtypes"][0]

@@ -224,9 +224,9 @@ def test_from_misses_loop(env, tmp_path, monkeypatch):
     assert tuner.stats()["misses"] == 0
 
 
-def test_from_misses_replays_sort_unique_nonzero(env, tmp_path, monkeypatch):
-    """Misses of the merge sort (a row over 4096), unique's and nonzero's
-    count kernels replay as aten calls that request the same keys."""
+def test_from_misses_replays_sort_unique_nonzero_pad(env, tmp_path, monkeypatch):
+    """Misses of the merge sort (a row over 4096), unique's and nonzero's count kernels
+    and the pad kernel replay as aten calls that request the same keys."""
     fresh_db(tmp_path, "s.db", monkeypatch)
     env("never")
 
@@ -235,16 +235,17 @@ def test_from_misses_replays_sort_unique_nonzero(env, tmp_path, monkeypatch):
             torch.sort(torch.randn(1, 4100, device=DEVICE))  # over 4096: chunks, then merges
             torch.unique(torch.randint(0, 9, (300,), device=DEVICE))
             torch.nonzero(torch.randn(7, 30, device=DEVICE))
+            F.pad(torch.randn(2, 3, 40, device=DEVICE), (2, 3), mode="replicate")
 
     run()
     kernels = {m.identity.kernel.rsplit(".", 1)[-1] for m in sql().misses()}
-    assert {"sort_merge_kernel", "unique_count_kernel", "nonzero_count_kernel"} <= kernels
+    assert {"sort_merge_kernel", "unique_count_kernel", "nonzero_count_kernel", "pad_kernel"} <= kernels
     jobs, unreplayable = pt.jobs_from_misses()
     assert not [u for u in unreplayable if u["kernel"].rsplit(".", 1)[-1] in kernels], unreplayable
     s = pt.run_jobs(jobs, progress=False)
     assert s.jobs_failed == 0, s.errors
     left = {m.identity.kernel.rsplit(".", 1)[-1] for m in sql().misses()}
-    assert not left & {"sort_merge_kernel", "unique_count_kernel", "nonzero_count_kernel"}, left
+    assert not left & {"sort_merge_kernel", "unique_count_kernel", "nonzero_count_kernel", "pad_kernel"}, left
 
 
 def test_capture_loop(env, tmp_path, monkeypatch):
