@@ -53,6 +53,18 @@ def main() -> None:
 
     print(f"eager max |logit| {ref.abs().max().item():.3g}; tolerance {tol:.3g}")
     print(f"all families: {dlogit(every):.4g}")
+    # which aten ops reach flag_gems in one prefill (SDPA's flash path calls none of them;
+    # its math fallback calls matmul, softmax, tril, where)
+    import json
+    import tempfile
+
+    log = Path(tempfile.mkdtemp()) / "ops.jsonl"
+    with torch.no_grad(), flag_gems.use_gems(record=True, path=log):
+        model(input_ids=ids)
+    calls: dict[str, int] = defaultdict(int)
+    for line in log.read_text().splitlines():
+        calls[json.loads(line)["op"]] += 1
+    print("ops reaching flag_gems:", dict(sorted(calls.items())))
     print("| family | only this family | all but this family |\n|---|---|---|")
     for fam, names in sorted(fams.items()):
         only, but = dlogit(names), dlogit([n for n in every if n not in set(names)])
