@@ -58,7 +58,7 @@ def _cfg(bm, bn, bk, warps, stages, group=8, split=1):
 
 
 # decode / skinny M: narrow N tiles so a 4096-wide weight still fills every SM, and split-K
-# (fp32 partials reduced in the kernel) when even those leave SMs idle
+# (fp32 partials, summed by a second kernel) when even those leave SMs idle
 _DECODE_TILES = [
     (16, 32, 256, 4, 4), (16, 64, 64, 4, 4), (16, 64, 128, 4, 4), (16, 64, 256, 4, 3), (16, 128, 128, 4, 4),
     (32, 32, 256, 4, 4), (32, 64, 128, 4, 4), (64, 64, 128, 4, 4), (64, 128, 64, 4, 4),
@@ -129,7 +129,7 @@ def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
     strategy=[m_class, "log", "align32", "align32", "log", layout, layout],
     default=_cfg(64, 128, 64, 4, 4),
     prune_configs_by=prune_mm_configs,
-    config_launcher=lambda fn, grid, args, kwargs, cfg: _launch(fn, grid, args, kwargs, cfg),
+    config_launcher=lambda fn, grid, args, kwargs, cfg: _launch(fn, grid, args, kwargs, cfg),  # defined below
 )
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0})
 @triton.jit
