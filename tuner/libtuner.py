@@ -51,6 +51,11 @@ class NoConfigError(RuntimeError):
 FINALISTS = 3  # configs re-timed in full after a brief first round (see LibTuner.tune)
 
 
+def _brief(ms: int) -> int:
+    """A first-round budget: a fifth of the full one."""
+    return max(1, ms // 5)
+
+
 def _ms(t: Timing) -> float:
     return t.median_ms if t.median_ms is not None else math.inf
 
@@ -322,6 +327,15 @@ class LibTuner:
                 log.debug("config %s of %s does not compile: %s", cfg, self.name, e)
         return ok
 
+    def budget_ms(self, n: int) -> float:
+        """The benchmark time ``tune`` spends on ``n`` candidates (do_bench's warm-up plus
+        repetitions): every one in full, or with more than ``FINALISTS`` a brief round
+        for all and a full one for the finalists."""
+        full = self.warmup + self.rep
+        if n <= FINALISTS:
+            return float(n * full)
+        return float(n * (_brief(self.warmup) + _brief(self.rep)) + FINALISTS * full)
+
     def tune(self, ident: Identity, key: tuple, args: tuple, kwargs: dict, grid: Any, *, source: str = "online") -> tuple[Record, list[Timing]]:
         """Benchmark every candidate config on these arguments; a failing config is
         timed as infinite. Restores ``restore_value`` arguments afterwards.
@@ -394,7 +408,7 @@ class LibTuner:
 
         if count:
             bump("configs_timed")
-        warmup, rep = (max(1, self.warmup // 5), max(1, self.rep // 5)) if brief else (self.warmup, self.rep)
+        warmup, rep = (_brief(self.warmup), _brief(self.rep)) if brief else (self.warmup, self.rep)
         try:
             med, p20, p80 = timer(bench.BenchRequest(launch, self.name, cfg, key, warmup, rep))
         except Exception as e:  # a config that cannot compile or launch never wins

@@ -14,7 +14,6 @@ is nothing to compile: ``default_workers`` is 0 there.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -42,7 +41,7 @@ def compile_job(spec: dict[str, Any], provider: str, force: bool = False) -> int
     """Compile the candidate configs of the first tuned kernel ``spec`` requests (unless
     its key is stored and ``force`` is off); returns how many configs compiled."""
     from tuner.libtuner import resolve_hook
-    from tuner.pretune import load_provider
+    from tuner.pretune import load_provider, uninitialized_runner
     from tuner.store import default_store
 
     prov = load_provider(provider)
@@ -55,12 +54,10 @@ def compile_job(spec: dict[str, Any], provider: str, force: bool = False) -> int
         compiled = tuner.warm(args, kwargs, grid)
         raise _Compiled
 
-    # uninitialized inputs where the provider allows it: no kernel (not even a fill)
-    # competes with the benchmarking process for the GPU
-    takes_init = "init" in inspect.signature(prov.run_job).parameters
+    run = uninitialized_runner(prov)  # no fill kernel competes with the benchmarks
     with resolve_hook(hook):
         try:
-            prov.run_job(Job.from_dict(spec), **({"init": False} if takes_init else {}))
+            run(Job.from_dict(spec))
         except _Compiled:
             pass
     return compiled

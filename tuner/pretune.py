@@ -268,12 +268,13 @@ def run_jobs(
 @dataclass(frozen=True)
 class KeyRequest:
     """One key a job requests: the kernel, its bucketed key, how many configs tuning it
-    would time (after the kernel's pruning, for these arguments) and each one's budget."""
+    would time (after the kernel's pruning, for these arguments) and the benchmark time
+    that takes (``LibTuner.budget_ms``)."""
 
     kernel: str
     key: str
     configs: int
-    ms_per_config: float  # the tuner's warmup + rep (do_bench's time per config, in ms)
+    budget_ms: float
 
 
 @dataclass
@@ -297,16 +298,16 @@ class DryRun:
         return out
 
     def estimate_s(self) -> float:
-        """GPU time to benchmark every distinct key once: configs x (warmup + rep); keys
-        already stored are skipped by a real run, compilation is not counted."""
-        return sum(k.configs * k.ms_per_config for k in self.distinct().values()) / 1000
+        """GPU time to benchmark every distinct key once; keys already stored are skipped
+        by a real run, compilation is not counted."""
+        return sum(k.budget_ms for k in self.distinct().values()) / 1000
 
     def per_kernel(self) -> list[dict[str, Any]]:
         by: dict[str, list[KeyRequest]] = defaultdict(list)
         for k in self.distinct().values():
             by[k.kernel].append(k)
         return [{"kernel": name, "keys": len(ks), "configs": sum(k.configs for k in ks),
-                 "estimate_s": round(sum(k.configs * k.ms_per_config for k in ks) / 1000, 1)} for name, ks in sorted(by.items())]
+                 "estimate_s": round(sum(k.budget_ms for k in ks) / 1000, 1)} for name, ks in sorted(by.items())]
 
     def lines(self) -> list[str]:
         """Per job its new keys (a key listed under an earlier job is counted, not repeated),
@@ -335,7 +336,7 @@ class DryRun:
         out.append(
             f"{len(self.jobs)} jobs{f' ({failed} failed)' if failed else ''}, {len(keys)} distinct keys of "
             f"{len(self.per_kernel())} kernels, {sum(k.configs for k in keys.values())} configs to time: "
-            f"GPU time ~{self.estimate_s():.0f} s at warmup + rep per config (keys already stored are skipped; "
+            f"GPU time ~{self.estimate_s():.0f} s of benchmarks (keys already stored are skipped; "
             f"compilation not counted)"
         )
         return out
@@ -372,8 +373,9 @@ def _no_launches() -> Iterator[None]:
             c.run = run
 
 
-def _job_runner(prov: Any) -> Callable[[Job], None]:
-    """``prov.run_job`` with uninitialized inputs where the provider supports it."""
+def uninitialized_runner(prov: Any) -> Callable[[Job], None]:
+    """``prov.run_job`` with uninitialized inputs where the provider supports it (a dry run,
+    a compile worker: nothing, not even a fill kernel, runs for the inputs)."""
     import inspect
 
     if "init" in inspect.signature(prov.run_job).parameters:
@@ -401,12 +403,12 @@ def dry_run(jobs: Sequence[Job], *, provider: str | Any = DEFAULT_PROVIDER) -> D
     unknown = sorted({j.op for j in jobs if not prov.known_op(j.op)})
     if unknown:
         raise PretuneError(f"unknown ops {unknown}: the provider {getattr(prov, '__name__', prov)} has no such op")
-    run = _job_runner(prov)
+    run = uninitialized_runner(prov)
     sink: list[KeyRequest] = []
 
     def hook(tuner: Any, key: tuple, args: tuple, kwargs: dict, grid: Any) -> dict:
-        sink.append(KeyRequest(tuner.name, tuner.key_json(key), len(tuner.candidate_configs(args, kwargs)),
-                               float(tuner.warmup + tuner.rep)))
+        n = len(tuner.candidate_configs(args, kwargs))
+        sink.append(KeyRequest(tuner.name, tuner.key_json(key), n, tuner.budget_ms(n)))
         return dict(tuner.default)
 
     out = DryRun()

@@ -42,10 +42,11 @@ def test_large_space_is_screened_briefly_then_finalists_timed_in_full(policy):
     and repetitions, and the winner is chosen on full timings only."""
     from tuner.libtuner import FINALISTS
 
-    seen = []
+    seen, budget = [], []
 
     def timer(req):
         seen.append((req.config["BLOCK"], req.config["num_warps"], req.rep))
+        budget.append(req.warmup + req.rep)
         ms, p20, p80 = fake_time(req)
         # a brief round under-reports BLOCK 128 / 1 warp, which a full timing corrects
         if req.rep < scale_kernel.rep and (req.config["BLOCK"], req.config["num_warps"]) == (128, 1):
@@ -62,6 +63,8 @@ def test_large_space_is_screened_briefly_then_finalists_timed_in_full(policy):
     (rec,) = default_store().layers[1].records()
     assert cfg_subset(rec.config) == BEST and rec.configs_tried == len(CONFIGS)
     assert tuner.stats()["configs_timed"] == len(CONFIGS)
+    # what a dry run estimates is what tuning asked the timer for (failing configs included)
+    assert sum(budget) == scale_kernel.budget_ms(len(CONFIGS))
 
 
 def test_miss_tunes_once_persists_and_result_is_right(policy):
