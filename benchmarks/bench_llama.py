@@ -59,8 +59,7 @@ def timed(fn, iters: int) -> float:
     return times[len(times) // 2]
 
 
-def measure(model, iters: int):
-    ids = torch.randint(0, 32000, (1, 512), device="cuda", generator=None)
+def measure(model, ids: torch.Tensor, iters: int):
     with torch.no_grad():
         prefill_ms = timed(lambda: _prefill(model, ids), iters)
         cache, tok = _decode_setup(model)
@@ -102,12 +101,14 @@ def main() -> None:
     import tuner
 
     model = build(args.layers)
+    # one prompt for every mode: the logits are compared across modes
+    ids = torch.randint(0, 32000, (1, 512), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     rows = {}
-    rows["torch eager"] = measure(model, args.iters)
+    rows["torch eager"] = measure(model, ids, args.iters)
     flag_gems.enable()
-    rows["flag_gems enable()"] = measure(model, args.iters)
+    rows["flag_gems enable()"] = measure(model, ids, args.iters)
     flag_gems.apply_gems_patches_to_transformers()
-    rows["enable() + patches"] = measure(model, args.iters)
+    rows["enable() + patches"] = measure(model, ids, args.iters)
     flag_gems.revert_transformers_patches()
     flag_gems.disable()
 
