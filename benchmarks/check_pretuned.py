@@ -56,7 +56,8 @@ def layer(m, w, t: int) -> torch.Tensor:
         q, k = timed("rotary", lambda: apply_rotary_pos_emb(q.view(t, H, hd), k.view(t, KV, hd), w["cos"][:t], w["sin"][:t]))
         o = F.linear(q.reshape(t, H * hd), w["wo"])
         x2 = timed("add", lambda: x + o)
-        hn, _ = timed("fused_add_rms_norm", lambda: fused_add_rms_norm(o.clone(), x.clone(), w["norm"], m.rms_eps))
+        # in place on o and x, as vLLM calls it (both are used up; x2 holds their sum)
+        hn, _ = timed("fused_add_rms_norm", lambda: fused_add_rms_norm(o, x, w["norm"], m.rms_eps))
         act = timed("silu_and_mul", lambda: silu_and_mul(F.linear(hn, w["gate_up"])))
         y = F.linear(act, w["down"]) + x2
         logits = F.linear(rms_norm(y, w["norm"], m.rms_eps), w["head"])

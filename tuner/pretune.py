@@ -341,6 +341,31 @@ class DryRun:
         )
         return out
 
+    def partition(self, parts: int) -> list[list[int]]:
+        """Job indices per device for ``parts`` devices, each list in the workload's order.
+
+        Costliest job first (LPT), each to the device where it adds least to that device's
+        benchmark estimate, counting only keys the device does not already own: a key
+        shared by jobs is then tuned on one device, not raced on several, and the devices'
+        estimates stay even. (A static round-robin split put every job of one kind on one
+        device whenever the workload's job pattern had an even period.)"""
+        owned: list[set[tuple[str, str]]] = [set() for _ in range(parts)]
+        load = [0.0] * parts
+        shares: list[list[int]] = [[] for _ in range(parts)]
+
+        def cost(keys: list[KeyRequest]) -> float:
+            return sum(k.budget_ms for k in {(k.kernel, k.key): k for k in keys}.values())
+
+        order = sorted(range(len(self.jobs)), key=lambda i: -cost(self.jobs[i].keys))
+        for i in order:
+            keys = self.jobs[i].keys
+            after = [load[d] + cost([k for k in keys if (k.kernel, k.key) not in owned[d]]) for d in range(parts)]
+            d = min(range(parts), key=lambda d: (after[d], len(shares[d])))
+            load[d] = after[d]
+            owned[d].update((k.kernel, k.key) for k in keys)
+            shares[d].append(i)
+        return [sorted(s) for s in shares]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "jobs": [{"job": j.job.describe(), "phase": j.job.phase, "error": j.error,
@@ -480,15 +505,22 @@ def _worker(device: str, jobs: list[dict], db_url: str, provider: str, force: bo
 
 def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, provider: str = DEFAULT_PROVIDER,
                  force: bool = False, progress: bool = True, compile_workers: int = 0) -> Summary:
-    """One spawned worker per device, jobs split round-robin, all writing to one DB; each
-    worker has its own ``compile_workers`` compiling ahead of it."""
+    """One spawned worker per device, all writing to one DB; each worker has its own
+    ``compile_workers`` compiling ahead of it. A dry run first splits the jobs so that the
+    devices' benchmark estimates are even and each key is tuned on one device
+    (``DryRun.partition``)."""
     import multiprocessing as mp
 
+    shares = dry_run(jobs, provider=provider).partition(len(devices))
+    import torch
+
+    if torch.cuda.is_initialized():  # the dry run's inputs: give the memory back to the workers
+        torch.cuda.empty_cache()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = []
-    for i, dev in enumerate(devices):
-        share = [j.as_dict() for j in jobs[i::len(devices)]]
+    for dev, idx in zip(devices, shares):
+        share = [jobs[i].as_dict() for i in idx]
         p = ctx.Process(target=_worker, args=(dev, share, db_url, provider, force, queue, compile_workers), daemon=False)
         p.start()
         procs.append(p)
