@@ -348,25 +348,6 @@ ops:
         assert any(name in k for k in kernels), (name, sorted(kernels))
 
 
-def test_partition_keeps_shared_keys_on_one_device_and_balances():
-    """DryRun.partition: every job once, each device's jobs in workload order, jobs that
-    share a key on one device, and even benchmark estimates."""
-    def req(kernel, key, ms):
-        return pt.KeyRequest(kernel, key, 4, ms)
-
-    gemm = [req("mm", f"[{n}]", 400.0) for n in range(6)]
-    jobs = [pt.JobKeys(wl.Job("linear", ((i, 8), (8, 8)), "float32"), [gemm[i % 6]]) for i in range(12)]
-    jobs += [pt.JobKeys(wl.Job("add", ((i, 8), (i, 8)), "float32"), [req("add", f"[{i}]", 50.0)]) for i in range(8)]
-    shares = pt.DryRun(jobs).partition(2)
-    assert sorted(i for s in shares for i in s) == list(range(len(jobs)))
-    assert all(s == sorted(s) for s in shares)
-    for i in range(6):  # jobs i and i + 6 request the same GEMM key
-        assert any(i in s and i + 6 in s for s in shares)
-    loads = [sum(jobs[i].keys[0].budget_ms for i in s if jobs[i].job.op == "add") +
-             sum(400.0 for n in range(6) if any(jobs[i].keys[0] is gemm[n] for i in s)) for s in shares]
-    assert loads[0] == loads[1] == 1400.0
-
-
 def test_cli_two_devices_tune_every_key_once(tmp_path):
     """--devices 0,1 (two spawned workers; the interpreter ignores the device): the dry
     run's every key is stored once, no job fails."""

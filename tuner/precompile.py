@@ -63,21 +63,29 @@ def compile_job(spec: dict[str, Any], provider: str, force: bool = False) -> int
     return compiled
 
 
-def _init_worker() -> None:
+def _init_worker(counter: Any = None, devices: Sequence[str] = ()) -> None:
+    if devices:  # spread the pool over the devices (each holds a context and job inputs)
+        with counter.get_lock():
+            n = counter.value
+            counter.value += 1
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices[n % len(devices)]  # before CUDA starts here
     settings.reload()
 
 
 class Precompiler:
     """Compiles jobs in a process pool, ahead of the caller running them in order."""
 
-    def __init__(self, jobs: Sequence[Job], provider: str, workers: int, force: bool = False) -> None:
+    def __init__(self, jobs: Sequence[Job], provider: str, workers: int, force: bool = False,
+                 devices: Sequence[str] = ()) -> None:
         self._futures: list[Future | None] = [None] * len(jobs)
         self._pool: Executor | None = None
         if workers < 1 or not jobs:
             return
         import multiprocessing as mp
 
-        self._pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+        ctx = mp.get_context("spawn")
+        self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                         initargs=(ctx.Value("i", 0), tuple(devices)))
         self._futures = [self._pool.submit(compile_job, j.as_dict(), provider, force) for j in jobs]
 
     def wait(self, i: int) -> int:
@@ -107,9 +115,11 @@ class Precompiler:
         self.close()
 
 
-def ahead(jobs: Sequence[Job], provider: str, workers: int, force: bool = False) -> Iterator[tuple[int, Job]]:
-    """Iterate ``jobs`` in order, each one's configs compiled before it is yielded."""
-    with Precompiler(jobs, provider, workers, force) as pre:
+def ahead(jobs: Sequence[Job], provider: str, workers: int, force: bool = False,
+          devices: Sequence[str] = ()) -> Iterator[tuple[int, Job]]:
+    """Iterate ``jobs`` in order, each one's configs compiled before it is yielded (by
+    ``workers`` processes, spread over ``devices`` when given: CUDA_VISIBLE_DEVICES)."""
+    with Precompiler(jobs, provider, workers, force, devices) as pre:
         for i, job in enumerate(jobs):
             pre.wait(i)
             yield i, job

@@ -26,7 +26,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from tuner import precompile, settings
 from tuner.stats import stats
@@ -51,6 +51,15 @@ def load_provider(name: str = DEFAULT_PROVIDER) -> Any:
         if not hasattr(mod, attr):
             raise PretuneError(f"provider {name!r} has no {attr}()")
     return mod
+
+
+def checked_provider(provider: str | Any, jobs: Sequence[Job]) -> Any:
+    """The provider module, after checking it knows every job's op."""
+    prov = load_provider(provider) if isinstance(provider, str) else provider
+    unknown = sorted({j.op for j in jobs if not prov.known_op(j.op)})
+    if unknown:
+        raise PretuneError(f"unknown ops {unknown}: the provider {getattr(prov, '__name__', prov)} has no such op")
+    return prov
 
 
 # -- what a run tuned ------------------------------------------------------------------------
@@ -194,6 +203,7 @@ def run_jobs(
     on_record: Callable[[Record, Sequence[Timing]], None] | None = None,
     fresh: bool = True,
     compile_workers: int = 0,
+    feed: Iterable[tuple[int, Job]] | None = None,
 ) -> Summary:
     """Run every job once under the ``miss`` policy (``always`` with ``force``).
 
@@ -201,15 +211,14 @@ def run_jobs(
     they found already stored (without). ``fresh=False`` keeps the process's resolved keys
     (a caller running jobs one by one: with ``force`` each key is still retuned once).
     ``compile_workers`` processes compile each job's configs ahead of its benchmarks
-    (``tuner.precompile``; 0: every config compiles when first timed).
+    (``tuner.precompile``; 0: every config compiles when first timed). ``feed``, when
+    given, hands out the jobs to run instead, already compiled (a device worker of
+    ``run_parallel``); ``jobs`` is then only checked.
     """
     from tuner.libtuner import clear_caches
 
-    prov = load_provider(provider) if isinstance(provider, str) else provider
-    unknown = sorted({j.op for j in jobs if not prov.known_op(j.op)})
-    if unknown:
-        raise PretuneError(f"unknown ops {unknown}: the provider {getattr(prov, '__name__', prov)} has no such op")
-    summary = Summary(jobs=len(jobs))
+    prov = checked_provider(provider, jobs)
+    summary = Summary()
     inner = default_store()
     saved: list[Tuned] = []
 
@@ -231,7 +240,8 @@ def run_jobs(
     try:
         with miss_policy("always" if force else "miss"):
             prov_name = provider if isinstance(provider, str) else prov.__name__
-            for i, job in precompile.ahead(jobs, prov_name, compile_workers, force):
+            for i, job in feed if feed is not None else precompile.ahead(jobs, prov_name, compile_workers, force):
+                summary.jobs += 1
                 before = stats()["benchmarks_run"]
                 try:
                     prov.run_job(job)
@@ -341,31 +351,6 @@ class DryRun:
         )
         return out
 
-    def partition(self, parts: int) -> list[list[int]]:
-        """Job indices per device for ``parts`` devices, each list in the workload's order.
-
-        Costliest job first (LPT), each to the device where it adds least to that device's
-        benchmark estimate, counting only keys the device does not already own: a key
-        shared by jobs is then tuned on one device, not raced on several, and the devices'
-        estimates stay even. (A static round-robin split put every job of one kind on one
-        device whenever the workload's job pattern had an even period.)"""
-        owned: list[set[tuple[str, str]]] = [set() for _ in range(parts)]
-        load = [0.0] * parts
-        shares: list[list[int]] = [[] for _ in range(parts)]
-
-        def cost(keys: list[KeyRequest]) -> float:
-            return sum(k.budget_ms for k in {(k.kernel, k.key): k for k in keys}.values())
-
-        order = sorted(range(len(self.jobs)), key=lambda i: -cost(self.jobs[i].keys))
-        for i in order:
-            keys = self.jobs[i].keys
-            after = [load[d] + cost([k for k in keys if (k.kernel, k.key) not in owned[d]]) for d in range(parts)]
-            d = min(range(parts), key=lambda d: (after[d], len(shares[d])))
-            load[d] = after[d]
-            owned[d].update((k.kernel, k.key) for k in keys)
-            shares[d].append(i)
-        return [sorted(s) for s in shares]
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "jobs": [{"job": j.job.describe(), "phase": j.job.phase, "error": j.error,
@@ -424,10 +409,7 @@ def dry_run(jobs: Sequence[Job], *, provider: str | Any = DEFAULT_PROVIDER) -> D
     from tuner.libtuner import clear_caches, resolve_hook
     from tuner.store import MemoryStore, using_store
 
-    prov = load_provider(provider) if isinstance(provider, str) else provider
-    unknown = sorted({j.op for j in jobs if not prov.known_op(j.op)})
-    if unknown:
-        raise PretuneError(f"unknown ops {unknown}: the provider {getattr(prov, '__name__', prov)} has no such op")
+    prov = checked_provider(provider, jobs)
     run = uninitialized_runner(prov)
     sink: list[KeyRequest] = []
 
@@ -485,18 +467,20 @@ def remaining_misses() -> int:
 
 
 # -- several devices ------------------------------------------------------------------------
-def _worker(device: str, jobs: list[dict], db_url: str, provider: str, force: bool, queue: Any,
-            compile_workers: int = 0) -> None:
+def _worker(device: str, ready: Any, db_url: str, provider: str, force: bool, queue: Any) -> None:
+    """Run the jobs ``ready`` hands out (``(index, job dict)``, ``None``: no more) on one GPU."""
     os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch is imported in this process
     os.environ["FLAGGEMS_TUNING_DB"] = db_url
     settings.reload()
     set_default_store(None)
+
+    def feed() -> Iterator[tuple[int, Job]]:
+        while (item := ready.get()) is not None:
+            yield item[0], Job.from_dict(item[1])
+
     try:
-        s = run_jobs(
-            [Job.from_dict(j) for j in jobs], provider=provider, force=force, progress=False,
-            on_job=lambda i, job, tuned: queue.put(("job", device, tuned)),
-            compile_workers=compile_workers,
-        )
+        s = run_jobs([], provider=provider, force=force, progress=False, feed=feed(),
+                     on_job=lambda i, job, tuned: queue.put(("job", device, tuned)))
         queue.put(("done", device, s.as_dict()))
     except BaseException as e:  # report, then die
         queue.put(("error", device, f"{type(e).__name__}: {e}"))
@@ -505,25 +489,18 @@ def _worker(device: str, jobs: list[dict], db_url: str, provider: str, force: bo
 
 def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, provider: str = DEFAULT_PROVIDER,
                  force: bool = False, progress: bool = True, compile_workers: int = 0) -> Summary:
-    """One spawned worker per device, all writing to one DB; each worker has its own
-    ``compile_workers`` compiling ahead of it. A dry run first splits the jobs so that the
-    devices' benchmark estimates are even and each key is tuned on one device
-    (``DryRun.partition``)."""
+    """One spawned worker per device, all writing to one DB. This process compiles the jobs
+    ahead in one pool (``compile_workers`` per device, spread over the devices) and hands
+    each compiled job, in order, to whichever worker asks next: the devices stay evenly
+    busy with no plan made up front, and a key two devices reach at once is tuned once
+    (LibTuner's cross-process single flight makes the second wait for the first)."""
     import multiprocessing as mp
 
-    shares = dry_run(jobs, provider=provider).partition(len(devices))
-    import torch
-
-    if torch.cuda.is_initialized():  # the dry run's inputs: give the memory back to the workers
-        torch.cuda.empty_cache()
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = []
-    for dev, idx in zip(devices, shares):
-        share = [jobs[i].as_dict() for i in idx]
-        p = ctx.Process(target=_worker, args=(dev, share, db_url, provider, force, queue, compile_workers), daemon=False)
+    ready, queue = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(dev, ready, db_url, provider, force, queue)) for dev in devices]
+    for p in procs:
         p.start()
-        procs.append(p)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -531,29 +508,46 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
         bar = tqdm(total=len(jobs), unit="job", desc=f"pretune x{len(devices)}", dynamic_ncols=True)
     t0 = time.perf_counter()
     total = Summary()
-    done = 0
-    try:
-        while done < len(procs):
+    finished = 0
+
+    def pump(timeout: float | None) -> None:
+        nonlocal finished
+        while finished < len(procs):
             try:
-                kind, dev, payload = queue.get(timeout=1.0)
-            except Exception:
+                kind, dev, payload = queue.get(timeout=timeout) if timeout else queue.get_nowait()
+            except Exception:  # queue.Empty
                 if all(not p.is_alive() for p in procs) and queue.empty():
-                    break
+                    finished = len(procs)  # every worker is gone: nothing more will come
+                if not timeout:
+                    return
                 continue
             if kind == "job":
                 if bar is not None:
                     bar.update(1)
             elif kind == "done":
-                done += 1
+                finished += 1
                 total.merge(_summary_from_dict(payload))
             else:
-                done += 1
+                finished += 1
                 total.errors.append({"job": f"worker {dev}", "error": payload})
+
+    try:
+        checked_provider(provider, jobs)  # while the workers start
+        for i, job in precompile.ahead(jobs, provider, compile_workers * len(devices), force, devices=devices):
+            ready.put((i, job.as_dict()))
+            pump(None)
+            if finished == len(procs):
+                break
     finally:
-        for p in procs:
-            p.join()
-        if bar is not None:
-            bar.close()
+        for _ in procs:
+            ready.put(None)
+        try:
+            pump(1.0)
+        finally:
+            for p in procs:
+                p.join()
+            if bar is not None:
+                bar.close()
     total.wall_s = time.perf_counter() - t0
     return total
 
@@ -616,10 +610,7 @@ def run_distributed(
     from tuner.libtuner import clear_caches
     from tuner.store.remote import RemoteStore, record_json
 
-    prov = load_provider(provider) if isinstance(provider, str) else provider
-    unknown = sorted({j.op for j in jobs if not prov.known_op(j.op)})
-    if unknown:
-        raise PretuneError(f"unknown ops {unknown}: the provider {getattr(prov, '__name__', prov)} has no such op")
+    prov = checked_provider(provider, jobs)
     fp = current()
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
     client = jq.JobClient(url, token)

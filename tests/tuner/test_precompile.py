@@ -83,3 +83,35 @@ def test_pool_ahead_of_benchmarks_tunes_the_same_keys(timer, tmp_path, monkeypat
     plain = pt.run_jobs(JOBS, provider=PROVIDER, progress=False)
     assert keys == {(t.kernel, t.key, json.dumps(t.config, sort_keys=True)) for t in plain.tuned}
     assert with_pool.jobs_failed == plain.jobs_failed == 0
+
+
+def test_pool_spreads_over_devices(monkeypatch):
+    """Each pool process takes the next device in turn (its CUDA_VISIBLE_DEVICES)."""
+    import multiprocessing as mp
+
+    counter = mp.get_context("spawn").Value("i", 0)
+    seen = []
+    for _ in range(3):
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        precompile._init_worker(counter, ("0", "1"))
+        seen.append(__import__("os").environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["0", "1", "0"]
+
+
+def test_run_parallel_with_a_shared_compile_pool(isolated_store, tmp_path):
+    """Two device workers fed by one compile pool: every key of the jobs stored once, no
+    job lost or run twice."""
+    from tuner.store.db import resolve_url
+
+    s = pt.run_parallel(JOBS, ["0", "1"], db_url=resolve_url(None), provider=PROVIDER, progress=False, compile_workers=1)
+    assert s.jobs == len(JOBS) and s.jobs_failed == 0 and not s.errors
+    assert len(s.tuned) == len({(t.kernel, t.key) for t in s.tuned}) == len(stored()) > 0
+
+
+def test_run_parallel_unknown_op_stops_the_workers(isolated_store):
+    from tuner.store.db import resolve_url
+
+    with pytest.raises(pt.PretuneError, match="unknown ops"):
+        pt.run_parallel([Job("no_such_op", ((2, 2),), "float32")], ["0", "1"], db_url=resolve_url(None),
+                        provider=PROVIDER, progress=False)
+    assert not stored()
