@@ -329,9 +329,12 @@ class LibTuner:
 
     def budget_ms(self, n: int) -> float:
         """The benchmark time ``tune`` spends on ``n`` candidates (do_bench's warm-up plus
-        repetitions): every one in full, or with more than ``FINALISTS`` a brief round
-        for all and a full one for the finalists."""
+        repetitions): a lone candidate briefly (it has nothing to beat; the brief timing
+        gives its record a median and shows it runs), a few in full, or with more than
+        ``FINALISTS`` a brief round for all and a full one for the finalists."""
         full = self.warmup + self.rep
+        if n == 1:
+            return float(_brief(self.warmup) + _brief(self.rep))
         if n <= FINALISTS:
             return float(n * full)
         return float(n * (_brief(self.warmup) + _brief(self.rep)) + FINALISTS * full)
@@ -342,15 +345,16 @@ class LibTuner:
 
         A large space is timed in two rounds: every config briefly (a fifth of the
         warm-up and repetitions), then the ``FINALISTS`` fastest in full, so most of the
-        benchmark time goes to the configs that can win."""
+        benchmark time goes to the configs that can win. A lone candidate is timed
+        briefly only."""
         timer = bench.get_timer()
         named = dict(zip(self.arg_names, args)) | kwargs
         cands = self.candidate_configs(args, kwargs)
         bump("benchmarks_run")
         with self._restoring(named):
             sets = self._argument_sets(args, kwargs)
-            if len(cands) <= FINALISTS:
-                timings = [self._time_one(timer, cfg, key, sets, grid) for cfg in cands]
+            if len(cands) <= FINALISTS:  # one candidate has nothing to beat: a brief timing
+                timings = [self._time_one(timer, cfg, key, sets, grid, brief=len(cands) == 1) for cfg in cands]
                 full = timings
             else:
                 timings = [self._time_one(timer, cfg, key, sets, grid, brief=True) for cfg in cands]

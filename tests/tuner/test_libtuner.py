@@ -67,6 +67,26 @@ def test_large_space_is_screened_briefly_then_finalists_timed_in_full(policy):
     assert sum(budget) == scale_kernel.budget_ms(len(CONFIGS))
 
 
+def test_lone_candidate_is_timed_briefly_only(policy, monkeypatch):
+    """With one config left after pruning there is nothing to choose: one brief timing
+    (the record's median, and proof it runs), and the dry-run estimate says so."""
+    reps = []
+
+    def timer(req):
+        reps.append(req.warmup + req.rep)
+        return fake_time(req)
+
+    monkeypatch.setattr(scale_kernel, "prune", lambda configs, named: [c for c in configs if c["BLOCK"] == 64][:1])
+    bench.set_timer(timer)
+    policy("miss")
+    x = torch.randn(100, device=DEVICE)
+    torch.testing.assert_close(scale(x), x * 2)
+    assert len(reps) == 1 and reps[0] < scale_kernel.warmup + scale_kernel.rep
+    assert reps[0] == scale_kernel.budget_ms(1)
+    (rec,) = default_store().layers[1].records()
+    assert rec.configs_tried == 1 and rec.median_ms > 0
+
+
 def test_miss_tunes_once_persists_and_result_is_right(policy):
     policy("miss")
     x = torch.randn(100, device=DEVICE)
