@@ -12,12 +12,13 @@ import torch
 import triton
 import triton.language as tl
 
+from flag_gems.utils import cdiv, next_power_of_2
 from tuner import libtuner
 
 
 def _prune_heads(configs: list[dict], named: dict) -> list[dict]:
     """Head blocks past the head count only waste lanes: keep those up to it."""
-    cap = triton.next_power_of_2(max(int(named["H"]), 1))
+    cap = next_power_of_2(max(int(named["H"]), 1))
     return [c for c in configs if c["BLOCK_H"] <= cap]
 
 
@@ -90,13 +91,13 @@ def _rotate(x, cos, sin, pos, seq_len, rot, interleaved, inplace) -> torch.Tenso
     if T and H:
         rest = D - rot
         copy_rest = not inplace and rest > 0
-        grid = lambda META: (T, triton.cdiv(H, META["BLOCK_H"]))
+        grid = lambda META: (T, cdiv(H, META["BLOCK_H"]))
         rotary_kernel[grid](
             x3, *x3.stride(), out3, *out3.stride(), cos, *cos.stride(), sin, *sin.stride(),
             pos if pos is not None else x3, seq_len, H, rot // 2, D,
             HAS_POS=pos is not None, INTERLEAVED=interleaved, COPY_REST=copy_rest,
-            BLOCK_HALF=triton.next_power_of_2(max(rot // 2, 1)),
-            BLOCK_REST=triton.next_power_of_2(max(rest, 1)),
+            BLOCK_HALF=next_power_of_2(max(rot // 2, 1)),
+            BLOCK_REST=next_power_of_2(max(rest, 1)),
         )
     if inplace:
         if x3.data_ptr() != x.data_ptr():

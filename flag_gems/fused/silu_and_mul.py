@@ -7,6 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
+from flag_gems.utils import cdiv
 from tuner import libtuner
 
 SILU, GELU, GELU_TANH = 0, 1, 2
@@ -48,7 +49,7 @@ def gated_act(x: torch.Tensor, act: int) -> torch.Tensor:
         x2 = x2.view(-1, 2 * d)
     except RuntimeError:
         x2 = x2.contiguous().view(-1, 2 * d)
-    grid = lambda META: (x2.shape[0], triton.cdiv(d, META["BLOCK"]))
+    grid = lambda META: (x2.shape[0], cdiv(d, META["BLOCK"]))
     gated_act_kernel[grid](x2, x2.stride(0), out, d, ACT=act)
     return out
 

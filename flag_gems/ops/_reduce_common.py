@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from flag_gems.utils import cdiv
 from tuner.kernel_hash import config_repr
 from tuner.libtuner import LibTuner
 
@@ -158,7 +159,7 @@ class Tuned:
 
 
 def grid_mk(lay: Layout):
-    return lambda META: (lay.M, triton.cdiv(lay.K, META["BLOCK_K"]))
+    return lambda META: (lay.M, cdiv(lay.K, META["BLOCK_K"]))
 
 
 # -- low-overhead launches and size-classed defaults -------------------------------------

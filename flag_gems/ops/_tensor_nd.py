@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from flag_gems.utils import cdiv
 from tuner import libtuner
 
 MAX_RANK = 6
@@ -110,7 +111,7 @@ def nd_gather(
     S = [1] * pad + list(src_shape if src_shape is not None else shape)
     L = [0] * pad + list(lo if lo is not None else [0] * rank)
     T = [0] * pad + list(strides)
-    grid = lambda META: (triton.cdiv(n, META["BLOCK"]),)
+    grid = lambda META: (cdiv(n, META["BLOCK"]),)
     nd_gather_kernel[grid](src, out, n, base, fill, *O, *S, *L, *T, MODE=mode)
     return out
 

@@ -21,6 +21,7 @@ import triton.language as tl
 from flag_gems.ops._reduce_common import Launch, _collapse
 from flag_gems.ops._tensor_nd import finish_out, out_buffer
 from flag_gems.registry import register
+from flag_gems.utils import cdiv
 from tuner import libtuner
 from tuner.keys import next_power_of_2
 
@@ -102,7 +103,7 @@ def _launch(out: torch.Tensor, out_row: int, rows: int, parts: list[tuple[torch.
         b = cfg["BLOCK"]
         grid = (rows * sum((w + b - 1) // b for w in widths),)
     else:
-        grid = lambda META: (rows * sum(triton.cdiv(w, META["BLOCK"]) for w in widths),)
+        grid = lambda META: (rows * sum(cdiv(w, META["BLOCK"]) for w in widths),)
     lc.fixed(grid, out, out_row, rows, total, *args, K=len(parts))
 
 

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from flag_gems.registry import aten_fallback, register
+from flag_gems.utils import cdiv
 from tuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -126,15 +127,15 @@ def _nll_forward(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     if reduction == NONE:
         loss = torch.empty(target.shape, dtype=x.dtype, device=x.device)
         if n:
-            grid = lambda META: (triton.cdiv(n, META["BLOCK_N"]),)
+            grid = lambda META: (cdiv(n, META["BLOCK_N"]),)
             _nll_fwd_kernel[grid](x, t, w, loss, loss, loss, n, hw, sw, *strides, ignore_index,
                                   HAS_W=w is not None, REDUCE=False)
         return loss, total_w
-    parts = max(triton.cdiv(n, _MIN_BLOCK), 1)  # a larger tuned block fills fewer; the rest stay 0
+    parts = max(cdiv(n, _MIN_BLOCK), 1)  # a larger tuned block fills fewer; the rest stay 0
     part_l = torch.zeros(parts, dtype=torch.float32, device=x.device)
     part_w = torch.zeros(parts, dtype=torch.float32, device=x.device)
     if n:
-        grid = lambda META: (triton.cdiv(n, META["BLOCK_N"]),)
+        grid = lambda META: (cdiv(n, META["BLOCK_N"]),)
         _nll_fwd_kernel[grid](x, t, w, part_l, part_l, part_w, n, hw, sw, *strides, ignore_index,
                               HAS_W=w is not None, REDUCE=True)
     out = torch.empty((), dtype=x.dtype, device=x.device)
@@ -150,7 +151,7 @@ def _nll_backward(grad_output: torch.Tensor, x: torch.Tensor, target: torch.Tens
         return dx
     hw, sw, strides = _spatial(dx)
     w = weight.contiguous() if weight is not None else None
-    grid = lambda META: (triton.cdiv(n, META["BLOCK_N"]),)
+    grid = lambda META: (cdiv(n, META["BLOCK_N"]),)
     _nll_bwd_kernel[grid](
         grad_output.contiguous(), target.contiguous(), w, total_weight, dx, n, hw, sw, *strides, ignore_index,
         HAS_W=w is not None, REDUCE=reduction != NONE, MEAN=reduction == MEAN,

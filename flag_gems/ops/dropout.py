@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from flag_gems.registry import register
+from flag_gems.utils import cdiv
 from tuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def native_dropout(input: torch.Tensor, p: float, train: bool | None) -> tuple[t
         return y, mask
     scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
     seed, offset = _philox_seed()
-    grid = lambda META: (triton.cdiv(n, META["BLOCK"]),)
+    grid = lambda META: (cdiv(n, META["BLOCK"]),)
     dropout_fwd_kernel[grid](x, y, mask, n, float(p), scale, seed, offset)
     return y, mask
 
@@ -71,6 +72,6 @@ def native_dropout_backward(grad_output: torch.Tensor, mask: torch.Tensor, scale
     dx = torch.empty_like(dy)
     n = dy.numel()
     if n:
-        grid = lambda META: (triton.cdiv(n, META["BLOCK"]),)
+        grid = lambda META: (cdiv(n, META["BLOCK"]),)
         dropout_bwd_kernel[grid](dy, mask, dx, n, float(scale))
     return dx

@@ -14,6 +14,7 @@ import triton.language as tl
 
 from flag_gems.ops import _reduce_common as rc
 from flag_gems.registry import register
+from flag_gems.utils import cdiv
 from tuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def embedding(weight: torch.Tensor, indices: torch.Tensor, padding_idx: int = -1
     if n and D:
         lc = embedding_fwd_kernel.launcher(D, _FWD, (D, weight.dtype, idx.dtype))
         cfg = lc.tuner.cache.get(lc.key) if lc.key is not None else None
-        grid = (n, triton.cdiv(D, cfg["BLOCK"])) if cfg is not None else lambda META: (n, triton.cdiv(D, META["BLOCK"]))
+        grid = (n, cdiv(D, cfg["BLOCK"])) if cfg is not None else lambda META: (n, cdiv(D, META["BLOCK"]))
         lc.fixed(grid, weight, weight.stride(0), weight.stride(1), idx, out, D)
     return out
 
@@ -86,7 +87,7 @@ def embedding_dense_backward(grad_output: torch.Tensor, indices: torch.Tensor, n
         counts = acc  # unused unless scaling
         if scale_grad_by_freq:
             counts = torch.zeros(num_weights, dtype=torch.float32, device=grad_output.device)
-            embedding_count_kernel[(triton.cdiv(n, 1024),)](idx, counts, n, BLOCK=1024)
-        grid = lambda META: (n, triton.cdiv(D, META["BLOCK"]))
+            embedding_count_kernel[(cdiv(n, 1024),)](idx, counts, n, BLOCK=1024)
+        grid = lambda META: (n, cdiv(D, META["BLOCK"]))
         embedding_bwd_kernel[grid](g, idx, counts, acc, D, padding_idx, SCALE_BY_FREQ=scale_grad_by_freq)
     return acc.to(grad_output.dtype)

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from flag_gems.registry import aten_fallback, register
+from flag_gems.utils import cdiv
 from flag_gems.utils.pointwise import CONFIGS, DEFAULT, HALF, INT32_MAX, TL_DTYPES, Pointwise, compute_dtype
 from tuner.libtuner import libtuner
 
@@ -201,7 +202,7 @@ def arange_out(start: Scalar, end: Scalar, step: Scalar = 1, *, out: torch.Tenso
     compute = torch.int64 if integral else (torch.float64 if out.dtype == torch.float64 else torch.float32)
     target = out if out.is_contiguous() else torch.empty(n, dtype=out.dtype, device=out.device)
     (s_hi, s_lo), (t_hi, t_lo) = _split(start, integral), _split(step, integral)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]),)  # noqa: E731
+    grid = lambda meta: (cdiv(n, meta["BLOCK"]),)  # noqa: E731
     arange_kernel[grid](target, s_hi, s_lo, t_hi, t_lo, n, TL_DTYPES[compute], n > INT32_MAX)
     if target is not out:
         out.copy_(target)

@@ -16,6 +16,7 @@ import triton.language as tl
 
 from flag_gems.ops._tensor_nd import MAX_RANK, finish_out, out_buffer
 from flag_gems.registry import aten_fallback, register
+from flag_gems.utils import cdiv
 from tuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def _index_select(x: torch.Tensor, dim: int, index: torch.Tensor, out: torch.Ten
     buf = torch.empty(shape, dtype=x.dtype, device=x.device) if out is None else out_buffer(out, shape, x.dtype)
     n = buf.numel()
     if n:
-        grid = lambda META: (triton.cdiv(n, META["BLOCK"]),)
+        grid = lambda META: (cdiv(n, META["BLOCK"]),)
         index_select_kernel[grid](xs, index, buf, n, K, D, math.prod(x.shape[dim + 1:]))
     return buf if out is None else finish_out(out, buf)
 
@@ -133,7 +134,7 @@ def _launch(index: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None, dim: i
     AD, A[dim] = A[dim], 0
     B = list(b.stride()) if b is not None else [0] * index.dim()
     O = _pad6(list(index.shape), 1)
-    grid = lambda META: (triton.cdiv(n, META["BLOCK"]),)
+    grid = lambda META: (cdiv(n, META["BLOCK"]),)
     gather_scatter_kernel[grid](
         index, a, b if b is not None else a, n, AD, value,
         *O, *_pad6(list(index.stride()), 0), *_pad6(A, 0), *_pad6(B, 0),

@@ -16,6 +16,7 @@ import triton.language as tl
 
 from flag_gems.ops import _reduce_common as rc
 from flag_gems.registry import register
+from flag_gems.utils import cdiv
 from tuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ def native_layer_norm_backward(
         acc_w = torch.zeros(N, dtype=torch.float32, device=x.device)
         acc_b = torch.zeros(N, dtype=torch.float32, device=x.device)
         if M and N:
-            grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]),)
+            grid = lambda META: (cdiv(N, META["BLOCK_N"]),)
             layer_norm_bwd_dwdb_kernel[grid](dy, x, mean, rstd, acc_w, acc_b, M, N, HAS_DW=want_dw, HAS_DB=want_db)
         if want_dw:
             dw = acc_w.to(weight.dtype).view(weight.shape)

@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from flag_gems.registry import aten_fallback, register
+from flag_gems.utils import cdiv, next_power_of_2
 from tuner import libtuner, settings
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
     kept = []
     for c in configs:
         bm, bn, bk, split = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["SPLIT_K"]
-        if bm > max(16, triton.next_power_of_2(m)) or bn > max(32, triton.next_power_of_2(n)) or bk > max(32, triton.next_power_of_2(k)):
+        if bm > max(16, next_power_of_2(m)) or bn > max(32, next_power_of_2(n)) or bk > max(32, next_power_of_2(k)):
             continue
         if m > DECODE_MAX_M and c["GROUP_M"] == 1:  # decode tiles: too narrow for prefill
             continue
@@ -116,7 +117,7 @@ def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
         if not _fits(c, a.element_size(), smem):
             continue
         if split > 1:  # decode-class only (the key's m_class): partials cost M x N x split
-            tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn) * batch
+            tiles = cdiv(m, bm) * cdiv(n, bn) * batch
             if m > DECODE_MAX_M or k < 2 * bk * split or tiles * split > 8 * sms:
                 continue
         kept.append(c)
@@ -241,7 +242,7 @@ def _launch(fn, grid, args: tuple, kwargs: dict, cfg: dict) -> None:
     ws = torch.empty((batch, split, m, n), device=a["A"].device, dtype=torch.float32)
     fn[grid](*args[:_WS], ws, *args[_WS + 1:], **kwargs, **cfg)
     block = 1024
-    _splitk_reduce_kernel[(triton.cdiv(m * n, block), batch)](
+    _splitk_reduce_kernel[(cdiv(m * n, block), batch)](
         ws, a["C"], a["Bias"], m, n, a["s_cb"], a["s_cm"], a["s_cn"], a["s_bias_b"], a["s_bias_m"], a["s_bias_n"],
         a["alpha"], a["beta"], HAS_BIAS=a["HAS_BIAS"], SPLIT_K=split, BLOCK=block,
     )
@@ -306,7 +307,7 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor
     bias_arg = bias if has_bias else out
     upcast = settings.get().interpret and a.dtype == torch.bfloat16
     # WS: the split-K workspace, which _launch allocates for a split config (out until then)
-    _mm_kernel[lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(n, META["BLOCK_N"]), META["SPLIT_K"], batch)](
+    _mm_kernel[lambda META: (cdiv(m, META["BLOCK_M"]) * cdiv(n, META["BLOCK_N"]), META["SPLIT_K"], batch)](
         a, b, out, bias_arg, out, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, *s_bias,
         alpha, beta, HAS_BIAS=has_bias, PRECISION=_precision(a.dtype), UPCAST=upcast,
         A_K1=s_ak == 1, B_K1=s_bk == 1, B_N1=s_bn == 1,

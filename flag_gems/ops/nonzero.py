@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from flag_gems.registry import register
+from flag_gems.utils import cdiv
 from tuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,12 @@ def nonzero(x: torch.Tensor) -> torch.Tensor:
 
     def grid(META):
         used.update(META)
-        return (triton.cdiv(n, META["BLOCK"]),)
+        return (cdiv(n, META["BLOCK"]),)
 
-    counts = torch.empty(triton.cdiv(n, MIN_BLOCK), dtype=torch.int64, device=x.device)
+    counts = torch.empty(cdiv(n, MIN_BLOCK), dtype=torch.int64, device=x.device)
     nonzero_count_kernel[grid](flat, counts, n)
     block = used["BLOCK"]
-    nblocks = triton.cdiv(n, block)
+    nblocks = cdiv(n, block)
     counts = counts[:nblocks]
     offsets = torch.cumsum(counts, 0)
     total = int(offsets[-1].item())

@@ -19,6 +19,7 @@ import triton.language as tl
 
 from flag_gems.ops import _reduce_common as rc
 from flag_gems.registry import aten_fallback, register
+from flag_gems.utils import cdiv, next_power_of_2
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ NO_LIMIT = 2**62
 # -- launchers ------------------------------------------------------------------------
 def _chunk(n: int) -> int:
     """Stage-1 chunk length of a full arg-reduction: ~sqrt(n) partials of ~sqrt(n) each."""
-    return max(1024, triton.next_power_of_2(math.isqrt(max(n, 1))))
+    return max(1024, next_power_of_2(math.isqrt(max(n, 1))))
 
 
 def _acc_dtype(acc: int) -> torch.dtype:
@@ -330,8 +331,8 @@ _MIN_SPLIT_WORK = 16384  # ... but each program still reduces at least this many
 
 def _grid(rows: bool, M: int, K: int, S: int):
     if rows:
-        return lambda META: (triton.cdiv(K, META["BLOCK_K"]), S)
-    return lambda META: (M, triton.cdiv(K, META["BLOCK_K"]), S)
+        return lambda META: (cdiv(K, META["BLOCK_K"]), S)
+    return lambda META: (M, cdiv(K, META["BLOCK_K"]), S)
 
 
 def _stage2_op(op: int) -> int:
@@ -377,15 +378,15 @@ def _make_plan(x: torch.Tensor, dims: list[int], keepdim: bool, op: int, acc: in
     # split R across programs when the outputs alone cannot fill the GPU
     d1 = t1._of(R if rows else K)[2]  # the class default: what the split is planned for
     bk = d1["BLOCK_K"]
-    tiles = M * triton.cdiv(K, bk)
+    tiles = M * cdiv(K, bk)
     target = _PROGRAMS_PER_SM * rc.sm_count(x.device)
     S = 1
     if 0 < tiles < target and R > 1:  # no tiles (nothing kept): no split, an empty output
         min_chunk = max(1, _MIN_SPLIT_WORK // bk)
-        S = max(1, min(triton.cdiv(target, tiles), R // min_chunk))
+        S = max(1, min(cdiv(target, tiles), R // min_chunk))
     br = d1["BLOCK_R"]
-    chunk = R if S == 1 else triton.cdiv(triton.cdiv(R, S), br) * br
-    S = triton.cdiv(R, chunk) if R else 1
+    chunk = R if S == 1 else cdiv(cdiv(R, S), br) * br
+    S = cdiv(R, chunk) if R else 1
     plan.S, plan.chunk = S, chunk
     n = R
     if op >= 40:
@@ -479,7 +480,7 @@ def _arg_reduce(x: torch.Tensor, dim: int | None, keepdim: bool, is_max: bool) -
     n = lay.R
     if dim is None and n > _chunk(n):
         chunk = _chunk(n)
-        parts = triton.cdiv(n, chunk)
+        parts = cdiv(n, chunk)
         pv = torch.empty(parts, dtype=x.dtype, device=x.device)
         pi = torch.empty(parts, dtype=torch.int64, device=x.device)
         s1 = rc.Layout(lay.x, 1, chunk, parts, 0, 1, chunk, is_rows=True)

@@ -20,6 +20,7 @@ import triton.language as tl
 
 from flag_gems.fused.rms_norm import ROW_CONFIGS, ROW_DEFAULT, as_rows, rms_norm_rows
 from flag_gems.registry import register
+from flag_gems.utils import cdiv
 from tuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def _backward(
     if want_dw and weight is not None:
         acc = torch.zeros(n, dtype=torch.float32, device=x.device)
         if M and n:
-            grid = lambda META: (triton.cdiv(n, META["BLOCK_N"]),)
+            grid = lambda META: (cdiv(n, META["BLOCK_N"]),)
             rms_norm_bwd_dw_kernel[grid](dy2, x2, rstd, acc, M, n)
         dw = acc.to(weight.dtype).view(weight.shape)
     return dx, dw

@@ -12,6 +12,7 @@ import triton.language as tl
 
 from flag_gems.ops._tensor_nd import COPY, MAX_RANK, PAD, WRAP, drop_unit_dims, finish_out, merge_dims, nd_gather, out_buffer
 from flag_gems.registry import aten_fallback, register
+from flag_gems.utils import cdiv, next_power_of_2
 from tuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,8 @@ def _pad_args(shape: Sequence[int], strides: Sequence[int], dims: list[tuple[int
 
 def _pad_launch(kernel, a: torch.Tensor, b: torch.Tensor, args: list[int], mode: int) -> None:
     n_rows, width = args[0], args[6]
-    block_w = min(triton.next_power_of_2(width), _PAD_MAX_W)
-    grid = lambda META: (triton.cdiv(n_rows, META["TILE"] // block_w), triton.cdiv(width, block_w))
+    block_w = min(next_power_of_2(width), _PAD_MAX_W)
+    grid = lambda META: (cdiv(n_rows, META["TILE"] // block_w), cdiv(width, block_w))
     kernel[grid](a, b, *args, MODE=mode, BLOCK_W=block_w)
 
 
@@ -305,7 +306,7 @@ def _tri(x: torch.Tensor, diagonal: int, upper: bool, out: torch.Tensor | None =
         x = x.contiguous()
         mt = [M * N]
     n = x.numel()
-    grid = lambda META: (triton.cdiv(n, META["BLOCK"]),)
+    grid = lambda META: (cdiv(n, META["BLOCK"]),)
     tri_kernel[grid](x, buf, n, M, N, mt[0], x.stride(-2), x.stride(-1), int(diagonal), UPPER=upper)
     return buf if out is None else finish_out(out, buf)
 

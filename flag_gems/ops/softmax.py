@@ -15,6 +15,7 @@ import triton.language as tl
 
 from flag_gems.ops import _reduce_common as rc
 from flag_gems.registry import aten_fallback, register
+from flag_gems.utils import cdiv
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +183,8 @@ def _fwd_plan(x: torch.Tensor, dim: int, half_to_float: bool, log_: bool) -> tup
 
 def _grid_fn(rows: bool, M: int, K: int):
     if rows:
-        return lambda META: (triton.cdiv(K, META["BLOCK_K"]),)
-    return lambda META: (M, triton.cdiv(K, META["BLOCK_K"]))
+        return lambda META: (cdiv(K, META["BLOCK_K"]),)
+    return lambda META: (M, cdiv(K, META["BLOCK_K"]))
 
 
 def _bind(launch: rc.Launch, args: tuple, log_: bool, rows: bool):

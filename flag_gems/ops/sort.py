@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from flag_gems.registry import aten_fallback, register
+from flag_gems.utils import cdiv, next_power_of_2
 from tuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,8 @@ def _sort_rows(x2d: torch.Tensor, k: int, desc: bool, ids: torch.Tensor | None =
     in registers), fully determined by the shape, and num_warps follows it."""
     R, N = x2d.shape
     seg = seg or N
-    nseg = triton.cdiv(N, seg)
-    block = triton.next_power_of_2(max(seg, 1))
+    nseg = cdiv(N, seg)
+    block = next_power_of_2(max(seg, 1))
     vals = torch.empty((R, nseg * k), dtype=x2d.dtype, device=x2d.device)
     idx = torch.empty((R, nseg * k), dtype=torch.int64, device=x2d.device)
     if R * nseg and k:
@@ -254,8 +255,8 @@ def _sort_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tenso
     if R * N == 0:
         return vals, idx
     wide = x2d.dtype in WIDE_DTYPES
-    chunk = min(CHUNK_WIDE if wide else MAX_SORT, triton.next_power_of_2(N))
-    nchunk = triton.cdiv(N, chunk)
+    chunk = min(CHUNK_WIDE if wide else MAX_SORT, next_power_of_2(N))
+    nchunk = cdiv(N, chunk)
     src = x2d.view(torch.uint8) if x2d.dtype == torch.bool else x2d
     out_vals = vals.view(torch.uint8) if x2d.dtype == torch.bool else vals
     final = nchunk == 1
@@ -272,7 +273,7 @@ def _sort_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tenso
     L = chunk
     while L < N:
         last = 2 * L >= N
-        grid = lambda META: (R * triton.cdiv(N, META["BLOCK"]),)
+        grid = lambda META: (R * cdiv(N, META["BLOCK"]),)
         sort_merge_kernel[grid](keys, ids, keys2, ids2, src, out_vals, idx, N, L, L.bit_length(), FINAL=last)
         keys, ids, keys2, ids2 = keys2, ids2, keys, ids
         L *= 2
@@ -398,7 +399,7 @@ def unique2(x: torch.Tensor, sorted: bool = True, return_inverse: bool = False, 
         return aten_fallback("_unique2")(x, sorted, return_inverse, return_counts)
     flat = x.reshape(-1).contiguous()
     if not return_inverse and n <= MAX_SORT and not x.is_floating_point():  # (floats: keys order NaN)
-        block = triton.next_power_of_2(n)
+        block = next_power_of_2(n)
         sv, perm = torch.empty_like(flat), None
         sort_values_kernel[(1,)](flat, sv, n, BLOCK=block, num_warps=4 if block <= 1024 else 8)
     elif x.dtype in KEY_DTYPES and n <= MAX_SORT:
@@ -410,9 +411,9 @@ def unique2(x: torch.Tensor, sorted: bool = True, return_inverse: bool = False, 
 
     def grid(META):
         used.update(META)
-        return (triton.cdiv(n, META["BLOCK"]),)
+        return (cdiv(n, META["BLOCK"]),)
 
-    nblocks = triton.cdiv(n, _BLOCK_CONFIGS[0].kwargs["BLOCK"])  # enough for the smallest block
+    nblocks = cdiv(n, _BLOCK_CONFIGS[0].kwargs["BLOCK"])  # enough for the smallest block
     block_counts = torch.zeros(nblocks, dtype=torch.int64, device=x.device)
     unique_count_kernel[grid](sv, block_counts, n)
     block = used["BLOCK"]
@@ -422,7 +423,7 @@ def unique2(x: torch.Tensor, sorted: bool = True, return_inverse: bool = False, 
     inverse = torch.empty(x.shape if return_inverse else (0,), dtype=torch.int64, device=x.device)
     counts = torch.zeros(u, dtype=torch.int64, device=x.device)
     # the same BLOCK as the counts: the blocks' offsets are the counts' exclusive scan
-    unique_kernel[(triton.cdiv(n, block),)](
+    unique_kernel[(cdiv(n, block),)](
         sv, perm if perm is not None else sv, offsets - block_counts, uniq, inverse, counts, n,
         HAS_PERM=return_inverse, BLOCK=block, num_warps=_follower_warps(block),
     )
