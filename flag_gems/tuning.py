@@ -578,6 +578,61 @@ def _replay_pad(raw: dict) -> Job | None:
     return _aten_job("reflection_pad1d", (rows, width - 2), raw["dtypes"][0], [1, 1])
 
 
+@register_replay("flag_gems.ops.shape.pad_backward_kernel")
+def _replay_pad_backward(raw: dict) -> Job | None:
+    # (rows, padded last dim) as for the forward; dtypes: the gradient's, then dx's buffer
+    rows, width, dt = raw["n_rows"], raw["O2"], raw["dtypes"][0]
+    if width < 4:
+        return None
+    argv = [{"$t": 0}, {"$t": 1}, [1, 1]]
+    return Job("aten.reflection_pad1d_backward", ((rows, width), (rows, width - 2)), dt,
+               (("argv", json.dumps(argv)),), dtypes=(dt, dt))
+
+
+def _nll_forward_job(n: int, x_dt: str, w_dt: str | None, reduction: int) -> Job:
+    """aten.nll_loss_forward over (n, 2) scores and n in-range (zero) targets."""
+    shapes, dts = [(n, 2), (n,)], [x_dt, "int64"]
+    if w_dt is not None:
+        shapes.append((2,))
+        dts.append(w_dt)
+    argv = [{"$t": 0}, {"$t": 1}, {"$t": 2} if w_dt is not None else None, reduction, -100]
+    return Job("aten.nll_loss_forward", tuple(shapes), x_dt, (("argv", json.dumps(argv)),), dtypes=tuple(dts))
+
+
+@register_replay("flag_gems.ops.cross_entropy._nll_fwd_kernel")
+def _replay_nll_forward(raw: dict) -> Job | None:
+    # X, T, [W], then the loss or the fp32 partial sums: reduction "none" writes the loss
+    # in X's dtype, "mean" / "sum" fp32 parts (the same key for a float32 X)
+    dts = raw["dtypes"]
+    w_dt = dts[2] if len(dts) == 6 else None
+    reduction = 0 if dts[-1] != "float32" else 1
+    return _nll_forward_job(raw["N"], dts[0], w_dt, reduction)
+
+
+@register_replay("flag_gems.ops.cross_entropy._nll_finish_kernel")
+def _replay_nll_finish(raw: dict) -> Job | None:
+    # PART_L, PART_W (fp32), OUT, TOTAL_W (X's dtype): a mean over P partial-sum blocks
+    from flag_gems.ops.cross_entropy import _MIN_BLOCK
+
+    return _nll_forward_job(raw["P"] * _MIN_BLOCK, raw["dtypes"][2], None, 1)
+
+
+@register_replay("flag_gems.ops.cross_entropy._nll_bwd_kernel")
+def _replay_nll_backward(raw: dict) -> Job | None:
+    # G, T, [W], TOTAL_W, DX: every floating one in X's dtype whatever the reduction (the
+    # key cannot tell them apart); replayed as "mean", a scalar output gradient
+    dts, n = raw["dtypes"], raw["N"]
+    x_dt, has_w = dts[-1], len(dts) == 5
+    shapes, types = [(), (n, 2), (n,)], [x_dt, x_dt, "int64"]
+    if has_w:
+        shapes.append((2,))
+        types.append(dts[2])
+    shapes.append(())
+    types.append(x_dt)
+    argv = [{"$t": 0}, {"$t": 1}, {"$t": 2}, {"$t": 3} if has_w else None, 1, -100, {"$t": len(shapes) - 1}]
+    return Job("aten.nll_loss_backward", tuple(shapes), x_dt, (("argv", json.dumps(argv)),), dtypes=tuple(types))
+
+
 def _replay_softmax(kind: str) -> Replay:
     def replay(raw: dict) -> Job | None:
         r, k, dt = raw["R"], raw["K"], raw["dtypes"][0]

@@ -224,9 +224,9 @@ def test_from_misses_loop(env, tmp_path, monkeypatch):
     assert tuner.stats()["misses"] == 0
 
 
-def test_from_misses_replays_sort_unique_nonzero_pad(env, tmp_path, monkeypatch):
-    """Misses of the merge sort (a row over 4096), unique's and nonzero's count kernels
-    and the pad kernel replay as aten calls that request the same keys."""
+def test_from_misses_replays_sort_unique_nonzero_pad_nll(env, tmp_path, monkeypatch):
+    """Misses of the merge sort (a row over 4096), unique's and nonzero's count kernels,
+    the pad kernels and the nll kernels replay as aten calls that request the same keys."""
     fresh_db(tmp_path, "s.db", monkeypatch)
     env("never")
 
@@ -236,16 +236,27 @@ def test_from_misses_replays_sort_unique_nonzero_pad(env, tmp_path, monkeypatch)
             torch.unique(torch.randint(0, 9, (300,), device=DEVICE))
             torch.nonzero(torch.randn(7, 30, device=DEVICE))
             F.pad(torch.randn(2, 3, 40, device=DEVICE), (2, 3), mode="replicate")
+            # the nll tuners (mean, weighted "none", 2-d) and the pad backward, in bf16
+            x = torch.randn(6, 5, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+            t = torch.randint(0, 5, (6,), device=DEVICE)
+            F.nll_loss(x, t).backward()
+            w = torch.rand(5, device=DEVICE, dtype=torch.bfloat16)
+            F.nll_loss(x, t, weight=w, reduction="none").sum().backward()
+            x4 = torch.randn(2, 5, 3, 4, device=DEVICE, requires_grad=True)
+            F.nll_loss(x4, torch.randint(0, 5, (2, 3, 4), device=DEVICE)).backward()
+            xp = torch.randn(2, 3, 40, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+            F.pad(xp, (2, 3), mode="replicate").sum().backward()
 
     run()
-    kernels = {m.identity.kernel.rsplit(".", 1)[-1] for m in sql().misses()}
-    assert {"sort_merge_kernel", "unique_count_kernel", "nonzero_count_kernel", "pad_kernel"} <= kernels
+    kernels = {"sort_merge_kernel", "unique_count_kernel", "nonzero_count_kernel", "pad_kernel", "pad_backward_kernel",
+               "_nll_fwd_kernel", "_nll_finish_kernel", "_nll_bwd_kernel"}
+    assert kernels <= {m.identity.kernel.rsplit(".", 1)[-1] for m in sql().misses()}
     jobs, unreplayable = pt.jobs_from_misses()
     assert not [u for u in unreplayable if u["kernel"].rsplit(".", 1)[-1] in kernels], unreplayable
     s = pt.run_jobs(jobs, progress=False)
     assert s.jobs_failed == 0, s.errors
     left = {m.identity.kernel.rsplit(".", 1)[-1] for m in sql().misses()}
-    assert not left & {"sort_merge_kernel", "unique_count_kernel", "nonzero_count_kernel", "pad_kernel"}, left
+    assert not left & kernels, left
 
 
 def test_capture_loop(env, tmp_path, monkeypatch):
