@@ -633,6 +633,60 @@ def _replay_nll_backward(raw: dict) -> Job | None:
     return Job("aten.nll_loss_backward", tuple(shapes), x_dt, (("argv", json.dumps(argv)),), dtypes=tuple(types))
 
 
+def _replay_dim_op(op: str, out_dtype_at: int | None) -> Callable[[str], Replay]:
+    """Replays of a size-classed reduction-like tuner (key K, R): ``rows`` kinds reduce the
+    last dim of (K, R); ``inner`` reduces dim 0 of (R, K), K being the inner size. With
+    ``out_dtype_at``, an output dtype other than the input's is passed as ``dtype=``."""
+
+    def for_kind(kind: str) -> Replay:
+        def replay(raw: dict) -> Job | None:
+            k, r, dts = raw["K"], raw["R"], raw["dtypes"]
+            shape, dim = ((r, k), 0) if kind == "inner" else ((k, r), -1)
+            argv: list[Any] = [{"$t": 0}, [dim] if op == "sum.dim_IntList" else dim]
+            kwargs = {}
+            if op == "sum.dim_IntList":
+                argv.append(False)
+            if out_dtype_at is not None and dts[out_dtype_at] != dts[0]:
+                kwargs["dtype"] = f"torch.{dts[out_dtype_at]}"
+            args = [("argv", json.dumps(argv))] + ([("kwargs", json.dumps(kwargs))] if kwargs else [])
+            return Job(f"aten.{op}", (shape,), dts[0], tuple(args), dtypes=(dts[0],))
+
+        return replay
+
+    return for_kind
+
+
+for _kind in ("rows", "inner"):
+    REPLAY[f"flag_gems.ops.reduction._reduce_kernel:{_kind}"] = _replay_dim_op("sum.dim_IntList", 2)(_kind)  # OUT
+for _kind in ("rows_short", "rows_long", "inner"):
+    REPLAY[f"flag_gems.ops.reduction._arg_reduce_kernel:{_kind}"] = _replay_dim_op("argmax", None)(_kind)
+    REPLAY[f"flag_gems.ops.cumsum._cumsum_kernel:{_kind}"] = _replay_dim_op("cumsum", -1)(_kind)
+
+
+@register_replay("flag_gems.ops.cat.cat_kernel")
+def _replay_cat(raw: dict) -> Job | None:
+    # the key is the elements copied (total) and the dtypes: two halves along dim 0
+    n, dt = raw["total"], raw["dtypes"][0]
+    if n < 2 or len(set(raw["dtypes"])) != 1:
+        return None
+    return Job("aten.cat", ((n // 2,), (n - n // 2,)), dt, (("argv", json.dumps([[{"$t": 0}, {"$t": 1}], 0])),))
+
+
+@register_replay("flag_gems.ops.layer_norm.layer_norm_fwd_kernel")
+def _replay_layer_norm(raw: dict) -> Job | None:
+    dts = raw["dtypes"]  # x, weight, bias, y, then fp32 mean and rstd
+    if len(dts) != 6 or len(set(dts[:4])) != 1:
+        return None
+    return Job("layer_norm", ((1, raw["N"]),), dts[0])
+
+
+@register_replay("flag_gems.ops.index.index_select_kernel")
+def _replay_index_select(raw: dict) -> Job | None:
+    n, dt = raw["n"], raw["dtypes"][0]  # n: the output's elements; one row of n selected
+    argv = [{"$t": 0}, 0, {"$t": 1}]
+    return Job("aten.index_select", ((1, n), (1,)), dt, (("argv", json.dumps(argv)),), dtypes=(dt, "int64"))
+
+
 def _replay_softmax(kind: str) -> Replay:
     def replay(raw: dict) -> Job | None:
         r, k, dt = raw["R"], raw["K"], raw["dtypes"][0]

@@ -247,9 +247,26 @@ def test_from_misses_replays_sort_unique_nonzero_pad_nll(env, tmp_path, monkeypa
             xp = torch.randn(2, 3, 40, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
             F.pad(xp, (2, 3), mode="replicate").sum().backward()
 
+    def run_dim_ops():  # reductions, cat, layer_norm, index_select
+        x = torch.randn(6, 40, device=DEVICE, dtype=torch.bfloat16)
+        with flag_gems.use_gems():
+            x.float().mean(-1, keepdim=True)
+            x.sum(0)
+            x.sum(-1, dtype=torch.float32)
+            x.argmax(-1)
+            torch.randn(300, 5000, device=DEVICE).argmax(0)
+            x.cumsum(-1)
+            torch.cat([x, x[:3]], 0)
+            F.layer_norm(x, (40,), torch.randn(40, device=DEVICE, dtype=torch.bfloat16),
+                         torch.randn(40, device=DEVICE, dtype=torch.bfloat16))
+            torch.index_select(x, 0, torch.tensor([1, 2], device=DEVICE))
+
     run()
+    run_dim_ops()
     kernels = {"sort_merge_kernel", "unique_count_kernel", "nonzero_count_kernel", "pad_kernel", "pad_backward_kernel",
-               "_nll_fwd_kernel", "_nll_finish_kernel", "_nll_bwd_kernel"}
+               "_nll_fwd_kernel", "_nll_finish_kernel", "_nll_bwd_kernel", "_reduce_kernel:rows", "_reduce_kernel:inner",
+               "_arg_reduce_kernel:rows_short", "_arg_reduce_kernel:inner", "_cumsum_kernel:rows_short", "cat_kernel",
+               "layer_norm_fwd_kernel", "index_select_kernel"}
     assert kernels <= {m.identity.kernel.rsplit(".", 1)[-1] for m in sql().misses()}
     jobs, unreplayable = pt.jobs_from_misses()
     assert not [u for u in unreplayable if u["kernel"].rsplit(".", 1)[-1] in kernels], unreplayable
