@@ -2,7 +2,9 @@
 # On the GPU machine, from the repo root: the test suite on CUDA (compiled Triton), then
 # the benchmarks, each log into OUTDIR. Steps are time-boxed so one slow step can't eat
 # the others.   bash benchmarks/run_gpu_checks.sh OUTDIR [STEP...]
-# STEP: tests | hit | ops | pw | gemm | llama   (default: tests hit ops)
+# STEP: tests | hit | ops | pw | gemm | llama | host | scaling   (default: tests hit ops)
+# scaling needs two GPUs (nvidia-h200-x2): llama7b pretuned on GPU 0, then on 0,1, then
+# checked in a fresh process under the never policy
 set -uo pipefail
 out=${1:-/tmp/gems-gpu}; shift || true
 steps=${*:-tests hit ops}
@@ -24,6 +26,11 @@ for step in $steps; do
     gemm) timeout "${GEMM_TIMEOUT:-400}" $py benchmarks/bench_gemm.py > "$out/gemm.md" 2>&1; cat "$out/gemm.md" ;;
     pw) timeout 120 $py benchmarks/bench_pointwise.py > "$out/pw.md" 2>&1; cat "$out/pw.md" ;;
     llama) timeout "${LLAMA_TIMEOUT:-300}" $py benchmarks/bench_llama.py > "$out/llama.md" 2>&1; cat "$out/llama.md" ;;
+    host) timeout 120 $py benchmarks/profile_host.py > "$out/host.md" 2>&1; head -n 14 "$out/host.md" ;;
+    scaling) WORK=${WORK:-/tmp/gems-scaling} PRETUNE_TIMEOUT=${PRETUNE_TIMEOUT:-330} \
+               bash benchmarks/pretune_scaling.sh workloads/llama7b.yaml "$out" 0 0,1 2>&1 | grep "^== pretune"
+             TRITON_CACHE_DIR=${WORK:-/tmp/gems-scaling}/triton-gpus-0 FLAGGEMS_TUNING_DB=${WORK:-/tmp/gems-scaling}/gpus-0.db \
+               FLAGGEMS_AUTOTUNE=never timeout 60 $py benchmarks/check_pretuned.py workloads/llama7b.yaml | tail -n 12 ;;
     *) echo "unknown step $step" ;;
   esac
   echo "== $step: $(( $(date +%s) - t0 )) s"
