@@ -42,6 +42,9 @@ _REGISTRY: list["LibTuner"] = []
 ResolveHook = Callable[["LibTuner", tuple, tuple, dict, Any], "dict | None"]
 Launcher = Callable[[Any, Any, tuple, dict, dict], Any]  # (jit fn, grid, args, kwargs, config)
 _resolve_hook: ResolveHook | None = None
+# While True, a key another process is tuning is not waited for: the call runs the
+# kernel's default config and leaves the key to that process (``elsewhere_tuned``).
+_skip_busy = False
 
 
 class NoConfigError(RuntimeError):
@@ -294,8 +297,14 @@ class LibTuner:
         return str(path / f"{digest}.lock")
 
     def _tune_single_flight(self, ident, key, args, kwargs, grid, store, *, recheck: bool) -> dict:
-        """One process tunes a key; the others wait on its lock, then read its row."""
-        with filelock.FileLock(self._lock_path(ident, store)):
+        """One process tunes a key; the others wait on its lock, then read its row (or,
+        under ``elsewhere_tuned``, run the default config at once)."""
+        lock = filelock.FileLock(self._lock_path(ident, store))
+        try:
+            lock.acquire(timeout=0 if _skip_busy else -1)
+        except filelock.Timeout:
+            return dict(self.default)
+        try:
             if recheck:
                 bump("store_reads")
                 rec = self._checked(store.lookup(ident))
@@ -306,6 +315,8 @@ class LibTuner:
             bump("store_writes")
             store.save(rec, timings)
             return rec.config
+        finally:
+            lock.release()
 
     def candidate_configs(self, args: tuple, kwargs: dict) -> list[dict]:
         if self.prune is None:
@@ -315,11 +326,15 @@ class LibTuner:
         return kept or [self.default]
 
     def warm(self, args: tuple, kwargs: dict, grid: Any, configs: Sequence[dict] | None = None) -> int:
-        """Compile ``configs`` (default: the candidates for these arguments) into Triton's
-        cache without launching anything; returns how many compiled. Pretuning runs this
-        in parallel processes ahead of benchmarking (``tuner.precompile``)."""
+        """Compile ``configs`` (default: the candidates for these arguments, and the default
+        config) into Triton's cache without launching anything; returns how many compiled.
+        Pretuning runs this in parallel processes ahead of benchmarking
+        (``tuner.precompile``)."""
         ok = 0
-        for cfg in self.candidate_configs(args, kwargs) if configs is None else configs:
+        if configs is None:  # the candidates, and the default a busy key runs (elsewhere_tuned)
+            configs = self.candidate_configs(args, kwargs)
+            configs += [self.default] if self.default not in configs else []
+        for cfg in configs:
             try:
                 self.fn.warmup(*args, grid=grid, **kwargs, **cfg)
                 ok += 1
@@ -450,6 +465,21 @@ def libtuner(
         )
 
     return wrap
+
+
+@contextmanager
+def elsewhere_tuned() -> Iterator[None]:
+    """In this block a key whose tuning lock another process holds is not waited for:
+    the call runs the kernel's default config (remembered for the rest of the process's
+    run) and the lock holder stores the key. For pretune workers sharing one DB across
+    GPUs: a device does not idle while another tunes a key both reached; the
+    default config is compiled ahead with the rest (``LibTuner.warm``)."""
+    global _skip_busy
+    old, _skip_busy = _skip_busy, True
+    try:
+        yield
+    finally:
+        _skip_busy = old
 
 
 def resolved_configs() -> dict[tuple[str, tuple], dict]:

@@ -478,9 +478,12 @@ def _worker(device: str, ready: Any, db_url: str, provider: str, force: bool, qu
         while (item := ready.get()) is not None:
             yield item[0], Job.from_dict(item[1])
 
+    from tuner.libtuner import elsewhere_tuned
+
     try:
-        s = run_jobs([], provider=provider, force=force, progress=False, feed=feed(),
-                     on_job=lambda i, job, tuned: queue.put(("job", device, tuned)))
+        with elsewhere_tuned():  # a key another device is tuning: go on, it stores the key
+            s = run_jobs([], provider=provider, force=force, progress=False, feed=feed(),
+                         on_job=lambda i, job, tuned: queue.put(("job", device, tuned)))
         queue.put(("done", device, s.as_dict()))
     except BaseException as e:  # report, then die
         queue.put(("error", device, f"{type(e).__name__}: {e}"))
@@ -492,8 +495,8 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
     """One spawned worker per device, all writing to one DB. This process compiles the jobs
     ahead in one pool (``compile_workers`` per device, spread over the devices) and hands
     each compiled job, in order, to whichever worker asks next: the devices stay evenly
-    busy with no plan made up front, and a key two devices reach at once is tuned once
-    (LibTuner's cross-process single flight makes the second wait for the first)."""
+    busy with no plan made up front. A key two devices reach at once is tuned once, by
+    the first; the second runs the default config and goes on (``elsewhere_tuned``)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")

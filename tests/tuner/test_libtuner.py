@@ -379,3 +379,21 @@ def test_never_process_on_db_tuned_by_another_process(isolated_store):
     assert first["benchmarks_run"] == 2
     second = run("never")
     assert (second["benchmarks_run"], second["misses"], second["hits"]) == (0, 0, 2)
+
+
+def test_elsewhere_tuned_does_not_wait_for_a_busy_key(policy):
+    """A key whose tuning lock another process holds: inside ``elsewhere_tuned`` the call
+    runs the default config at once, benchmarks and stores nothing; the lock's holder
+    is left to store it."""
+    import filelock
+
+    from tuner.libtuner import elsewhere_tuned
+
+    policy("miss")
+    x = torch.randn(100, device=DEVICE)
+    key = scale_kernel.key_of((x, x, x.numel(), 2.0), {})  # scale()'s launch: x, y, n, factor
+    with filelock.FileLock(scale_kernel._lock_path(scale_kernel.identity(key), default_store())):  # held "elsewhere"
+        with elsewhere_tuned():
+            torch.testing.assert_close(scale(x), x * 2)
+    assert tuner.stats()["benchmarks_run"] == 0 and not default_store().layers[1].records()
+    assert scale_kernel.cache[key] == dict(scale_kernel.default)
