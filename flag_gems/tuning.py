@@ -589,9 +589,9 @@ def _replay_pad_backward(raw: dict) -> Job | None:
                (("argv", json.dumps(argv)),), dtypes=(dt, dt))
 
 
-def _nll_forward_job(n: int, x_dt: str, w_dt: str | None, reduction: int) -> Job:
+def _nll_forward_job(n: int, x_dt: str, w_dt: str | None, reduction: int, t_dt: str = "int64") -> Job:
     """aten.nll_loss_forward over (n, 2) scores and n in-range (zero) targets."""
-    shapes, dts = [(n, 2), (n,)], [x_dt, "int64"]
+    shapes, dts = [(n, 2), (n,)], [x_dt, t_dt]
     if w_dt is not None:
         shapes.append((2,))
         dts.append(w_dt)
@@ -606,7 +606,7 @@ def _replay_nll_forward(raw: dict) -> Job | None:
     dts = raw["dtypes"]
     w_dt = dts[2] if len(dts) == 6 else None
     reduction = 0 if dts[-1] != "float32" else 1
-    return _nll_forward_job(raw["N"], dts[0], w_dt, reduction)
+    return _nll_forward_job(raw["N"], dts[0], w_dt, reduction, dts[1])
 
 
 @register_replay("flag_gems.ops.cross_entropy._nll_finish_kernel")
@@ -623,7 +623,7 @@ def _replay_nll_backward(raw: dict) -> Job | None:
     # key cannot tell them apart); replayed as "mean", a scalar output gradient
     dts, n = raw["dtypes"], raw["N"]
     x_dt, has_w = dts[-1], len(dts) == 5
-    shapes, types = [(), (n, 2), (n,)], [x_dt, x_dt, "int64"]
+    shapes, types = [(), (n, 2), (n,)], [x_dt, x_dt, dts[1]]
     if has_w:
         shapes.append((2,))
         types.append(dts[2])
@@ -635,20 +635,30 @@ def _replay_nll_backward(raw: dict) -> Job | None:
 
 def _replay_dim_op(op: str, out_dtype_at: int | None) -> Callable[[str], Replay]:
     """Replays of a size-classed reduction-like tuner (key K, R): ``rows`` kinds reduce the
-    last dim of (K, R); ``inner`` reduces dim 0 of (R, K), K being the inner size. With
-    ``out_dtype_at``, an output dtype other than the input's is passed as ``dtype=``."""
+    last dim of (K, R); ``inner`` reduces dim 1 of (M, R, K), K being the inner size.
+    ``out_dtype_at``: where the output's dtype is among the dtypes, passed as ``dtype=``
+    (the key does not name the reduction: a sum with that output dtype requests it)."""
 
     def for_kind(kind: str) -> Replay:
         def replay(raw: dict) -> Job | None:
             k, r, dts = raw["K"], raw["R"], raw["dtypes"]
-            shape, dim = ((r, k), 0) if kind == "inner" else ((k, r), -1)
+            if op == "sum.dim_IntList" and (dts[4] != dts[0] or dts[1] != dts[0]):
+                return None  # the second stage of a split reduction: its input is partial sums
+            m = 1
+            if kind == "inner" and op == "sum.dim_IntList" and dts[2] == dts[0] and dts[0] in ("bfloat16", "float16"):
+                # unsplit (a split's first stage writes fp32 partials): outputs enough to
+                # fill a GPU so the replay does not split either, within 2**28 elements
+                m = max(1, (1 << 17) // max(k, 1))
+                if m * r * k > 1 << 28:
+                    return None
+            shape, dim = ((m, r, k), 1) if kind == "inner" else ((k, r), -1)
             argv: list[Any] = [{"$t": 0}, [dim] if op == "sum.dim_IntList" else dim]
             kwargs = {}
             if op == "sum.dim_IntList":
                 argv.append(False)
-            if out_dtype_at is not None and dts[out_dtype_at] != dts[0]:
+            if out_dtype_at is not None:
                 kwargs["dtype"] = f"torch.{dts[out_dtype_at]}"
-            args = [("argv", json.dumps(argv))] + ([("kwargs", json.dumps(kwargs))] if kwargs else [])
+            args = [("argv", json.dumps(argv)), ("kwargs", json.dumps(kwargs))]
             return Job(f"aten.{op}", (shape,), dts[0], tuple(args), dtypes=(dts[0],))
 
         return replay
@@ -682,9 +692,9 @@ def _replay_layer_norm(raw: dict) -> Job | None:
 
 @register_replay("flag_gems.ops.index.index_select_kernel")
 def _replay_index_select(raw: dict) -> Job | None:
-    n, dt = raw["n"], raw["dtypes"][0]  # n: the output's elements; one row of n selected
+    n, (dt, idx_dt) = raw["n"], raw["dtypes"][:2]  # n: the output's elements; one row of n selected
     argv = [{"$t": 0}, 0, {"$t": 1}]
-    return Job("aten.index_select", ((1, n), (1,)), dt, (("argv", json.dumps(argv)),), dtypes=(dt, "int64"))
+    return Job("aten.index_select", ((1, n), (1,)), dt, (("argv", json.dumps(argv)),), dtypes=(dt, idx_dt))
 
 
 def _replay_softmax(kind: str) -> Replay:
