@@ -27,10 +27,11 @@ for step in $steps; do
     pw) timeout 120 $py benchmarks/bench_pointwise.py > "$out/pw.md" 2>&1; cat "$out/pw.md" ;;
     llama) timeout "${LLAMA_TIMEOUT:-300}" $py benchmarks/bench_llama.py > "$out/llama.md" 2>&1; cat "$out/llama.md" ;;
     host) timeout 120 $py benchmarks/profile_host.py > "$out/host.md" 2>&1; head -n 14 "$out/host.md" ;;
-    scaling) WORK=${WORK:-/tmp/gems-scaling} PRETUNE_TIMEOUT=${PRETUNE_TIMEOUT:-330} \
-               bash benchmarks/pretune_scaling.sh workloads/llama7b.yaml "$out" 0 0,1 2>&1 | grep "^== pretune"
-             TRITON_CACHE_DIR=${WORK:-/tmp/gems-scaling}/triton-gpus-0 FLAGGEMS_TUNING_DB=${WORK:-/tmp/gems-scaling}/gpus-0.db \
-               FLAGGEMS_AUTOTUNE=never timeout 60 $py benchmarks/check_pretuned.py workloads/llama7b.yaml | tail -n 12 ;;
+    scaling) w=${WORK:-/tmp/gems-scaling}  # one device call: 300 + 200 + 40 s at most
+             WORK=$w PRETUNE_TIMEOUT=300 bash benchmarks/pretune_scaling.sh workloads/llama7b.yaml "$out" 0 2>&1 | grep "^== pretune"
+             WORK=$w PRETUNE_TIMEOUT=200 bash benchmarks/pretune_scaling.sh workloads/llama7b.yaml "$out" 0,1 2>&1 | grep "^== pretune"
+             TRITON_CACHE_DIR=$w/triton-gpus-0_1 FLAGGEMS_TUNING_DB=$w/gpus-0_1.db CUDA_VISIBLE_DEVICES=0 \
+               FLAGGEMS_AUTOTUNE=never timeout 40 $py benchmarks/check_pretuned.py workloads/llama7b.yaml | tail -n 12 ;;
     *) echo "unknown step $step" ;;
   esac
   echo "== $step: $(( $(date +%s) - t0 )) s"

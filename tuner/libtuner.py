@@ -326,15 +326,11 @@ class LibTuner:
         return kept or [self.default]
 
     def warm(self, args: tuple, kwargs: dict, grid: Any, configs: Sequence[dict] | None = None) -> int:
-        """Compile ``configs`` (default: the candidates for these arguments, and the default
-        config) into Triton's cache without launching anything; returns how many compiled.
-        Pretuning runs this in parallel processes ahead of benchmarking
-        (``tuner.precompile``)."""
+        """Compile ``configs`` (default: the candidates for these arguments) into Triton's
+        cache without launching anything; returns how many compiled. Pretuning runs this
+        in parallel processes ahead of benchmarking (``tuner.precompile``)."""
         ok = 0
-        if configs is None:  # the candidates, and the default a busy key runs (elsewhere_tuned)
-            configs = self.candidate_configs(args, kwargs)
-            configs += [self.default] if self.default not in configs else []
-        for cfg in configs:
+        for cfg in self.candidate_configs(args, kwargs) if configs is None else configs:
             try:
                 self.fn.warmup(*args, grid=grid, **kwargs, **cfg)
                 ok += 1
@@ -472,8 +468,9 @@ def elsewhere_tuned() -> Iterator[None]:
     """In this block a key whose tuning lock another process holds is not waited for:
     the call runs the kernel's default config (remembered for the rest of the process's
     run) and the lock holder stores the key. For pretune workers sharing one DB across
-    GPUs: a device does not idle while another tunes a key both reached; the
-    default config is compiled ahead with the rest (``LibTuner.warm``)."""
+    GPUs: a device does not idle while another tunes a key both reached. (The compile
+    pool compiles each job's first tuned kernel's default ahead; any other default
+    compiles when first run.)"""
     global _skip_busy
     old, _skip_busy = _skip_busy, True
     try:

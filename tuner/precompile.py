@@ -37,9 +37,11 @@ def default_workers(devices: int = 1) -> int:
     return max(1, (os.cpu_count() or 2) // max(devices, 1) - 1)
 
 
-def compile_job(spec: dict[str, Any], provider: str, force: bool = False) -> int:
+def compile_job(spec: dict[str, Any], provider: str, force: bool = False, with_default: bool = False) -> int:
     """Compile the candidate configs of the first tuned kernel ``spec`` requests (unless
-    its key is stored and ``force`` is off); returns how many configs compiled."""
+    its key is stored and ``force`` is off), and with ``with_default`` its default config
+    (what a device runs for a key another device is tuning: ``elsewhere_tuned``); returns
+    how many configs compiled."""
     from tuner.libtuner import resolve_hook
     from tuner.pretune import load_provider, uninitialized_runner
     from tuner.store import default_store
@@ -51,7 +53,10 @@ def compile_job(spec: dict[str, Any], provider: str, force: bool = False) -> int
         nonlocal compiled
         if not force and tuner._checked(default_store().lookup(tuner.identity(key))) is not None:
             return None  # stored: the benchmarking process will not tune it
-        compiled = tuner.warm(args, kwargs, grid)
+        configs = tuner.candidate_configs(args, kwargs)
+        if with_default and tuner.default not in configs:
+            configs.append(tuner.default)
+        compiled = tuner.warm(args, kwargs, grid, configs)
         raise _Compiled
 
     run = uninitialized_runner(prov)  # no fill kernel competes with the benchmarks
@@ -63,12 +68,14 @@ def compile_job(spec: dict[str, Any], provider: str, force: bool = False) -> int
     return compiled
 
 
-def _init_worker(counter: Any = None, devices: Sequence[str] = ()) -> None:
+def _init_worker(counter: Any = None, devices: Sequence[str] = (), db_url: str | None = None) -> None:
     if devices:  # spread the pool over the devices (each holds a context and job inputs)
         with counter.get_lock():
             n = counter.value
             counter.value += 1
         os.environ["CUDA_VISIBLE_DEVICES"] = devices[n % len(devices)]  # before CUDA starts here
+    if db_url:  # the DB whose stored keys are not compiled
+        os.environ["FLAGGEMS_TUNING_DB"] = db_url
     settings.reload()
 
 
@@ -76,7 +83,7 @@ class Precompiler:
     """Compiles jobs in a process pool, ahead of the caller running them in order."""
 
     def __init__(self, jobs: Sequence[Job], provider: str, workers: int, force: bool = False,
-                 devices: Sequence[str] = ()) -> None:
+                 devices: Sequence[str] = (), db_url: str | None = None) -> None:
         self._futures: list[Future | None] = [None] * len(jobs)
         self._pool: Executor | None = None
         if workers < 1 or not jobs:
@@ -85,8 +92,8 @@ class Precompiler:
 
         ctx = mp.get_context("spawn")
         self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                         initargs=(ctx.Value("i", 0), tuple(devices)))
-        self._futures = [self._pool.submit(compile_job, j.as_dict(), provider, force) for j in jobs]
+                                         initargs=(ctx.Value("i", 0), tuple(devices), db_url))
+        self._futures = [self._pool.submit(compile_job, j.as_dict(), provider, force, bool(devices)) for j in jobs]
 
     def wait(self, i: int) -> int:
         """Block until job ``i``'s configs are compiled; how many were (0: none, or failed:
@@ -116,10 +123,12 @@ class Precompiler:
 
 
 def ahead(jobs: Sequence[Job], provider: str, workers: int, force: bool = False,
-          devices: Sequence[str] = ()) -> Iterator[tuple[int, Job]]:
+          devices: Sequence[str] = (), db_url: str | None = None) -> Iterator[tuple[int, Job]]:
     """Iterate ``jobs`` in order, each one's configs compiled before it is yielded (by
-    ``workers`` processes, spread over ``devices`` when given: CUDA_VISIBLE_DEVICES)."""
-    with Precompiler(jobs, provider, workers, force, devices) as pre:
+    ``workers`` processes). With ``devices`` (several GPUs sharing the run) the processes
+    are spread over them (CUDA_VISIBLE_DEVICES) and compile each job's default config too;
+    ``db_url``: the run's DB, whose stored keys are not compiled."""
+    with Precompiler(jobs, provider, workers, force, devices, db_url) as pre:
         for i, job in enumerate(jobs):
             pre.wait(i)
             yield i, job

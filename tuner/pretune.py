@@ -204,6 +204,7 @@ def run_jobs(
     fresh: bool = True,
     compile_workers: int = 0,
     feed: Iterable[tuple[int, Job]] | None = None,
+    give_up_after: int | None = None,
 ) -> Summary:
     """Run every job once under the ``miss`` policy (``always`` with ``force``).
 
@@ -213,7 +214,9 @@ def run_jobs(
     ``compile_workers`` processes compile each job's configs ahead of its benchmarks
     (``tuner.precompile``; 0: every config compiles when first timed). ``feed``, when
     given, hands out the jobs to run instead, already compiled (a device worker of
-    ``run_parallel``); ``jobs`` is then only checked.
+    ``run_parallel``); ``jobs`` is then only checked. ``give_up_after``: that many jobs
+    failing in a row raise ``PretuneError`` (a device in a sticky error state would fail
+    every job it takes).
     """
     from tuner.libtuner import clear_caches
 
@@ -237,6 +240,7 @@ def run_jobs(
     set_default_store(tracking)
     if fresh:
         clear_caches()  # every key goes to the store once in this run
+    in_a_row = 0
     try:
         with miss_policy("always" if force else "miss"):
             prov_name = provider if isinstance(provider, str) else prov.__name__
@@ -252,7 +256,11 @@ def run_jobs(
                     summary.errors.append({"job": job.describe(), "error": f"{type(e).__name__}: {e}"[:2000]})
                     log.warning("job %s failed: %s", job.describe(), e)
                     tuned_any = False
+                    in_a_row += 1
+                    if give_up_after is not None and in_a_row >= give_up_after:
+                        raise PretuneError(f"{in_a_row} jobs in a row failed; the last: {type(e).__name__}: {e}") from e
                 else:
+                    in_a_row = 0
                     tuned_any = stats()["benchmarks_run"] > before
                     if tuned_any:
                         summary.jobs_tuned += 1
@@ -473,16 +481,15 @@ def _worker(device: str, ready: Any, db_url: str, provider: str, force: bool, qu
     os.environ["FLAGGEMS_TUNING_DB"] = db_url
     settings.reload()
     set_default_store(None)
+    from tuner.libtuner import elsewhere_tuned
 
     def feed() -> Iterator[tuple[int, Job]]:
         while (item := ready.get()) is not None:
             yield item[0], Job.from_dict(item[1])
 
-    from tuner.libtuner import elsewhere_tuned
-
     try:
         with elsewhere_tuned():  # a key another device is tuning: go on, it stores the key
-            s = run_jobs([], provider=provider, force=force, progress=False, feed=feed(),
+            s = run_jobs([], provider=provider, force=force, progress=False, feed=feed(), give_up_after=GIVE_UP_AFTER,
                          on_job=lambda i, job, tuned: queue.put(("job", device, tuned)))
         queue.put(("done", device, s.as_dict()))
     except BaseException as e:  # report, then die
@@ -490,17 +497,23 @@ def _worker(device: str, ready: Any, db_url: str, provider: str, force: bool, qu
         raise
 
 
+GIVE_UP_AFTER = 5  # a device whose jobs fail this many times in a row leaves the run to the others
+
+
 def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, provider: str = DEFAULT_PROVIDER,
                  force: bool = False, progress: bool = True, compile_workers: int = 0) -> Summary:
     """One spawned worker per device, all writing to one DB. This process compiles the jobs
     ahead in one pool (``compile_workers`` per device, spread over the devices) and hands
-    each compiled job, in order, to whichever worker asks next: the devices stay evenly
-    busy with no plan made up front. A key two devices reach at once is tuned once, by
-    the first; the second runs the default config and goes on (``elsewhere_tuned``)."""
+    each compiled job, in order, to whichever worker asks next, a few at a time: the
+    devices stay evenly busy with no plan made up front. A key two devices reach at once
+    is tuned by the first; the second runs the default config and goes on
+    (``elsewhere_tuned``). A worker that stops (``GIVE_UP_AFTER`` failures in a row, a
+    crash) leaves the rest to the others; jobs no worker ran count as failed."""
     import multiprocessing as mp
+    import queue as queue_mod
 
     ctx = mp.get_context("spawn")
-    ready, queue = ctx.Queue(), ctx.Queue()
+    ready, queue = ctx.Queue(maxsize=2 * len(devices)), ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(dev, ready, db_url, provider, force, queue)) for dev in devices]
     for p in procs:
         p.start()
@@ -511,46 +524,64 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
         bar = tqdm(total=len(jobs), unit="job", desc=f"pretune x{len(devices)}", dynamic_ncols=True)
     t0 = time.perf_counter()
     total = Summary()
-    finished = 0
+    stopped: set[str] = set()  # workers that reported done or an error
 
     def pump(timeout: float | None) -> None:
-        nonlocal finished
-        while finished < len(procs):
+        """Take the workers' messages (wait up to ``timeout`` for the first)."""
+        while len(stopped) < len(procs):
             try:
                 kind, dev, payload = queue.get(timeout=timeout) if timeout else queue.get_nowait()
-            except Exception:  # queue.Empty
-                if all(not p.is_alive() for p in procs) and queue.empty():
-                    finished = len(procs)  # every worker is gone: nothing more will come
-                if not timeout:
-                    return
-                continue
+            except queue_mod.Empty:
+                if not any(p.is_alive() for p in procs):  # every worker is gone: nothing more will come
+                    stopped.update(devices)
+                return
+            timeout = None
             if kind == "job":
                 if bar is not None:
                     bar.update(1)
-            elif kind == "done":
-                finished += 1
+                continue
+            stopped.add(dev)
+            if kind == "done":
                 total.merge(_summary_from_dict(payload))
             else:
-                finished += 1
                 total.errors.append({"job": f"worker {dev}", "error": payload})
 
+    def hand_out(item: Any) -> bool:
+        """Queue ``item`` for the workers once there is room; False if none is left."""
+        while len(stopped) < len(procs):
+            try:
+                ready.put(item, timeout=0.5)
+                return True
+            except queue_mod.Full:
+                pump(None)
+        return False
+
+    finished = False
     try:
         checked_provider(provider, jobs)  # while the workers start
-        for i, job in precompile.ahead(jobs, provider, compile_workers * len(devices), force, devices=devices):
-            ready.put((i, job.as_dict()))
+        for i, job in precompile.ahead(jobs, provider, compile_workers * len(devices), force, devices, db_url):
             pump(None)
-            if finished == len(procs):
+            if not hand_out((i, job.as_dict())):
                 break
-    finally:
         for _ in procs:
-            ready.put(None)
-        try:
+            hand_out(None)
+        while len(stopped) < len(procs):
             pump(1.0)
-        finally:
+        finished = True
+    finally:
+        if not finished:  # an error or Ctrl-C here: stop the workers, do not wait on the queue
+            ready.cancel_join_thread()
             for p in procs:
-                p.join()
-            if bar is not None:
-                bar.close()
+                p.terminate()
+        for p in procs:
+            p.join()
+        if bar is not None:
+            bar.close()
+    unrun = len(jobs) - total.jobs
+    if unrun > 0:
+        total.jobs = len(jobs)
+        total.jobs_failed += unrun
+        total.errors.append({"job": f"{unrun} jobs", "error": "not run: no worker was left to run them"})
     total.wall_s = time.perf_counter() - t0
     return total
 

@@ -115,3 +115,22 @@ def test_run_parallel_unknown_op_stops_the_workers(isolated_store):
         pt.run_parallel([Job("no_such_op", ((2, 2),), "float32")], ["0", "1"], db_url=resolve_url(None),
                         provider=PROVIDER, progress=False)
     assert not stored()
+
+
+def test_run_jobs_gives_up_after_failures_in_a_row(timer):
+    bad = Job("linear", ((3, 8), (5, 7)), "float32")  # K mismatch: fails when run
+    with pytest.raises(pt.PretuneError, match="3 jobs in a row failed"):
+        pt.run_jobs([], provider=PROVIDER, progress=False, feed=enumerate([JOBS[0], bad, bad, bad, JOBS[1]]), give_up_after=3)
+    s = pt.run_jobs([], provider=PROVIDER, progress=False, feed=enumerate([bad, bad, JOBS[0], bad, bad]), give_up_after=3)
+    assert (s.jobs, s.jobs_failed) == (5, 4)  # never three in a row
+
+
+def test_run_parallel_workers_that_give_up_leave_no_job_uncounted(isolated_store):
+    """Every job fails: each worker stops after GIVE_UP_AFTER in a row; the run returns
+    (no hang) and counts every job, run or not, as failed."""
+    from tuner.store.db import resolve_url
+
+    bad = [Job("linear", ((3, 8), (5, 7 + i)), "float32") for i in range(3 * pt.GIVE_UP_AFTER)]
+    s = pt.run_parallel(bad, ["0", "1"], db_url=resolve_url(None), provider=PROVIDER, progress=False)
+    assert s.jobs == len(bad) and s.jobs_failed == len(bad)
+    assert sum(e["job"].startswith("worker") for e in s.errors) == 2
