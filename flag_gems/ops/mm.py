@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from flag_gems.ops.binary import MUL
 from flag_gems.registry import aten_fallback, register
 from flag_gems.utils import cdiv, next_power_of_2
 from tuner import libtuner, settings
@@ -299,6 +300,10 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor
     if k == 0:
         # an empty sum: alpha * 0 + beta * bias
         return out.copy_(bias * beta if bias is not None else torch.zeros_like(out))
+    if k == 1 and bias is None and alpha == 1.0:
+        # an outer product (HF's rotary angles: inv_freq x positions): one broadcast multiply,
+        # keyed by its size, instead of a GEMM key per sequence length with nothing to tune
+        return MUL(a, b, out=out)
     _, (s_ab, s_am, s_ak) = _as3d(a)
     _, (s_bb, s_bk, s_bn) = _as3d(b)
     _, (s_cb, s_cm, s_cn) = _as3d(out)

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import flag_gems
 from flag_gems.ops import mm as mm_ops
-from tests.helpers import DEVICE, FLOAT_DTYPES, assert_close, gems_ran
+from tests.helpers import DEVICE, FLOAT_DTYPES, assert_close, count_kernels, gems_ran
 from tuner.libtuner import resolve_hook
 
 SHAPES = [(1, 40, 33), (7, 33, 65), (33, 64, 17), (70, 5, 129)]  # (M, N, K)
@@ -236,3 +237,24 @@ def test_mid_m_long_k():
     with gems_ran("_mm_kernel"):
         out = a @ b
     check(out, a.double() @ b.double(), torch.float16, k)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_k1_products_are_one_broadcast_multiply(dtype):
+    """K = 1 (an outer product, as HF's rotary angles inv_freq x positions): the pointwise
+    multiply kernel, no GEMM; with a bias or alpha the GEMM still runs."""
+    a, b = rand(3, 17, 1, dtype=dtype), rand(3, 1, 40, dtype=dtype)
+    with count_kernels() as launched, flag_gems.use_gems():
+        r_bmm = torch.bmm(a, b)
+        r_mm = torch.mm(a[0], b[1])
+        r_out = torch.outer(a[0, :, 0], b[2, 0])
+        r_t = torch.mm(b[0].t(), a[1].t())  # transposed operands
+    assert launched["_mm_kernel"] == 0 and sum(launched.values()) == 4, dict(launched)
+    check(r_bmm, a.double() @ b.double(), dtype, 1)
+    check(r_mm, a[0].double() @ b[1].double(), dtype, 1)
+    check(r_out, torch.outer(a[0, :, 0].double(), b[2, 0].double()), dtype, 1)
+    check(r_t, b[0].t().double() @ a[1].t().double(), dtype, 1)
+    bias = rand(17, 40, dtype=dtype)
+    with gems_ran("_mm_kernel"):
+        r_addmm = torch.addmm(bias, a[0], b[0])
+    check(r_addmm, bias.double() + a[0].double() @ b[0].double(), dtype, 1)
