@@ -214,9 +214,9 @@ def run_jobs(
     ``compile_workers`` processes compile each job's configs ahead of its benchmarks
     (``tuner.precompile``; 0: every config compiles when first timed). ``feed``, when
     given, hands out the jobs to run instead, already compiled (a device worker of
-    ``run_parallel``); ``jobs`` is then only checked. ``give_up_after``: that many jobs
-    failing in a row raise ``PretuneError`` (a device in a sticky error state would fail
-    every job it takes).
+    ``run_parallel``); ``jobs`` is then only checked. ``give_up_after``: after that many jobs
+    fail in a row, stop (an error entry says so): a device in a sticky error state would
+    fail every job it takes.
     """
     from tuner.libtuner import clear_caches
 
@@ -257,8 +257,6 @@ def run_jobs(
                     log.warning("job %s failed: %s", job.describe(), e)
                     tuned_any = False
                     in_a_row += 1
-                    if give_up_after is not None and in_a_row >= give_up_after:
-                        raise PretuneError(f"{in_a_row} jobs in a row failed; the last: {type(e).__name__}: {e}") from e
                 else:
                     in_a_row = 0
                     tuned_any = stats()["benchmarks_run"] > before
@@ -271,6 +269,9 @@ def run_jobs(
                 if bar is not None:
                     bar.set_postfix(keys=len(saved), refresh=False)
                     bar.update(1)
+                if give_up_after is not None and in_a_row >= give_up_after:
+                    summary.errors.append({"job": "(the rest)", "error": f"stopped: {in_a_row} jobs in a row failed"})
+                    break
     finally:
         set_default_store(inner)
         if fresh:
@@ -508,7 +509,8 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
     devices stay evenly busy with no plan made up front. A key two devices reach at once
     is tuned by the first; the second runs the default config and goes on
     (``elsewhere_tuned``). A worker that stops (``GIVE_UP_AFTER`` failures in a row, a
-    crash) leaves the rest to the others; jobs no worker ran count as failed."""
+    crash) leaves the rest to the others; jobs no worker ran (or whose worker crashed)
+    count as failed."""
     import multiprocessing as mp
     import queue as queue_mod
 
@@ -581,7 +583,7 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
     if unrun > 0:
         total.jobs = len(jobs)
         total.jobs_failed += unrun
-        total.errors.append({"job": f"{unrun} jobs", "error": "not run: no worker was left to run them"})
+        total.errors.append({"job": f"{unrun} jobs", "error": "not run, or lost with a crashed worker"})
     total.wall_s = time.perf_counter() - t0
     return total
 
