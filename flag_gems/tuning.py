@@ -27,7 +27,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -547,9 +547,16 @@ def _replay_rotary(raw: dict) -> Job | None:
     return Job("rotary", ((1, h, d), (1, h, d)), raw["dtypes"][0])
 
 
+def _aten_call(op: str, shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str], argv: list, kwargs: dict | None = None) -> Job:
+    """A job calling ``aten.<op>(*argv, **kwargs)``, ``{"$t": i}`` standing for a random
+    tensor of ``shapes[i]`` and ``dtypes[i]``."""
+    args = (("argv", json.dumps(argv)),) + ((("kwargs", json.dumps(kwargs)),) if kwargs else ())
+    return Job(f"aten.{op}", tuple(shapes), dtypes[0], args, dtypes=tuple(dtypes))
+
+
 def _aten_job(op: str, shape: tuple[int, ...], dt: str, *rest: Any) -> Job:
     """A job calling ``aten.<op>`` on one random tensor of ``shape``, then ``rest``."""
-    return Job(f"aten.{op}", (shape,), dt, (("argv", json.dumps([{"$t": 0}, *rest])),), dtypes=(dt,))
+    return _aten_call(op, [shape], [dt], [{"$t": 0}, *rest])
 
 
 @register_replay("flag_gems.ops.nonzero.nonzero_count_kernel")
@@ -584,9 +591,8 @@ def _replay_pad_backward(raw: dict) -> Job | None:
     rows, width, dt = raw["n_rows"], raw["O2"], raw["dtypes"][0]
     if width < 4:
         return None
-    argv = [{"$t": 0}, {"$t": 1}, [1, 1]]
-    return Job("aten.reflection_pad1d_backward", ((rows, width), (rows, width - 2)), dt,
-               (("argv", json.dumps(argv)),), dtypes=(dt, dt))
+    return _aten_call("reflection_pad1d_backward", [(rows, width), (rows, width - 2)], [dt, dt],
+                      [{"$t": 0}, {"$t": 1}, [1, 1]])
 
 
 def _nll_forward_job(n: int, x_dt: str, w_dt: str | None, reduction: int, t_dt: str = "int64") -> Job:
@@ -596,7 +602,7 @@ def _nll_forward_job(n: int, x_dt: str, w_dt: str | None, reduction: int, t_dt: 
         shapes.append((2,))
         dts.append(w_dt)
     argv = [{"$t": 0}, {"$t": 1}, {"$t": 2} if w_dt is not None else None, reduction, -100]
-    return Job("aten.nll_loss_forward", tuple(shapes), x_dt, (("argv", json.dumps(argv)),), dtypes=tuple(dts))
+    return _aten_call("nll_loss_forward", shapes, dts, argv)
 
 
 @register_replay("flag_gems.ops.cross_entropy._nll_fwd_kernel")
@@ -630,7 +636,7 @@ def _replay_nll_backward(raw: dict) -> Job | None:
     shapes.append(())
     types.append(x_dt)
     argv = [{"$t": 0}, {"$t": 1}, {"$t": 2}, {"$t": 3} if has_w else None, 1, -100, {"$t": len(shapes) - 1}]
-    return Job("aten.nll_loss_backward", tuple(shapes), x_dt, (("argv", json.dumps(argv)),), dtypes=tuple(types))
+    return _aten_call("nll_loss_backward", shapes, types, argv)
 
 
 def _replay_dim_op(op: str, out_dtype_at: int | None) -> Callable[[str], Replay]:
@@ -653,13 +659,10 @@ def _replay_dim_op(op: str, out_dtype_at: int | None) -> Callable[[str], Replay]
                     return None
             shape, dim = ((m, r, k), 1) if kind == "inner" else ((k, r), -1)
             argv: list[Any] = [{"$t": 0}, [dim] if op == "sum.dim_IntList" else dim]
-            kwargs = {}
             if op == "sum.dim_IntList":
                 argv.append(False)
-            if out_dtype_at is not None:
-                kwargs["dtype"] = f"torch.{dts[out_dtype_at]}"
-            args = [("argv", json.dumps(argv)), ("kwargs", json.dumps(kwargs))]
-            return Job(f"aten.{op}", (shape,), dts[0], tuple(args), dtypes=(dts[0],))
+            kwargs = {"dtype": f"torch.{dts[out_dtype_at]}"} if out_dtype_at is not None else None
+            return _aten_call(op, [shape], [dts[0]], argv, kwargs)
 
         return replay
 
@@ -679,7 +682,7 @@ def _replay_cat(raw: dict) -> Job | None:
     n, dt = raw["total"], raw["dtypes"][0]
     if n < 2 or len(set(raw["dtypes"])) != 1:
         return None
-    return Job("aten.cat", ((n // 2,), (n - n // 2,)), dt, (("argv", json.dumps([[{"$t": 0}, {"$t": 1}], 0])),))
+    return _aten_call("cat", [(n // 2,), (n - n // 2,)], [dt, dt], [[{"$t": 0}, {"$t": 1}], 0])
 
 
 @register_replay("flag_gems.ops.layer_norm.layer_norm_fwd_kernel")
@@ -693,8 +696,7 @@ def _replay_layer_norm(raw: dict) -> Job | None:
 @register_replay("flag_gems.ops.index.index_select_kernel")
 def _replay_index_select(raw: dict) -> Job | None:
     n, (dt, idx_dt) = raw["n"], raw["dtypes"][:2]  # n: the output's elements; one row of n selected
-    argv = [{"$t": 0}, 0, {"$t": 1}]
-    return Job("aten.index_select", ((1, n), (1,)), dt, (("argv", json.dumps(argv)),), dtypes=(dt, idx_dt))
+    return _aten_call("index_select", [(1, n), (1,)], [dt, idx_dt], [{"$t": 0}, 0, {"$t": 1}])
 
 
 def _replay_softmax(kind: str) -> Replay:
@@ -731,10 +733,7 @@ def replay_job(kernel: str, raw: dict[str, Any]) -> Job | None:
             for c in sig:  # a scalar operand ('s') is passed as a Python number
                 argv.append({"$t": i} if c == "t" else 2.0)
                 i += c == "t"
-            return Job(
-                f"aten.{_POINTWISE_OPS[m.group(1)]}", tuple((n,) for _ in range(i)), dts[0],
-                (("argv", json.dumps(argv)),), dtypes=tuple(dts[:i]),
-            )
+            return _aten_call(_POINTWISE_OPS[m.group(1)], [(n,)] * i, dts[:i], argv)
     except (KeyError, IndexError, TypeError, StopIteration) as e:
         log.warning("cannot replay a miss of %s from %s: %s", kernel, raw, e)
     return None
