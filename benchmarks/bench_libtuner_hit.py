@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 
 os.environ.setdefault("FLAGGEMS_CACHE_DIR", tempfile.mkdtemp(prefix="gems-bench-"))
 
@@ -17,6 +16,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 import tuner  # noqa: E402
+from _host_timing import host_us  # noqa: E402  (benchmarks/, the script's own folder)
 from tuner import libtuner  # noqa: E402
 
 N_CALLS = 20_000
@@ -35,20 +35,6 @@ scale_tuned = libtuner(
 )(triton.jit(scale_plain.fn))
 
 
-def per_call_us(fn, n_calls: int = N_CALLS) -> float:
-    for _ in range(200):
-        fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(n_calls):
-            fn()
-        best = min(best, time.perf_counter() - t0)
-        torch.cuda.synchronize()
-    return best / n_calls * 1e6
-
-
 def main() -> None:
     x = torch.randn(100, device="cuda")
     y = torch.empty_like(x)
@@ -57,11 +43,11 @@ def main() -> None:
     torch.testing.assert_close(y, x * 2)
     best = scale_tuned.cache[next(iter(scale_tuned.cache))]
     block = best["BLOCK"]
-    plain = per_call_us(lambda: scale_plain[(1,)](x, y, n, BLOCK=block, num_warps=best["num_warps"]))
-    plain_all = per_call_us(lambda: scale_plain[(1,)](x, y, n, **best))
-    tuned = per_call_us(lambda: scale_tuned[(1,)](x, y, n))
-    key_only = per_call_us(lambda: scale_tuned.key_of((x, y, n), {}), 100_000)
-    torch_mul = per_call_us(lambda: torch.mul(x, 2, out=y))
+    plain = host_us(lambda: scale_plain[(1,)](x, y, n, BLOCK=block, num_warps=best["num_warps"]), N_CALLS, warmup=200)
+    plain_all = host_us(lambda: scale_plain[(1,)](x, y, n, **best), N_CALLS, warmup=200)
+    tuned = host_us(lambda: scale_tuned[(1,)](x, y, n), N_CALLS, warmup=200)
+    key_only = host_us(lambda: scale_tuned.key_of((x, y, n), {}), 100_000, warmup=200)
+    torch_mul = host_us(lambda: torch.mul(x, 2, out=y), N_CALLS, warmup=200)
     s = tuner.stats()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     print(f"stats: {s}")

@@ -20,6 +20,7 @@ from triton.testing import do_bench  # noqa: E402
 
 import flag_gems  # noqa: E402
 import tuner  # noqa: E402
+from _host_timing import host_us  # noqa: E402  (benchmarks/, the script's own folder)
 from flag_gems import fused  # noqa: E402
 from tests.helpers import count_kernels  # noqa: E402  (run from the repo root, PYTHONPATH=.)
 
@@ -86,20 +87,6 @@ def cases():
     yield "rotary (neox, q+k)", "1x4096x32x128", lambda: torch_rope(q, k, cos, sin), lambda: fused.apply_rotary_pos_emb(q, k, cos, sin), nbytes(q, k) * 2
 
 
-def host_us(fn, n=5000) -> float:
-    for _ in range(100):
-        fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, time.perf_counter() - t0)
-        torch.cuda.synchronize()
-    return best / n * 1e6
-
-
 def spin_up(seconds: float = 2.0) -> None:
     """Bring the GPU to its boost clock before anything is tuned or timed: it idles at a
     few hundred MHz, and a config tuned while clocks ramp is picked on noise."""
@@ -144,12 +131,12 @@ def main() -> None:
     print("\n| op (16 elements) | torch host us/call | flag_gems host us/call |")
     print("|---|---|---|")
     for name, fn in rows:
-        t = host_us(fn)
+        t = host_us(fn, 5000, repeats=3)
         with flag_gems.use_gems():
             with count_kernels() as ran:
                 fn()
             assert ran, f"{name}: no Triton kernel ran"
-            g = host_us(fn)
+            g = host_us(fn, 5000, repeats=3)
         print(f"| {name} | {t:.1f} | {g:.1f} |")
 
 

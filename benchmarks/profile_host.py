@@ -13,24 +13,10 @@ import argparse
 import cProfile
 import io
 import pstats
-import time
 
 import torch
 import torch.nn.functional as F
-
-
-def per_call_us(f, n: int) -> float:
-    for _ in range(50):
-        f()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(n):
-            f()
-        best = min(best, (time.perf_counter() - t) / n * 1e6)
-        torch.cuda.synchronize()  # the queue must not fill up: that would time the GPU
-    return best
+from _host_timing import host_us  # benchmarks/, the script's own folder
 
 
 def cases() -> dict:
@@ -64,9 +50,9 @@ def main() -> None:
     import flag_gems
 
     ops = cases()
-    torch_us = {k: per_call_us(f, args.n) for k, f in ops.items()}
+    torch_us = {k: host_us(f, args.n, warmup=50) for k, f in ops.items()}
     flag_gems.enable()
-    gems_us = {k: per_call_us(f, args.n) for k, f in ops.items()}
+    gems_us = {k: host_us(f, args.n, warmup=50) for k, f in ops.items()}
     print("| op (bf16, decode size) | torch host us | flag_gems host us | difference |\n|---|---|---|---|")
     for k in ops:
         print(f"| {k} | {torch_us[k]:.1f} | {gems_us[k]:.1f} | {gems_us[k] - torch_us[k]:+.1f} |")
