@@ -386,3 +386,9 @@ def test_cli_two_devices_tune_every_key_once(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     report, planned = json.loads(rep.read_text()), json.loads(dry.read_text())
     assert report["jobs_failed"] == 0 and report["keys_tuned"] == planned["keys"]
+    devs = report["devices"]  # each worker's share, and when it started and finished
+    assert set(devs) == {"0", "1"} and sum(d["jobs"] for d in devs.values()) == report["jobs"]
+    for d in devs.values():
+        assert d["jobs"] == 0 or 0 < d["first_job_s"] <= d["done_s"] <= report["wall_s"] + 5
+        assert 0 <= d["waited_s"] <= d["wall_s"]
+    assert "GPU 0:" in r.stdout and "GPU 1:" in r.stdout

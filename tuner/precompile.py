@@ -9,15 +9,20 @@ process reaches the job, each config is a cache hit.
 
 Jobs are handed out in the order the benchmarking process runs them, and it waits for a
 job's compile only when it is about to run it, so compiling stays ahead of benchmarking.
-Keys already stored (a resumed run) are not compiled. Under the Triton interpreter there
-is nothing to compile: ``default_workers`` is 0 there.
+Two things keep the GPUs busy from the start: until the pool has compiled its first job
+(its processes are still importing torch and starting CUDA), a benchmarking process with
+nothing to do takes the next job uncompiled and compiles as it times; and the pool runs at
+a lower CPU priority, so benchmarking processes (the critical path) never queue behind
+compiles. Keys already stored (a resumed run) are not compiled. Under the Triton
+interpreter there is nothing to compile: ``default_workers`` is 0 there.
 """
 from __future__ import annotations
 
 import logging
 import os
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from typing import Any, Iterator, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout  # builtin TimeoutError from 3.11
+from typing import Any, Callable, Iterator, Sequence
 
 from tuner import settings
 from tuner.workload import Job
@@ -68,7 +73,14 @@ def compile_job(spec: dict[str, Any], provider: str, force: bool = False, with_d
     return compiled
 
 
+POOL_NICENESS = 10  # compiling yields the CPU to the benchmarking processes
+
+
 def _init_worker(counter: Any = None, devices: Sequence[str] = (), db_url: str | None = None) -> None:
+    try:
+        os.nice(POOL_NICENESS)
+    except OSError:  # not permitted here: compile at normal priority
+        pass
     if devices:  # spread the pool over the devices (each holds a context and job inputs)
         with counter.get_lock():
             n = counter.value
@@ -86,6 +98,7 @@ class Precompiler:
                  devices: Sequence[str] = (), db_url: str | None = None) -> None:
         self._futures: list[Future | None] = [None] * len(jobs)
         self._pool: Executor | None = None
+        self.started = False  # the pool has finished a job (it is past its start-up)
         if workers < 1 or not jobs:
             return
         import multiprocessing as mp
@@ -94,14 +107,28 @@ class Precompiler:
         self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                          initargs=(ctx.Value("i", 0), tuple(devices), db_url))
         self._futures = [self._pool.submit(compile_job, j.as_dict(), provider, force, bool(devices)) for j in jobs]
+        for f in self._futures:
+            f.add_done_callback(self._on_done)
 
-    def wait(self, i: int) -> int:
+    def _on_done(self, _: Future) -> None:
+        self.started = True
+
+    def wait(self, i: int, idle: Callable[[], bool] | None = None) -> int:
         """Block until job ``i``'s configs are compiled; how many were (0: none, or failed:
-        the benchmarking process then compiles them itself)."""
+        the benchmarking process then compiles them itself). ``idle``: whether the job's
+        consumer has nothing to do; while the pool is starting, an idle consumer does not
+        wait (returns 0) but takes the job uncompiled."""
         fut = self._futures[i]
         if fut is None:
             return 0
         try:
+            while idle is not None and not self.started:
+                if idle():
+                    return 0
+                try:
+                    return fut.result(timeout=0.05)
+                except FutureTimeout:
+                    pass
             return fut.result()
         except Exception as e:  # a worker that died or a job that failed: compile in-process
             log.debug("precompiling job %d failed: %s", i, e)
@@ -123,12 +150,15 @@ class Precompiler:
 
 
 def ahead(jobs: Sequence[Job], provider: str, workers: int, force: bool = False,
-          devices: Sequence[str] = (), db_url: str | None = None) -> Iterator[tuple[int, Job]]:
+          devices: Sequence[str] = (), db_url: str | None = None,
+          idle: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, Job]]:
     """Iterate ``jobs`` in order, each one's configs compiled before it is yielded (by
-    ``workers`` processes). With ``devices`` (several GPUs sharing the run) the processes
-    are spread over them (CUDA_VISIBLE_DEVICES) and compile each job's default config too;
-    ``db_url``: the run's DB, whose stored keys are not compiled."""
+    ``workers`` processes), except while the pool is starting and ``idle()`` says the
+    consumer has nothing to do (default: the caller itself consumes, and is idle while it
+    waits). With ``devices`` (several GPUs sharing the run) the processes are spread over
+    them (CUDA_VISIBLE_DEVICES) and compile each job's default config too; ``db_url``: the
+    run's DB, whose stored keys are not compiled."""
     with Precompiler(jobs, provider, workers, force, devices, db_url) as pre:
         for i, job in enumerate(jobs):
-            pre.wait(i)
+            pre.wait(i, idle)
             yield i, job

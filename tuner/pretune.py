@@ -88,6 +88,10 @@ class Summary:
     tuned: list[Tuned] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
     wall_s: float = 0.0
+    # time the benchmarking process(es) sat waiting for their next compiled job: compiling
+    # not keeping up (``devices``: the same per device worker, with its jobs and wall time)
+    waited_s: float = 0.0
+    devices: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def merge(self, other: "Summary") -> None:
         self.jobs += other.jobs
@@ -96,6 +100,7 @@ class Summary:
         self.jobs_failed += other.jobs_failed
         self.tuned += other.tuned
         self.errors += other.errors
+        self.waited_s += other.waited_s
 
     def per_kernel(self) -> list[dict[str, Any]]:
         by: dict[str, list[Tuned]] = defaultdict(list)
@@ -115,6 +120,7 @@ class Summary:
         return {
             "jobs": self.jobs, "jobs_tuned": self.jobs_tuned, "jobs_skipped": self.jobs_skipped,
             "jobs_failed": self.jobs_failed, "keys_tuned": len(self.tuned), "wall_s": round(self.wall_s, 3),
+            "waited_for_compiles_s": round(self.waited_s, 3), "devices": self.devices,
             "kernels": self.per_kernel(), "keys": [dataclasses.asdict(t) | {"speedup": t.speedup} for t in self.tuned],
             "errors": self.errors,
         }
@@ -130,6 +136,12 @@ class Summary:
             f"{len(self.tuned)} keys tuned; {self.jobs} jobs: {self.jobs_tuned} tuned, {self.jobs_skipped} "
             f"already tuned, {self.jobs_failed} failed; {self.wall_s:.1f} s"
         )
+        for dev, d in self.devices.items():  # when each started and finished: load balance and start-up cost
+            span = f"from {d['first_job_s']:.1f} s to {d['done_s']:.1f} s" if d["first_job_s"] is not None else "no job"
+            lines.append(f"GPU {dev}: {d['jobs']:.0f} jobs {span} into the run, "
+                         f"{d['waited_s']:.1f} s of it waiting for compiled jobs")
+        if not self.devices and self.waited_s >= 0.05 * self.wall_s:
+            lines.append(f"{self.waited_s:.1f} s waiting for compiles (more --compile-workers would help)")
         return "\n".join(lines)
 
 
@@ -244,7 +256,14 @@ def run_jobs(
     try:
         with miss_policy("always" if force else "miss"):
             prov_name = provider if isinstance(provider, str) else prov.__name__
-            for i, job in feed if feed is not None else precompile.ahead(jobs, prov_name, compile_workers, force):
+            source = iter(feed if feed is not None else precompile.ahead(jobs, prov_name, compile_workers, force))
+            while True:
+                t = time.perf_counter()
+                item = next(source, None)
+                summary.waited_s += time.perf_counter() - t
+                if item is None:
+                    break
+                i, job = item
                 summary.jobs += 1
                 before = stats()["benchmarks_run"]
                 try:
@@ -476,23 +495,29 @@ def remaining_misses() -> int:
 
 
 # -- several devices ------------------------------------------------------------------------
-def _worker(device: str, ready: Any, db_url: str, provider: str, force: bool, queue: Any) -> None:
-    """Run the jobs ``ready`` hands out (``(index, job dict)``, ``None``: no more) on one GPU."""
+def _worker(device: str, ready: Any, db_url: str, provider: str, force: bool, queue: Any, t0: float) -> None:
+    """Run the jobs ``ready`` hands out (``(index, job dict)``, ``None``: no more) on one GPU;
+    report when its first job came and when it finished (seconds since ``t0``, the run's start)."""
     os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch is imported in this process
     os.environ["FLAGGEMS_TUNING_DB"] = db_url
     settings.reload()
     set_default_store(None)
     from tuner.libtuner import elsewhere_tuned
 
+    first_job_s: float | None = None
+
     def feed() -> Iterator[tuple[int, Job]]:
+        nonlocal first_job_s
         while (item := ready.get()) is not None:
+            if first_job_s is None:
+                first_job_s = time.time() - t0
             yield item[0], Job.from_dict(item[1])
 
     try:
         with elsewhere_tuned():  # a key another device is tuning: go on, it stores the key
             s = run_jobs([], provider=provider, force=force, progress=False, feed=feed(), give_up_after=GIVE_UP_AFTER,
                          on_job=lambda i, job, tuned: queue.put(("job", device, tuned)))
-        queue.put(("done", device, s.as_dict()))
+        queue.put(("done", device, s.as_dict() | {"first_job_s": first_job_s, "done_s": time.time() - t0}))
     except BaseException as e:  # report, then die
         queue.put(("error", device, f"{type(e).__name__}: {e}"))
         raise
@@ -516,7 +541,8 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
 
     ctx = mp.get_context("spawn")
     ready, queue = ctx.Queue(maxsize=2 * len(devices)), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(dev, ready, db_url, provider, force, queue)) for dev in devices]
+    procs = [ctx.Process(target=_worker, args=(dev, ready, db_url, provider, force, queue, time.time()))
+             for dev in devices]
     for p in procs:
         p.start()
     bar = None
@@ -545,6 +571,9 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
             stopped.add(dev)
             if kind == "done":
                 total.merge(_summary_from_dict(payload))
+                total.devices[dev] = {"jobs": payload["jobs"], "wall_s": payload["wall_s"],
+                                      "waited_s": payload["waited_for_compiles_s"],
+                                      "first_job_s": payload["first_job_s"], "done_s": payload["done_s"]}
             else:
                 total.errors.append({"job": f"worker {dev}", "error": payload})
 
@@ -561,7 +590,8 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
     finished = False
     try:
         checked_provider(provider, jobs)  # while the workers start
-        for i, job in precompile.ahead(jobs, provider, compile_workers * len(devices), force, devices, db_url):
+        for i, job in precompile.ahead(jobs, provider, compile_workers * len(devices), force, devices, db_url,
+                                       idle=ready.empty):  # a worker is waiting for a job
             pump(None)
             if not hand_out((i, job.as_dict())):
                 break
@@ -589,7 +619,8 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
 
 
 def _summary_from_dict(d: dict[str, Any]) -> Summary:
-    s = Summary(jobs=d["jobs"], jobs_tuned=d["jobs_tuned"], jobs_skipped=d["jobs_skipped"], jobs_failed=d["jobs_failed"])
+    s = Summary(jobs=d["jobs"], jobs_tuned=d["jobs_tuned"], jobs_skipped=d["jobs_skipped"], jobs_failed=d["jobs_failed"],
+                waited_s=d["waited_for_compiles_s"])
     s.tuned = [Tuned(k["kernel"], k["key"], k["config"], k["best_ms"], k["default_ms"], k["configs_tried"]) for k in d["keys"]]
     s.errors = list(d["errors"])
     return s

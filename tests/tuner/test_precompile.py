@@ -135,3 +135,30 @@ def test_run_parallel_workers_that_give_up_leave_no_job_uncounted(isolated_store
     assert s.jobs == len(bad) and s.jobs_failed == len(bad)
     assert sum("in a row failed" in e["error"] for e in s.errors) == 2  # both workers gave up
     assert any(e["error"].startswith("not run") for e in s.errors)  # and left jobs unrun
+
+
+def test_idle_consumer_takes_jobs_uncompiled_only_while_the_pool_starts():
+    """Until the pool finishes its first job, an idle consumer does not wait; once the
+    pool is started, every job is waited for, idle or not."""
+    import threading
+    from concurrent.futures import Future
+
+    pre = precompile.Precompiler([], PROVIDER, 0)
+    pre._futures = [Future(), Future(), Future()]
+    for f in pre._futures:
+        f.add_done_callback(pre._on_done)
+    assert pre.wait(0, idle=lambda: True) == 0 and not pre._futures[0].done()  # taken uncompiled
+    threading.Timer(0.2, pre._futures[1].set_result, (7,)).start()
+    assert pre.wait(1, idle=lambda: False) == 7 and pre.started  # busy consumer: waits
+    threading.Timer(0.2, pre._futures[2].set_result, (5,)).start()
+    assert pre.wait(2, idle=lambda: True) == 5  # started: idle no longer skips the wait
+
+
+def test_pool_runs_at_lower_priority(monkeypatch):
+    import os
+
+    calls = []
+    monkeypatch.setattr(os, "nice", calls.append)
+    monkeypatch.setattr(precompile.settings, "reload", lambda: None)
+    precompile._init_worker()
+    assert calls == [precompile.POOL_NICENESS]
