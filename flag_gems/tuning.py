@@ -514,9 +514,11 @@ def _replay_mm(raw: dict) -> Job | None:
 
 @register_replay("flag_gems.fused.rms_norm.rms_norm_fwd_kernel")
 def _replay_rms_norm(raw: dict) -> Job | None:
-    dts = raw["dtypes"]
-    if len(set(dts)) != 1:  # a float32 rstd buffer: aten rms_norm under autograd
+    dts = raw["dtypes"]  # X, R, Y, W, Rstd (X standing in for an absent one)
+    if len(set(dts[:4])) != 1:
         return None
+    if dts[4] != dts[0]:  # a float32 rstd buffer: aten rms_norm under autograd
+        return _rms_norm_train_job(1, raw["N"], dts[0])
     return Job("rms_norm", ((1, raw["N"]),), dts[0])
 
 
@@ -713,6 +715,151 @@ def _replay_softmax(kind: str) -> Replay:
 
 for _kind in ("rows", "rows_long", "rows_short", "inner"):  # "rows": the size-classed last-dim tuner
     REPLAY[f"flag_gems.ops.softmax._softmax_fwd_kernel:{_kind}"] = _replay_softmax(_kind)
+
+
+def _replay_softmax_backward(kind: str) -> Replay:
+    def replay(raw: dict) -> Job | None:
+        # G, Y, DX: grad, output, then input_dtype (fp32 G and Y with a half DX after a
+        # half_to_float forward); the key does not tell softmax from log_softmax
+        r, k, (g_dt, y_dt, dx_dt) = raw["R"], raw["K"], raw["dtypes"][:3]
+        if kind == "inner" and min(r, k) < 2:  # R or K of 1 is a rows layout
+            return None
+        shape, dim = ((r, k), 0) if kind == "inner" else ((k, r), -1)  # rows regimes: K counts the rows
+        return _aten_call("_softmax_backward_data", [shape, shape], [g_dt, y_dt], [{"$t": 0}, {"$t": 1}, dim, f"torch.{dx_dt}"])
+
+    return replay
+
+
+for _kind in ("rows_long", "rows_short", "inner"):
+    REPLAY[f"flag_gems.ops.softmax._softmax_bwd_kernel:{_kind}"] = _replay_softmax_backward(_kind)
+
+
+@register_replay("flag_gems.ops.factory.arange_kernel")
+def _replay_arange(raw: dict) -> Job | None:
+    # the output is the only tensor; arange.start_out resizes it to n
+    n = raw["n"]
+    return _aten_call("arange.start_out", [(n,)], raw["dtypes"][:1], [0, n, 1], {"out": {"$t": 0}})
+
+
+@register_replay("flag_gems.ops.dropout.dropout_fwd_kernel")
+def _replay_dropout(raw: dict) -> Job | None:
+    return _aten_job("native_dropout", (raw["n"],), raw["dtypes"][0], 0.5, True)  # X, Y, bool mask
+
+
+@register_replay("flag_gems.ops.dropout.dropout_bwd_kernel")
+def _replay_dropout_backward(raw: dict) -> Job | None:
+    n, (dt, mask_dt) = raw["n"], raw["dtypes"][:2]  # DY, Mask, DX (DY's dtype)
+    return _aten_call("native_dropout_backward", [(n,), (n,)], [dt, mask_dt], [{"$t": 0}, {"$t": 1}, 2.0])
+
+
+@register_replay("flag_gems.ops.shape.tri_kernel")
+def _replay_tri(raw: dict) -> Job | None:
+    return _aten_job("triu", (1, raw["n"]), raw["dtypes"][0], 0)  # x, out (x's dtype); n: x's elements
+
+
+@register_replay("flag_gems.ops._tensor_nd.nd_gather_kernel")
+def _replay_nd_gather(raw: dict) -> Job | None:
+    # flip, repeat and constant_pad_nd: src, out (one dtype), n the output's elements
+    return _aten_job("flip", (raw["n"],), raw["dtypes"][0], [0])
+
+
+@register_replay("flag_gems.ops.index.gather_scatter_kernel")
+def _replay_gather_scatter(raw: dict) -> Job | None:
+    # idx (int64), the indexed tensor, the dense one (cast to the indexed one's dtype: fp32
+    # for a half scatter-add); n: the index's elements. A gather of n zero indices
+    n, (idx_dt, dt) = raw["n"], raw["dtypes"][:2]
+    return _aten_call("gather", [(1,), (n,)], [dt, idx_dt], [{"$t": 0}, 0, {"$t": 1}])
+
+
+@register_replay("flag_gems.ops.embedding.embedding_bwd_kernel")
+def _replay_embedding_backward(raw: dict) -> Job | None:
+    # G, Idx, then fp32 Counts and Acc: one row of D gradients, a zero index into 2 rows
+    d, (g_dt, idx_dt) = raw["D"], raw["dtypes"][:2]
+    return _aten_call("embedding_dense_backward", [(1, d), (1,)], [g_dt, idx_dt], [{"$t": 0}, {"$t": 1}, 2, -1, False])
+
+
+@register_replay("flag_gems.ops.group_norm.group_norm_fwd_kernel")
+def _replay_group_norm(raw: dict) -> Job | None:
+    # X, Y, W, B (X standing in for an absent one), fp32 Mean, Rstd; one group of L = C/G * HxW
+    l, dts = raw["L"], raw["dtypes"]
+    return _aten_call("native_group_norm", [(1, 1, l), (1,), (1,)], [dts[0], dts[2], dts[3]],
+                      [{"$t": 0}, {"$t": 1}, {"$t": 2}, 1, 1, l, 1, 1e-5])
+
+
+def _group_norm_backward_job(hxw: int, dts: Sequence[str], w_dt: str | None, mask: list[bool]) -> Job:
+    """aten.native_group_norm_backward, N = C = G = 1: dy, x (1, 1, hxw), mean, rstd (1, 1)
+    of ``dts``, a weight of ``w_dt`` (or none)."""
+    shapes, types = [(1, 1, hxw), (1, 1, hxw), (1, 1), (1, 1)], list(dts)
+    if w_dt is not None:
+        shapes.append((1,))
+        types.append(w_dt)
+    argv = [{"$t": 0}, {"$t": 1}, {"$t": 2}, {"$t": 3}, {"$t": 4} if w_dt else None, 1, 1, hxw, 1, mask]
+    return _aten_call("native_group_norm_backward", shapes, types, argv)
+
+
+@register_replay("flag_gems.ops.group_norm.group_norm_bwd_dx_kernel")
+def _replay_group_norm_dx(raw: dict) -> Job | None:
+    dts = raw["dtypes"]  # DY, X, W (X when absent), Mean, Rstd, DX
+    return _group_norm_backward_job(raw["L"], [dts[0], dts[1], dts[3], dts[4]], dts[2], [True, False, False])
+
+
+@register_replay("flag_gems.ops.group_norm.group_norm_bwd_dwdb_kernel")
+def _replay_group_norm_dwdb(raw: dict) -> Job | None:
+    # DY, X, Mean, Rstd, then fp32 DW and DB (the weight's dtype only casts them)
+    return _group_norm_backward_job(raw["HxW"], raw["dtypes"][:4], None, [False, True, True])
+
+
+def _layer_norm_backward_job(m: int, n: int, dts: Sequence[str], w_dt: str, mask: list[bool]) -> Job:
+    """aten.native_layer_norm_backward: dy, x (m, n), mean, rstd (m, 1) of ``dts``, a
+    weight (n,) of ``w_dt``, no bias."""
+    argv = [{"$t": 0}, {"$t": 1}, [n], {"$t": 2}, {"$t": 3}, {"$t": 4}, None, mask]
+    return _aten_call("native_layer_norm_backward", [(m, n), (m, n), (m, 1), (m, 1), (n,)], [*dts, w_dt], argv)
+
+
+@register_replay("flag_gems.ops.layer_norm.layer_norm_bwd_dx_kernel")
+def _replay_layer_norm_dx(raw: dict) -> Job | None:
+    dts = raw["dtypes"]  # DY, X, W (X when absent), Mean, Rstd, DX
+    return _layer_norm_backward_job(1, raw["N"], [dts[0], dts[1], dts[3], dts[4]], dts[2], [True, False, False])
+
+
+@register_replay("flag_gems.ops.layer_norm.layer_norm_bwd_dwdb_kernel")
+def _replay_layer_norm_dwdb(raw: dict) -> Job | None:
+    # DY, X, Mean, Rstd, then fp32 DW and DB; the weight's dtype only casts them
+    dts = raw["dtypes"]
+    return _layer_norm_backward_job(raw["M"], raw["N"], dts[:4], dts[1], [False, True, False])
+
+
+def _rms_norm_train_job(m: int, n: int, dt: str) -> Job:
+    """rms_norm of (m, n) and its backward, through autograd (rms_norm's own Function: its
+    backward is no aten op); the gradient and the weight have x's dtype."""
+    return Job("nn_rms_norm", ((m, n),), dt, (("backward", "true"),))
+
+
+@register_replay("flag_gems.ops.rms_norm.rms_norm_bwd_dx_kernel")
+def _replay_rms_norm_dx(raw: dict) -> Job | None:
+    dts = raw["dtypes"]  # DY, X, W (X when absent), fp32 Rstd, DX
+    if len(set(dts[:3])) != 1:  # a weight of another dtype
+        return None
+    return _rms_norm_train_job(1, raw["N"], dts[1])
+
+
+@register_replay("flag_gems.ops.rms_norm.rms_norm_bwd_dw_kernel")
+def _replay_rms_norm_dw(raw: dict) -> Job | None:
+    dts = raw["dtypes"]  # DY, X, fp32 Rstd, fp32 acc (the weight's dtype only casts it)
+    return _rms_norm_train_job(raw["M"], raw["N"], dts[1]) if dts[0] == dts[1] else None
+
+
+# flat pointwise kernels that ops run inside themselves (a backward's zeros and casts)
+@register_replay("flag_gems.generated.pointwise_copy.copy_t_flat")
+def _replay_copy(raw: dict) -> Job | None:
+    n, (src, out) = raw["n"], raw["dtypes"][:2]  # a contiguous tensor.to(dtype), or a same-dtype copy
+    return _aten_call("_to_copy", [(n,)], [src], [{"$t": 0}], {"dtype": f"torch.{out}"})
+
+
+@register_replay("flag_gems.generated.pointwise_fill.fill_s_flat")
+def _replay_fill(raw: dict) -> Job | None:
+    return _aten_job("zero_", (raw["n"],), raw["dtypes"][0])  # out only: a Python scalar fills it
+
 
 _POINTWISE = re.compile(r"^flag_gems\.generated\.pointwise_(\w+)\.(\w+)_([ts]+)_flat$")
 _POINTWISE_OPS = {"add": "add.Tensor", "sub": "sub.Tensor", "mul": "mul.Tensor", "true_div": "div.Tensor"}

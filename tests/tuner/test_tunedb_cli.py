@@ -437,7 +437,7 @@ def test_verify_flag_gems_kernels_from_keys(tmp_path, capsys):
     for kernel in (mm, rms, sm):
         _save(db, kernel, keys[kernel][0], 2.0)
     _save(db, act, keys[act][0], 1.0)  # re-times at 2.0: moved
-    _save(db, rms, json.dumps([32, "bfloat16", "bfloat16", "bfloat16", "bfloat16", "float32"], separators=(",", ":")), 2.0)  # rstd: no replay
+    _save(db, rms, json.dumps([32, "bfloat16", "bfloat16", "bfloat16", "float32", "float32"], separators=(",", ":")), 2.0)  # an fp32 weight: no replay
     bench.set_timer(lambda req: (2.0, 1.8, 2.2))
     try:
         rc = main(["verify", "--db", db, "-v"])
