@@ -2,7 +2,9 @@
 # On the GPU machine: pretune a workload from nothing (fresh DB, fresh Triton cache) once
 # per device set, and report each run's wall time and key count.
 #   bash benchmarks/pretune_scaling.sh workloads/llama7b.yaml OUTDIR [DEVICES...]
-# DEVICES: comma-separated GPU sets, one run each (default: "0" then "0,1").
+# DEVICES: comma-separated GPU sets, one run each (default: "0" then "0,1"). A single GPU
+# runs as a user would run it: the plain in-process path (CUDA_VISIBLE_DEVICES, no
+# --devices); DEVICES_FLAG=1 sends it through --devices too (one spawned worker).
 # WORK: where the DBs and caches go (default: a temp dir); COMPILE_WORKERS: per device
 # (default: pretune's own, the cores per device less one).
 set -uo pipefail
@@ -15,7 +17,9 @@ for devs in $sets; do
   rm -rf "$work/$tag.db" "$work/triton-$tag"
   export TRITON_CACHE_DIR=$work/triton-$tag FLAGGEMS_CACHE_DIR=$work/cache-$tag
   t0=$(date +%s.%N)
-  timeout "${PRETUNE_TIMEOUT:-590}" $py -m tuner.cli.pretune "$wl" --db "$work/$tag.db" --devices "$devs" \
+  if [[ $devs == *,* || -n ${DEVICES_FLAG:-} ]]; then run=(env); flag=(--devices "$devs")
+  else run=(env CUDA_VISIBLE_DEVICES="$devs"); flag=(); fi
+  timeout "${PRETUNE_TIMEOUT:-590}" "${run[@]}" $py -m tuner.cli.pretune "$wl" --db "$work/$tag.db" "${flag[@]}" \
     ${COMPILE_WORKERS:+--compile-workers "$COMPILE_WORKERS"} --report "$out/$tag.json" --no-progress \
     > "$out/$tag.log" 2>&1
   rc=$?
