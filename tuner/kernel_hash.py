@@ -108,10 +108,28 @@ def config_repr(config: Any) -> dict:
     return out
 
 
-def kernel_hash(kernel: Any, configs: Iterable[Any] = ()) -> str:
-    """sha256 of the kernel's source closure and config space, hex, 32 chars."""
+def _walk_host(fn: types.FunctionType, seen: dict[str, str]) -> None:
+    """A host-side launcher: its source, the plain functions of its own module it calls,
+    and the jit kernels and constants they name."""
+    qualname = f"{fn.__module__}.{fn.__qualname__}"
+    if qualname in seen:
+        return
+    seen[qualname] = _source(fn)
+    for name in sorted(set(_names(fn.__code__))):
+        value = fn.__globals__.get(name)
+        if isinstance(value, types.FunctionType) and value.__module__ == fn.__module__:
+            _walk_host(value, seen)
+        else:
+            _visit(qualname, name, value, seen)
+
+
+def kernel_hash(kernel: Any, configs: Iterable[Any] = (), launcher: Any = None) -> str:
+    """sha256 of the kernel's source closure and config space (and of its config
+    launcher's, when it has one), hex, 32 chars."""
     sources: dict[str, str] = {}
     _walk(kernel, sources)
+    if isinstance(launcher, types.FunctionType):
+        _walk_host(launcher, sources)
     space = [config_repr(c) for c in configs]
     blob = json.dumps({"src": sources, "configs": space}, sort_keys=True, default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

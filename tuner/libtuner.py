@@ -40,7 +40,8 @@ _REGISTRY: list["LibTuner"] = []
 # ``resolve_hook``: a tool's say on every key a LibTuner resolves (None: the normal path).
 # Consulted only on a miss of a tuner's in-memory dict, never on the hot path.
 ResolveHook = Callable[["LibTuner", tuple, tuple, dict, Any], "dict | None"]
-Launcher = Callable[[Any, Any, tuple, dict, dict], Any]  # (jit fn, grid, args, kwargs, config)
+# (jit fn, grid, args, kwargs, config[, warmup=True: compile what the config launches, run nothing])
+Launcher = Callable[..., Any]
 _resolve_hook: ResolveHook | None = None
 # While True, a key another process is tuning is not waited for: the call runs the
 # kernel's default config and leaves the key to that process (``elsewhere_tuned``).
@@ -161,7 +162,7 @@ class LibTuner:
     @property
     def kernel_hash(self) -> str:
         if self._hash is None:
-            self._hash = kernel_hash(self.fn, self.configs)
+            self._hash = kernel_hash(self.fn, self.configs, self.config_launcher)
         return self._hash
 
     # -- the hot path ------------------------------------------------------------------
@@ -332,7 +333,10 @@ class LibTuner:
         ok = 0
         for cfg in self.candidate_configs(args, kwargs) if configs is None else configs:
             try:
-                self.fn.warmup(*args, grid=grid, **kwargs, **cfg)
+                if self.config_launcher is not None:
+                    self.config_launcher(self.fn, grid, args, kwargs, cfg, warmup=True)
+                else:
+                    self.fn.warmup(*args, grid=grid, **kwargs, **cfg)
                 ok += 1
             except Exception as e:  # it fails again, and is timed as failing, when benchmarked
                 log.debug("config %s of %s does not compile: %s", cfg, self.name, e)
@@ -448,10 +452,12 @@ def libtuner(
 ) -> Callable[[Any], LibTuner]:
     """Decorate a ``triton.jit`` function so its config comes from the tuning DB.
 
-    ``config_launcher(fn, grid, args, kwargs, config)``, when given, launches a resolved config
-    in place of ``fn[grid](*args, **kwargs, **config)``, at run time and when timing:
-    for a config that needs more than the one kernel (split-K's partial sums and their
-    reduction), so its benchmark is the whole of what a call costs."""
+    ``config_launcher(fn, grid, args, kwargs, config, warmup=False)``, when given, launches a
+    resolved config in place of ``fn[grid](*args, **kwargs, **config)``, at run time and when
+    timing: for a config that needs more than the one kernel (split-K's partial sums and
+    their reduction) or another kernel (a TMA variant), so its benchmark is the whole of
+    what a call costs. With ``warmup=True`` it compiles what the config would launch
+    (``LibTuner.warm``). Its source and the kernels it launches are part of the kernel hash."""
 
     def wrap(fn: Any) -> LibTuner:
         return LibTuner(

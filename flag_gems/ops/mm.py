@@ -8,8 +8,12 @@ The config space (tuned per device and key): tile sizes, num_warps, num_stages, 
 and for decode-class shapes SPLIT_K. When M and N leave most SMs idle (decode: M = 1..64
 against a 4096-wide weight), K is split across programs that write fp32 partials, and a
 second small kernel sums them, scales, adds the bias and casts. The tuner times a split
-config as that pair (LibTuner's ``config_launcher``). Configs that cannot fit the device's
-shared memory or would spill their accumulator are pruned before benchmarking.
+config as that pair (LibTuner's ``config_launcher``). On Hopper and newer, prefill-sized
+TMA configs load A and B through Triton's host-side tensor descriptors instead
+(``_mm_tma_kernel``: one batch, A contiguous along K, B along K or N, 16-byte aligned);
+a call such a config cannot describe runs the same tile through the pointer kernel.
+Configs that cannot fit the device's shared memory or would spill their accumulator are
+pruned before benchmarking.
 
 Key strategy: ``[m_class(M), log(M), align32(N), align32(K), log(batch), layout(A),
 layout(B)]`` plus dtypes. ``m_class`` is "decode" for M <= 256 and "prefill" above, and
@@ -52,11 +56,11 @@ def layout(stride: int | str) -> str:
     return "unit" if stride == 1 else "strided"
 
 
-def _cfg(bm, bn, bk, warps, stages, group=8, split=1):
-    return triton.Config(
-        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, "SPLIT_K": split},
-        num_warps=warps, num_stages=stages,
-    )
+def _cfg(bm, bn, bk, warps, stages, group=8, split=1, tma=False):
+    kw = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, "SPLIT_K": split}
+    if tma:  # launched as _mm_tma_kernel (see _launch)
+        kw["TMA"] = 1
+    return triton.Config(kw, num_warps=warps, num_stages=stages)
 
 
 # decode / skinny M: narrow N tiles so a 4096-wide weight still fills every SM, and split-K
@@ -71,7 +75,12 @@ _PREFILL = [
     _cfg(128, 256, 64, 8, 4), _cfg(256, 128, 64, 8, 3), _cfg(64, 256, 64, 4, 4), _cfg(128, 64, 64, 4, 4),
     _cfg(128, 256, 64, 8, 3, group=16), _cfg(128, 128, 64, 8, 4, group=16), _cfg(128, 256, 64, 8, 3, group=4),
 ]
-MM_CONFIGS = [_cfg(*t, group=1, split=s) for t in _DECODE_TILES for s in (1, 2, 4, 8)] + _PREFILL
+# Hopper's tensor-memory accelerator: operand tiles loaded through TMA descriptors
+_TMA = [
+    _cfg(128, 128, 64, 8, 3, tma=True), _cfg(128, 128, 64, 8, 4, tma=True), _cfg(128, 256, 64, 8, 3, tma=True),
+    _cfg(64, 256, 64, 4, 4, tma=True), _cfg(128, 64, 64, 4, 4, tma=True),
+]
+MM_CONFIGS = [_cfg(*t, group=1, split=s) for t in _DECODE_TILES for s in (1, 2, 4, 8)] + _PREFILL + _TMA
 MAX_ACC_REGS = 128  # fp32 accumulator registers per thread; above this the tile spills
 
 
@@ -91,6 +100,31 @@ def _smem_bytes(device_index: int) -> int:
     return int(getattr(props, "shared_memory_per_block_optin", 0) or _FALLBACK_SMEM)
 
 
+@functools.lru_cache(maxsize=None)
+def _has_tma(device_index: int) -> bool:
+    """Whether TMA configs can run here: Hopper or newer with Triton's host-side tensor
+    descriptors (the interpreter emulates them)."""
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+    except ImportError:
+        return False
+    if settings.get().interpret:
+        return True
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+def _tma_operands(a: dict) -> bool:
+    """Whether a call's operands can be TMA descriptors: one batch, A contiguous along K,
+    B along K or N, base addresses and row strides 16-byte aligned (else a TMA config
+    runs its tile through the pointer kernel)."""
+    if a["BATCH"] != 1 or a["s_ak"] != 1 or not (a["s_bk"] == 1 or a["s_bn"] == 1):
+        return False
+    elt = a["A"].element_size()
+    b_row = a["s_bn"] if a["s_bk"] == 1 else a["s_bk"]
+    return all(x > 0 and x * elt % 16 == 0 for x in (a["s_am"], b_row)) and \
+        a["A"].data_ptr() % 16 == 0 and a["B"].data_ptr() % 16 == 0
+
+
 def _fits(c: dict, elt: int, smem: int) -> bool:
     """The tile's pipelined operands fit shared memory and its accumulator registers."""
     bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
@@ -106,6 +140,7 @@ def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
     a = named["A"]
     smem = _smem_bytes(a.device.index or 0) if a.device.type == "cuda" else _FALLBACK_SMEM
     sms = _sm_count(a.device.index or 0) if a.device.type == "cuda" else 8
+    tma_ok = batch == 1 and _has_tma(a.device.index or 0)
     kept = []
     for c in configs:
         bm, bn, bk, split = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["SPLIT_K"]
@@ -116,6 +151,8 @@ def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
         if m <= 64 and c["GROUP_M"] > 1:  # wgmma-sized tiles from the M bucket 128 up
             continue
         if not _fits(c, a.element_size(), smem):
+            continue
+        if c.get("TMA") and not (tma_ok and named.get("s_ak") == 1 and 1 in (named.get("s_bk"), named.get("s_bn"))):
             continue
         if split > 1:  # decode-class only (the key's m_class): partials cost M x N x split
             tiles = cdiv(m, bm) * cdiv(n, bn) * batch
@@ -131,7 +168,7 @@ def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
     strategy=[m_class, "log", "align32", "align32", "log", layout, layout],
     default=_cfg(64, 128, 64, 4, 4),
     prune_configs_by=prune_mm_configs,
-    config_launcher=lambda fn, grid, args, kwargs, cfg: _launch(fn, grid, args, kwargs, cfg),  # defined below
+    config_launcher=lambda fn, grid, args, kwargs, cfg, warmup=False: _launch(fn, grid, args, kwargs, cfg, warmup),  # below
 )
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0})
 @triton.jit
@@ -226,17 +263,85 @@ def _splitk_reduce_kernel(
     tl.store(C + batch * s_cb + rm * s_cm + rn * s_cn, acc.to(C.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _mm_tma_kernel(
+    A_desc, B_desc, C, Bias, M, N, K, s_cm, s_cn, s_bias_m, s_bias_n, alpha, beta,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, B_K1: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """_mm_kernel's tile loop with A and B read through TMA descriptors (one batch): the
+    hardware copies each tile to shared memory and pads past the edges with zeros, so the
+    loop has no masks or pointer arithmetic. B_K1: B's descriptor is over (N, K) (F.linear's
+    weight), else over (K, N)."""
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    group_size = min(grid_m - first_m, GROUP_M)
+    off_m = (first_m + (pid % width) % group_size) * BLOCK_M
+    off_n = ((pid % width) // group_size) * BLOCK_N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        a = A_desc.load([off_m, k])
+        b = B_desc.load([off_n, k]).T if B_K1 else B_desc.load([k, off_n])
+        if UPCAST:  # the Triton interpreter's bf16 dot is wrong; compiled code never takes this
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    cm = (off_m + tl.arange(0, BLOCK_M))[:, None].to(tl.int64)
+    cn = (off_n + tl.arange(0, BLOCK_N))[None, :].to(tl.int64)
+    mask = (cm < M) & (cn < N)
+    acc = acc * alpha
+    if HAS_BIAS:
+        acc += tl.load(Bias + cm * s_bias_m + cn * s_bias_n, mask=mask, other=0.0).to(tl.float32) * beta
+    tl.store(C + cm * s_cm + cn * s_cn, acc.to(C.dtype.element_ty), mask=mask)
+
+
+def _launch_tma(a: dict, cfg: dict, warmup: bool) -> None:
+    """A TMA config: descriptors of this config's tile shapes over A (M, K) and over B as
+    (N, K) or (K, N), then _mm_tma_kernel."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    m, n, k = a["M"], a["N"], a["K"]
+    a_desc = TensorDescriptor(a["A"], [m, k], [a["s_am"], 1], [bm, bk])
+    b_k1 = a["s_bk"] == 1
+    if b_k1:
+        b_desc = TensorDescriptor(a["B"], [n, k], [a["s_bn"], 1], [bn, bk])
+    else:
+        b_desc = TensorDescriptor(a["B"], [k, n], [a["s_bk"], 1], [bk, bn])
+    grid = (cdiv(m, bm) * cdiv(n, bn),)
+    opts = {key: v for key, v in cfg.items() if key not in ("TMA", "SPLIT_K")}
+    args = (a_desc, b_desc, a["C"], a["Bias"], m, n, k, a["s_cm"], a["s_cn"], a["s_bias_m"], a["s_bias_n"], a["alpha"], a["beta"])
+    flags = {"HAS_BIAS": a["HAS_BIAS"], "PRECISION": a["PRECISION"], "UPCAST": a["UPCAST"], "B_K1": b_k1}
+    if warmup:
+        _mm_tma_kernel.warmup(*args, grid=grid, **flags, **opts)
+    else:
+        _mm_tma_kernel[grid](*args, **flags, **opts)
+
+
 _WS = 4  # the position of _mm_kernel's WS argument
 
 
-def _launch(fn, grid, args: tuple, kwargs: dict, cfg: dict) -> None:
-    """Launch a resolved config: one kernel, or with SPLIT_K > 1 the fp32 partials into a
-    fresh workspace (every element is written, so it needs no zeroing) and their sum, with
-    the epilogue, into the output. LibTuner times the same pair, so a split wins only by
-    what the whole call costs."""
+def _launch(fn, grid, args: tuple, kwargs: dict, cfg: dict, warmup: bool = False) -> None:
+    """Launch (or, with ``warmup``, only compile) a resolved config: one kernel; with TMA
+    the descriptor kernel (where the operands allow TMA, else the same tile through the
+    pointer kernel); or with SPLIT_K > 1 the fp32 partials into a fresh workspace (every
+    element is written, so it needs no zeroing) and their sum, with the epilogue, into the
+    output. LibTuner times the same pair, so a split wins only by what the whole call costs."""
     split = cfg["SPLIT_K"]
-    if split == 1:
-        fn[grid](*args, **kwargs, **cfg)
+    if cfg.get("TMA"):
+        a = dict(zip(_ARG_NAMES, args)) | kwargs
+        if _tma_operands(a):
+            _launch_tma(a, cfg, warmup)
+            return
+        cfg = {key: v for key, v in cfg.items() if key != "TMA"}
+    if split == 1 or warmup:  # warming a split compiles its partials kernel
+        if warmup:
+            fn.warmup(*args, grid=grid, **kwargs, **cfg)
+        else:
+            fn[grid](*args, **kwargs, **cfg)
         return
     a = dict(zip(_ARG_NAMES, args)) | kwargs
     m, n, batch = a["M"], a["N"], a["BATCH"]

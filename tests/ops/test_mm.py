@@ -258,3 +258,53 @@ def test_k1_products_are_one_broadcast_multiply(dtype):
     with gems_ran("_mm_kernel"):
         r_addmm = torch.addmm(bias, a[0], b[0])
     check(r_addmm, bias.double() + a[0].double() @ b[0].double(), dtype, 1)
+
+
+TMA_CONFIGS = [c for c in mm_ops._mm_kernel.configs if c.get("TMA")]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m,n,k", [(70, 40, 72), (5, 304, 136), (129, 64, 64)])  # rows of 16-byte multiples
+def test_tma_configs(dtype, m, n, k):
+    """Each TMA config (descriptor loads, zero padding past every edge) on F.linear's
+    weight (B contiguous along K, with a bias) and on a row-major B (along N)."""
+    x, w, bias, b = rand(m, k, dtype=dtype), rand(n, k, dtype=dtype), rand(n, dtype=dtype), rand(k, n, dtype=dtype)
+    for cfg in TMA_CONFIGS:
+        with forced_config(mm_ops._mm_kernel, cfg), gems_ran("_mm_tma_kernel") as ran:
+            y = F.linear(x, w, bias)
+            z = torch.addmm(bias, x, b, beta=0.5, alpha=2.0)
+        assert ran["_mm_kernel"] == 0, cfg
+        check(y, F.linear(x.double(), w.double(), bias.double()), dtype, k)
+        check(z, 0.5 * bias.double() + 2.0 * (x.double() @ b.double()), dtype, k)
+
+
+def test_tma_config_on_operands_it_cannot_describe():
+    """A TMA config the key chose still serves a call TMA cannot take (a misaligned view, a
+    row stride not a multiple of 16 bytes, a batch, a K-strided A): the same tile runs
+    through the pointer kernel."""
+    h = torch.float16
+    base, w = rand(65, 64, dtype=h), rand(32, 64, dtype=h)
+    pairs = [  # (a, b) for a @ b
+        (base[1:, 1:33], w[:, :32].t()),  # a misaligned base
+        (rand(9, 33, dtype=h), rand(16, 33, dtype=h).t()),  # 66-byte rows
+        (rand(2, 9, 64, dtype=h), rand(2, 64, 16, dtype=h)),  # a batch
+        (rand(64, 9, dtype=h).t(), rand(64, 16, dtype=h)),  # A strided along K
+    ]
+    for a, b in pairs:
+        with forced_config(mm_ops._mm_kernel, TMA_CONFIGS[0]), gems_ran("_mm_kernel") as ran:
+            got = torch.matmul(a, b)
+        assert ran["_mm_tma_kernel"] == 0
+        check(got, a.double() @ b.double(), h, a.shape[-1])
+
+
+def test_tma_configs_pruned_where_tma_cannot_serve():
+    def cands(m, n, k, batch=1, s_ak=1, s_bk=1, s_bn=None):
+        a = torch.empty(m, k, device=DEVICE, dtype=torch.bfloat16)
+        named = {"A": a, "M": m, "N": n, "K": k, "BATCH": batch, "s_ak": s_ak, "s_bk": s_bk, "s_bn": s_bn or k}
+        return [c for c in mm_ops.prune_mm_configs(mm_ops._mm_kernel.configs, named) if c.get("TMA")]
+
+    assert cands(4096, 4096, 4096) and cands(4096, 4096, 4096, s_bk=4096, s_bn=1)
+    assert not cands(4096, 4096, 4096, batch=2)  # descriptors here are 2-D
+    assert not cands(4096, 4096, 4096, s_ak=4096)  # A not contiguous along K
+    assert not cands(4096, 4096, 4096, s_bk=7, s_bn=5)  # B contiguous along neither
+    assert not cands(16, 4096, 4096)  # decode sizes keep their narrow tiles

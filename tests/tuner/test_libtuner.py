@@ -333,6 +333,22 @@ def test_kernel_hash_follows_closure_helpers():
     assert kernel_hash(one) == kernel_hash(_kernel_closing_over(_add_one))
 
 
+def test_kernel_hash_covers_the_config_launcher(monkeypatch):
+    """The kernels a config launcher launches (GEMM's split-K reduction, its TMA variant)
+    and the host functions it calls are part of the version: editing one retunes."""
+    from flag_gems.ops import mm
+    from tuner.kernel_hash import kernel_hash
+
+    t = mm._mm_kernel
+    a = kernel_hash(t.fn, t.configs, t.config_launcher)
+    assert a == t.kernel_hash and a != kernel_hash(t.fn, t.configs)
+    monkeypatch.setattr(mm, "_mm_tma_kernel", _calls_module_helper)  # another kernel behind TMA configs
+    assert kernel_hash(t.fn, t.configs, t.config_launcher) != a
+    monkeypatch.undo()
+    monkeypatch.setattr(mm, "_WS", 5)  # a constant the launcher reads
+    assert kernel_hash(t.fn, t.configs, t.config_launcher) != a
+
+
 def test_wall_timer_reports_real_percentiles(monkeypatch):
     durations = iter([5.0, 1.0, 4.0, 2.0, 3.0])  # ms of the 5 timed runs
     clock = {"t": 0.0, "start": True}

@@ -162,3 +162,20 @@ def test_pool_runs_at_lower_priority(monkeypatch):
     monkeypatch.setattr(precompile.settings, "reload", lambda: None)
     precompile._init_worker()
     assert calls == [precompile.POOL_NICENESS]
+
+
+def test_warm_compiles_what_a_launcher_config_launches(timer, monkeypatch):
+    """LibTuner.warm goes through the config launcher: a TMA config compiles the TMA
+    kernel (its descriptors built for the config's tiles), nothing launches."""
+    warmed, launched = [], []
+    jit = type(mm_ops._mm_kernel.fn.fn)
+    real = jit.run
+
+    def spy(self, *args, warmup=False, **kwargs):
+        (warmed if warmup else launched).append(self.fn.__name__)
+        return real(self, *args, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(jit, "run", spy)
+    n = precompile.compile_job(Job("linear", ((256, 128), (128, 128)), "float16").as_dict(), PROVIDER)
+    assert n > 1 and not launched
+    assert "_mm_tma_kernel" in warmed and "_mm_kernel" in warmed
