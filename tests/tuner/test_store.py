@@ -39,6 +39,20 @@ def test_schema_created_by_alembic_at_head(db_url):
     engine.dispose()
 
 
+def test_db_at_head_opens_without_alembic(db_url):
+    """db_migrations.HEAD is Alembic's head, and a DB already there opens in a fresh
+    process without importing Alembic (a tuned call's first lookup pays no import)."""
+    from db_migrations import HEAD
+
+    assert HEAD == migrate.head_revision()
+    open_engine(db_url).dispose()
+    code = ("import sys; from tuner.store.db import open_engine; open_engine(sys.argv[1]).dispose(); "
+            "print(sorted(m for m in sys.modules if m.startswith('alembic')))")
+    run = subprocess.run([sys.executable, "-c", code, db_url], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr[-2000:] + run.stdout
+
+
 def test_alembic_command_line_takes_x_url(tmp_path):
     """The command documented in db_migrations/alembic.ini, run from another directory."""
     ini = Path(__file__).resolve().parents[2] / "db_migrations" / "alembic.ini"

@@ -90,7 +90,7 @@ def _sqlite_schema(path: Path) -> tuple[list[str], str | None] | None:
 def _refuse_unusable_sqlite(url: str) -> None:
     """Raise ``TuningDBError`` for an SQLite file that is not a tuning DB or has a newer
     schema, before the engine's connect hook (WAL) or the writer lock touch the file."""
-    from tuner.store.migrate import schema_problem
+    from db_migrations import HEAD
 
     path = sqlite_path(url)
     if path is None:
@@ -102,11 +102,15 @@ def _refuse_unusable_sqlite(url: str) -> None:
     if found is None:
         return
     tables, rev = found
+    if rev == HEAD:  # current: nothing to refuse (and no need to import Alembic)
+        return
     if rev is None and "alembic_version" in tables:
         # Alembic creates its version table first and fills it last, and SQLite commits
         # each CREATE TABLE at once: another process may be creating the schema right
         # now. The check under the writer lock decides.
         return
+    from tuner.store.migrate import schema_problem
+
     problem = schema_problem(describe(url), tables, rev)
     if problem is not None:
         raise TuningDBError(problem)
@@ -153,17 +157,31 @@ def _migration_guard(engine: Engine, url: str) -> Iterator[None]:
                 conn.commit()
 
 
+def _at_head(engine: Engine) -> bool:
+    """Whether the DB's schema revision is already the newest (read without Alembic,
+    whose import costs a process's first tuned call about 0.1 s)."""
+    from db_migrations import HEAD
+
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
+    except (DatabaseError, OperationalError):  # no such table, not a DB: the full check says why
+        return False
+
+
 def open_engine(db: str | Path | None = None, *, migrate: bool = True) -> Engine:
     """An engine on a tuning DB whose schema is at Alembic's head.
 
     Creates and upgrades the schema under the writer lock. Raises ``TuningDBError``
     naming the file for a file that is not a tuning DB or a DB of a newer schema.
     """
-    from tuner.store.migrate import ensure_schema
-
     url = resolve_url(db)
     _refuse_unusable_sqlite(url)
     engine = create_db_engine(url)
+    if _at_head(engine):
+        return engine
+    from tuner.store.migrate import ensure_schema
+
     try:
         with _migration_guard(engine, url):
             ensure_schema(engine, describe(url), upgrade=migrate)
