@@ -34,6 +34,7 @@ can read it like any other source.
 """
 from __future__ import annotations
 
+import functools
 import linecache
 import logging
 from typing import Any, Callable, Sequence
@@ -337,22 +338,27 @@ class Pointwise:
     def launch(self, args: Sequence[Any], out: torch.Tensor, compute: torch.dtype) -> None:
         args = [_as_operand(a, out, compute, i in self.promote) for i, a in enumerate(args)]
         is_tensor = tuple(isinstance(a, _Tensor) for a in args)
-        shape = out.shape
-        operands = [a for a in args if isinstance(a, _Tensor)]
-        strides = [_expanded_strides(t, shape) for t in operands]
-        strides.append(list(out.stride()))
-        cshape, cstrides = _collapse(shape, strides)
+        rank, extra, int64 = _layout(out.shape, out.stride(), tuple((a.shape, a.stride()) for a in args if isinstance(a, _Tensor)))
         numel = out.numel()
-        flat = len(cshape) == 0 or (len(cshape) == 1 and all(s[0] == 1 for s in cstrides))
-        rank = 0 if flat else len(cshape)
         casts = [_cast_dtype(a, compute, i in self.promote) for i, a in enumerate(args)]
-        int64 = _needs_int64(numel, cshape, cstrides)
         kernel = self.kernel(is_tensor, rank)
-        extra = [] if flat else cshape + [s for sts in cstrides for s in sts]
         kernel.run(*args, out, numel, *extra, *casts, out.dtype == torch.bool, int64, grid=lambda meta: ((numel + meta["BLOCK"] - 1) // meta["BLOCK"],))
 
 
 _empty_like = torch.empty_like
+
+
+@functools.lru_cache(maxsize=4096)  # a model repeats its few broadcast layouts every step
+def _layout(shape: torch.Size, out_stride: tuple[int, ...], operands: tuple[tuple[torch.Size, tuple[int, ...]], ...]) -> tuple[int, tuple[int, ...], bool]:
+    """How a kernel walks ``operands`` (shape, strides) broadcast to an output of ``shape``
+    and ``out_stride``: its rank (0: one flat index), the collapsed shape and per-operand
+    strides it takes as arguments, and whether offsets need int64."""
+    strides = [_expanded_strides(s, st, shape) for s, st in operands]
+    strides.append(list(out_stride))
+    cshape, cstrides = _collapse(shape, strides)
+    if len(cshape) == 0 or (len(cshape) == 1 and all(s[0] == 1 for s in cstrides)):
+        return 0, (), _needs_int64(shape.numel(), cshape, cstrides)
+    return len(cshape), (*cshape, *(s for sts in cstrides for s in sts)), _needs_int64(shape.numel(), cshape, cstrides)
 
 
 def _broadcast_shape(tensors: Sequence[torch.Tensor]) -> torch.Size:
@@ -377,12 +383,11 @@ def _broadcast_shape(tensors: Sequence[torch.Tensor]) -> torch.Size:
     return shape
 
 
-def _expanded_strides(t: torch.Tensor, shape: Sequence[int]) -> list[int]:
-    """t.expand(shape).stride(), without making the view."""
-    st = t.stride()
-    if t.shape == shape:
+def _expanded_strides(ts: Sequence[int], st: Sequence[int], shape: Sequence[int]) -> list[int]:
+    """The strides of a tensor of shape ``ts`` and strides ``st`` expanded to ``shape``
+    (``t.expand(shape).stride()``, without making the view)."""
+    if ts == shape:
         return list(st)
-    ts = t.shape
     pad = len(shape) - len(ts)
     return [0] * pad + [0 if ts[i] == 1 and shape[pad + i] != 1 else st[i] for i in range(len(ts))]
 

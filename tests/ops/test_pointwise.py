@@ -5,6 +5,7 @@ import contextlib
 import pytest
 import torch
 
+import flag_gems
 from flag_gems.utils import pointwise
 from tests.helpers import DEVICE, FLOAT_DTYPES, assert_close, gems_ran, to_reference
 
@@ -47,6 +48,23 @@ def test_collapse_merges_contiguous_dims_and_orders_by_output_strides():
     # broadcast row: stride 0 stays a separate dim
     shape, strides = pointwise._collapse([3, 1, 7], [[0, 0, 1], [7, 7, 1]])
     assert shape == [3, 7] and strides == [[0, 1], [7, 1]]
+
+
+def test_broadcast_layout_is_computed_once_per_layout():
+    """The general path's layout (rank, collapsed shape and strides, int64) is memoized on
+    the operands' shapes and strides: a repeated broadcast reuses it; another layout gets
+    its own, and the results stay right."""
+    x, row = torch.randn(6, 5, device=DEVICE), torch.randn(1, 5, device=DEVICE)
+    with flag_gems.use_gems():
+        torch.add(x, row)
+        before = pointwise._layout.cache_info()
+        y = torch.add(x, row)
+        z = torch.add(x.t().contiguous().t(), row)  # the same shape, column-major: a new layout
+        after = pointwise._layout.cache_info()
+    assert after.hits == before.hits + 1 and after.misses >= before.misses + 1
+    assert_close(y, x.double() + row.double(), torch.float32)
+    assert_close(z, x.double() + row.double(), torch.float32)
+    assert pointwise._layout(torch.Size([6, 5]), (5, 1), ((torch.Size([1, 5]), (5, 1)),)) == (2, (6, 5, 0, 1, 5, 1), False)
 
 
 def test_int64_offsets_only_when_needed():
