@@ -41,6 +41,7 @@ def main() -> None:
     x, y = torch.randn(16, dtype=torch.bfloat16), torch.randn(16, dtype=torch.bfloat16)
     c = torch.rand(16) > 0.5
     xt = torch.randn(4, 8).t()
+    a, w = torch.randn(8, 64, dtype=torch.bfloat16), torch.randn(64, 64, dtype=torch.bfloat16)
     cases = {
         "add": lambda: torch.add(x, y),
         "mul scalar": lambda: x * 2.0,
@@ -52,6 +53,7 @@ def main() -> None:
         "add noncontig": lambda: xt + xt,
         "add_ inplace": lambda: x.add_(y),
         "add out=": lambda: torch.add(x, y, out=x),
+        "linear 8x64x64": lambda: torch.nn.functional.linear(a, w),
     }
     from triton.runtime.interpreter import InterpretedFunction
 

@@ -170,7 +170,6 @@ def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
     prune_configs_by=prune_mm_configs,
     config_launcher=lambda fn, grid, args, kwargs, cfg, warmup=False: _launch(fn, grid, args, kwargs, cfg, warmup),  # below
 )
-@triton.heuristics({"EVEN_K": lambda args: args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0})
 @triton.jit
 def _mm_kernel(
     A, B, C, Bias, WS, M, N, K, BATCH,
@@ -321,7 +320,7 @@ def _launch_tma(a: dict, cfg: dict, warmup: bool) -> None:
         _mm_tma_kernel[grid](*args, **flags, **opts)
 
 
-_WS = 4  # the position of _mm_kernel's WS argument
+_WS, _K = 4, 7  # the positions of _mm_kernel's WS and K arguments (gemm passes both positionally)
 
 
 def _launch(fn, grid, args: tuple, kwargs: dict, cfg: dict, warmup: bool = False) -> None:
@@ -337,16 +336,17 @@ def _launch(fn, grid, args: tuple, kwargs: dict, cfg: dict, warmup: bool = False
             _launch_tma(a, cfg, warmup)
             return
         cfg = {key: v for key, v in cfg.items() if key != "TMA"}
+    even_k = args[_K] % (cfg["BLOCK_K"] * split) == 0  # unmasked K loads (here, not a heuristics layer per call)
     if split == 1 or warmup:  # warming a split compiles its partials kernel
         if warmup:
-            fn.warmup(*args, grid=grid, **kwargs, **cfg)
+            fn.warmup(*args, grid=grid, **kwargs, **cfg, EVEN_K=even_k)
         else:
-            fn[grid](*args, **kwargs, **cfg)
+            fn[grid](*args, **kwargs, **cfg, EVEN_K=even_k)
         return
     a = dict(zip(_ARG_NAMES, args)) | kwargs
     m, n, batch = a["M"], a["N"], a["BATCH"]
     ws = torch.empty((batch, split, m, n), device=a["A"].device, dtype=torch.float32)
-    fn[grid](*args[:_WS], ws, *args[_WS + 1:], **kwargs, **cfg)
+    fn[grid](*args[:_WS], ws, *args[_WS + 1:], **kwargs, **cfg, EVEN_K=even_k)
     block = 1024
     _splitk_reduce_kernel[(cdiv(m * n, block), batch)](
         ws, a["C"], a["Bias"], m, n, a["s_cb"], a["s_cm"], a["s_cn"], a["s_bias_b"], a["s_bias_m"], a["s_bias_n"],
@@ -355,7 +355,7 @@ def _launch(fn, grid, args: tuple, kwargs: dict, cfg: dict, warmup: bool = False
 
 
 _ARG_NAMES = _mm_kernel.arg_names
-assert _ARG_NAMES[_WS] == "WS"
+assert _ARG_NAMES[_WS] == "WS" and _ARG_NAMES[_K] == "K"
 
 
 def _precision(dtype: torch.dtype) -> str:

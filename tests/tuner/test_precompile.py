@@ -39,7 +39,7 @@ def stored():
 
 def test_compile_job_compiles_every_candidate_without_launching(timer, monkeypatch):
     warmed, launched = [], []
-    jit = type(mm_ops._mm_kernel.fn.fn)  # LibTuner -> heuristics -> the jit function
+    jit = type(mm_ops._mm_kernel.fn)  # LibTuner -> the jit function
     real = jit.run
 
     def spy(self, *args, warmup=False, **kwargs):
@@ -168,7 +168,7 @@ def test_warm_compiles_what_a_launcher_config_launches(timer, monkeypatch):
     """LibTuner.warm goes through the config launcher: a TMA config compiles the TMA
     kernel (its descriptors built for the config's tiles), nothing launches."""
     warmed, launched = [], []
-    jit = type(mm_ops._mm_kernel.fn.fn)
+    jit = type(mm_ops._mm_kernel.fn)
     real = jit.run
 
     def spy(self, *args, warmup=False, **kwargs):
