@@ -91,7 +91,7 @@ class Summary:
     # time the benchmarking process(es) sat waiting for their next compiled job: compiling
     # not keeping up (``devices``: the same per device worker, with its jobs and wall time)
     waited_s: float = 0.0
-    devices: dict[str, dict[str, float]] = field(default_factory=dict)
+    devices: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def merge(self, other: "Summary") -> None:
         self.jobs += other.jobs
@@ -141,7 +141,7 @@ class Summary:
             lines.append(f"GPU {dev}: {d['jobs']:.0f} jobs {span} into the run, "
                          f"{d['waited_s']:.1f} s of it waiting for compiled jobs")
         if not self.devices and self.waited_s >= 0.05 * self.wall_s:
-            lines.append(f"{self.waited_s:.1f} s waiting for compiles (more --compile-workers would help)")
+            lines.append(f"{self.waited_s:.1f} s waiting for compiled jobs: compiling was the bottleneck (--compile-workers)")
         return "\n".join(lines)
 
 
