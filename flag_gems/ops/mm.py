@@ -140,7 +140,7 @@ def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
     a = named["A"]
     smem = _smem_bytes(a.device.index or 0) if a.device.type == "cuda" else _FALLBACK_SMEM
     sms = _sm_count(a.device.index or 0) if a.device.type == "cuda" else 8
-    tma_ok = batch == 1 and _has_tma(a.device.index or 0)
+    tma_ok = _has_tma(a.device.index or 0) and _tma_operands(named)
     kept = []
     for c in configs:
         bm, bn, bk, split = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["SPLIT_K"]
@@ -152,7 +152,7 @@ def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
             continue
         if not _fits(c, a.element_size(), smem):
             continue
-        if c.get("TMA") and not (tma_ok and named.get("s_ak") == 1 and 1 in (named.get("s_bk"), named.get("s_bn"))):
+        if c.get("TMA") and not tma_ok:
             continue
         if split > 1:  # decode-class only (the key's m_class): partials cost M x N x split
             tiles = cdiv(m, bm) * cdiv(n, bn) * batch

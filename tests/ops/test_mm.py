@@ -22,6 +22,17 @@ def check(actual, expected, dtype, k):
     assert_close(actual, expected, dtype, reduce_dim=k)
 
 
+def call_args(m, n, k, dtype=torch.bfloat16, batch=1, **strides):
+    """The arguments prune_mm_configs sees for a row-major A (M, K) and F.linear's weight
+    as B (strides overridable)."""
+    a, b = (torch.empty(x, device=DEVICE, dtype=dtype) for x in (m * k, k * n))
+    return {"A": a, "B": b, "M": m, "N": n, "K": k, "BATCH": batch, "s_am": k, "s_ak": 1, "s_bk": 1, "s_bn": k} | strides
+
+
+def pruned(m, n, k, **kw):
+    return mm_ops.prune_mm_configs(mm_ops._mm_kernel.configs, call_args(m, n, k, **kw))
+
+
 @contextlib.contextmanager
 def forced_config(kernel, cfg):
     """Launch ``kernel`` with ``cfg`` for every key in this block."""
@@ -69,10 +80,7 @@ def test_split_k_pruned_where_it_cannot_help():
     """Split-K is a decode-class choice: never offered for prefill M or for K too short to
     split; decode tiles (GROUP_M = 1) never serve prefill, and prefill tiles serve a
     decode-class M from its bucket 128 up."""
-    def cands(m, n, k):
-        a = torch.empty(m, k, device=DEVICE, dtype=torch.bfloat16)
-        return mm_ops.prune_mm_configs(mm_ops._mm_kernel.configs, {"A": a, "M": m, "N": n, "K": k, "BATCH": 1})
-
+    cands = pruned
     assert any(c["SPLIT_K"] > 1 for c in cands(1, 64, 8192))
     assert not any(c["SPLIT_K"] > 1 for c in cands(1, 64, 64))
     assert all(c["GROUP_M"] == 1 for c in cands(1, 64, 8192))
@@ -82,8 +90,7 @@ def test_split_k_pruned_where_it_cannot_help():
 
 
 def test_config_pruning_respects_smem_and_registers():
-    a = torch.empty(4096, 4096, device=DEVICE, dtype=torch.float32)
-    kept = mm_ops.prune_mm_configs(mm_ops._mm_kernel.configs, {"A": a, "M": 4096, "N": 4096, "K": 4096, "BATCH": 1})
+    kept = pruned(4096, 4096, 4096, dtype=torch.float32)
     for c in kept:
         assert c["num_stages"] * (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * 4 <= mm_ops._FALLBACK_SMEM
         assert c["BLOCK_M"] * c["BLOCK_N"] // (32 * c["num_warps"]) <= mm_ops.MAX_ACC_REGS
@@ -298,13 +305,12 @@ def test_tma_config_on_operands_it_cannot_describe():
 
 
 def test_tma_configs_pruned_where_tma_cannot_serve():
-    def cands(m, n, k, batch=1, s_ak=1, s_bk=1, s_bn=None):
-        a = torch.empty(m, k, device=DEVICE, dtype=torch.bfloat16)
-        named = {"A": a, "M": m, "N": n, "K": k, "BATCH": batch, "s_ak": s_ak, "s_bk": s_bk, "s_bn": s_bn or k}
-        return [c for c in mm_ops.prune_mm_configs(mm_ops._mm_kernel.configs, named) if c.get("TMA")]
+    def cands(m, n, k, **kw):
+        return [c for c in pruned(m, n, k, **kw) if c.get("TMA")]
 
     assert cands(4096, 4096, 4096) and cands(4096, 4096, 4096, s_bk=4096, s_bn=1)
     assert not cands(4096, 4096, 4096, batch=2)  # descriptors here are 2-D
-    assert not cands(4096, 4096, 4096, s_ak=4096)  # A not contiguous along K
+    assert not cands(4096, 4096, 4096, s_ak=4096, s_am=1)  # A not contiguous along K
     assert not cands(4096, 4096, 4096, s_bk=7, s_bn=5)  # B contiguous along neither
+    assert not cands(4096, 4096, 4095, s_bn=4095)  # rows that are not 16-byte multiples
     assert not cands(16, 4096, 4096)  # decode sizes keep their narrow tiles
