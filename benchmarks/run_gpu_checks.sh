@@ -18,9 +18,10 @@ cat "$out/device.txt"
 for step in $steps; do
   t0=$(date +%s)
   case $step in
-    tests) FLAGGEMS_TEST_DEVICE=cuda timeout "${TEST_TIMEOUT:-300}" $py -m pytest -q -n "${JOBS:-8}" -p no:cacheprovider \
+    tests) # -rfE: failures are named at the end; a time-out still leaves each one's traceback (tail)
+           FLAGGEMS_TEST_DEVICE=cuda timeout "${TEST_TIMEOUT:-400}" $py -m pytest -q -rfE -n "${JOBS:-12}" -p no:cacheprovider \
              tests/tuner/test_libtuner.py tests/ops tests/integrations > "$out/tests.log" 2>&1
-           tail -n 30 "$out/tests.log" ;;
+           grep -E "^(FAILED|ERROR) |passed|failed" "$out/tests.log" | tail -n 40 ;;
     hit) timeout 120 $py benchmarks/bench_libtuner_hit.py > "$out/hit.md" 2>&1; cat "$out/hit.md" ;;
     ops) timeout "${OPS_TIMEOUT:-240}" $py benchmarks/bench_ops.py > "$out/ops.md" 2>&1; cat "$out/ops.md" ;;
     gemm) timeout "${GEMM_TIMEOUT:-400}" $py benchmarks/bench_gemm.py > "$out/gemm.md" 2>&1; cat "$out/gemm.md" ;;

@@ -10,8 +10,9 @@ against a 4096-wide weight), K is split across programs that write fp32 partials
 second small kernel sums them, scales, adds the bias and casts. The tuner times a split
 config as that pair (LibTuner's ``config_launcher``). On Hopper and newer, prefill-sized
 TMA configs load A and B through Triton's host-side tensor descriptors instead
-(``_mm_tma_kernel``: one batch, A contiguous along K, B along K or N, 16-byte aligned);
-a call such a config cannot describe runs the same tile through the pointer kernel.
+(``_mm_tma_kernel``: one batch, A contiguous along K, B along K or N, 16-byte aligned),
+with a tile per program or persistent (a program per SM walks the tiles); a call such a
+config cannot describe runs the same tile through the pointer kernel.
 Configs that cannot fit the device's shared memory or would spill their accumulator are
 pruned before benchmarking.
 
@@ -56,10 +57,13 @@ def layout(stride: int | str) -> str:
     return "unit" if stride == 1 else "strided"
 
 
-def _cfg(bm, bn, bk, warps, stages, group=8, split=1, tma=False):
+TILE_PER_PROGRAM, PERSISTENT = 1, 2  # the values of a TMA config's "TMA"
+
+
+def _cfg(bm, bn, bk, warps, stages, group=8, split=1, tma=0):
     kw = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, "SPLIT_K": split}
     if tma:  # launched as _mm_tma_kernel (see _launch)
-        kw["TMA"] = 1
+        kw["TMA"] = tma
     return triton.Config(kw, num_warps=warps, num_stages=stages)
 
 
@@ -75,11 +79,13 @@ _PREFILL = [
     _cfg(128, 256, 64, 8, 4), _cfg(256, 128, 64, 8, 3), _cfg(64, 256, 64, 4, 4), _cfg(128, 64, 64, 4, 4),
     _cfg(128, 256, 64, 8, 3, group=16), _cfg(128, 128, 64, 8, 4, group=16), _cfg(128, 256, 64, 8, 3, group=4),
 ]
-# Hopper's tensor-memory accelerator: operand tiles loaded through TMA descriptors
-_TMA = [
-    _cfg(128, 128, 64, 8, 3, tma=True), _cfg(128, 128, 64, 8, 4, tma=True), _cfg(128, 256, 64, 8, 3, tma=True),
-    _cfg(64, 256, 64, 4, 4, tma=True), _cfg(128, 64, 64, 4, 4, tma=True),
-]
+# Hopper's tensor-memory accelerator: operand tiles loaded through TMA descriptors, a tile
+# per program or persistent (one program per SM walks the tiles; the next tile's loads
+# overlap this one's epilogue)
+_TMA = [_cfg(*t, tma=TILE_PER_PROGRAM) for t in [
+    (128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (64, 256, 64, 4, 4), (128, 64, 64, 4, 4),
+    (128, 128, 128, 8, 3)]] + [_cfg(*t, tma=PERSISTENT) for t in [
+    (128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (128, 128, 128, 8, 3)]]
 MM_CONFIGS = [_cfg(*t, group=1, split=s) for t in _DECODE_TILES for s in (1, 2, 4, 8)] + _PREFILL + _TMA
 MAX_ACC_REGS = 128  # fp32 accumulator registers per thread; above this the tile spills
 
@@ -162,6 +168,17 @@ def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
     return kept
 
 
+@triton.jit
+def _grouped_tile(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """The (row, column) of output tile number ``tile`` in grouped order: GROUP_M rows of
+    tiles walk the columns together, so they share B's tiles in L2."""
+    grid_m = tl.cdiv(M, BLOCK_M)
+    width = GROUP_M * tl.cdiv(N, BLOCK_N)
+    first_m = (tile // width) * GROUP_M
+    group_size = min(grid_m - first_m, GROUP_M)
+    return first_m + (tile % width) % group_size, (tile % width) // group_size
+
+
 @libtuner(
     configs=MM_CONFIGS,
     key=["M", "M", "N", "K", "BATCH", "s_ak", "s_bk"],
@@ -183,17 +200,9 @@ def _mm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
     EVEN_K: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     pid_k = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    first_m = (pid // width) * GROUP_M
-    group_size = min(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_size
-    pid_n = (pid % width) // group_size
-
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     # Out-of-range rows/cols read row/col 0 instead of masking: loads stay unmasked in M/N.
@@ -267,34 +276,34 @@ def _mm_tma_kernel(
     A_desc, B_desc, C, Bias, M, N, K, s_cm, s_cn, s_bias_m, s_bias_n, alpha, beta,
     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, B_K1: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    FLATTEN: tl.constexpr,
 ):
     """_mm_kernel's tile loop with A and B read through TMA descriptors (one batch): the
     hardware copies each tile to shared memory and pads past the edges with zeros, so the
     loop has no masks or pointer arithmetic. B_K1: B's descriptor is over (N, K) (F.linear's
-    weight), else over (K, N)."""
-    pid = tl.program_id(0)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    first_m = (pid // width) * GROUP_M
-    group_size = min(grid_m - first_m, GROUP_M)
-    off_m = (first_m + (pid % width) % group_size) * BLOCK_M
-    off_n = ((pid % width) // group_size) * BLOCK_N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, K, BLOCK_K):
-        a = A_desc.load([off_m, k])
-        b = B_desc.load([off_n, k]).T if B_K1 else B_desc.load([k, off_n])
-        if UPCAST:  # the Triton interpreter's bf16 dot is wrong; compiled code never takes this
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    cm = (off_m + tl.arange(0, BLOCK_M))[:, None].to(tl.int64)
-    cn = (off_n + tl.arange(0, BLOCK_N))[None, :].to(tl.int64)
-    mask = (cm < M) & (cn < N)
-    acc = acc * alpha
-    if HAS_BIAS:
-        acc += tl.load(Bias + cm * s_bias_m + cn * s_bias_n, mask=mask, other=0.0).to(tl.float32) * beta
-    tl.store(C + cm * s_cm + cn * s_cn, acc.to(C.dtype.element_ty), mask=mask)
+    weight), else over (K, N). Each program takes every num_programs-th tile: one when the
+    grid covers the tiles, several when it is persistent (a program per SM), where FLATTEN
+    lets the pipeliner run the next tile's loads under this tile's epilogue."""
+    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    for tile in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=FLATTEN):
+        pid_m, pid_n = _grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            a = A_desc.load([off_m, k])
+            b = B_desc.load([off_n, k]).T if B_K1 else B_desc.load([k, off_n])
+            if UPCAST:  # the Triton interpreter's bf16 dot is wrong; compiled code never takes this
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        cm = (off_m + tl.arange(0, BLOCK_M))[:, None].to(tl.int64)
+        cn = (off_n + tl.arange(0, BLOCK_N))[None, :].to(tl.int64)
+        mask = (cm < M) & (cn < N)
+        acc = acc * alpha
+        if HAS_BIAS:
+            acc += tl.load(Bias + cm * s_bias_m + cn * s_bias_n, mask=mask, other=0.0).to(tl.float32) * beta
+        tl.store(C + cm * s_cm + cn * s_cn, acc.to(C.dtype.element_ty), mask=mask)
 
 
 def _launch_tma(a: dict, cfg: dict, warmup: bool) -> None:
@@ -310,10 +319,12 @@ def _launch_tma(a: dict, cfg: dict, warmup: bool) -> None:
         b_desc = TensorDescriptor(a["B"], [n, k], [a["s_bn"], 1], [bn, bk])
     else:
         b_desc = TensorDescriptor(a["B"], [k, n], [a["s_bk"], 1], [bk, bn])
-    grid = (cdiv(m, bm) * cdiv(n, bn),)
+    tiles = cdiv(m, bm) * cdiv(n, bn)
+    persistent = cfg["TMA"] == PERSISTENT
+    grid = (min(tiles, _sm_count(a["A"].device.index or 0)) if persistent else tiles,)
     opts = {key: v for key, v in cfg.items() if key not in ("TMA", "SPLIT_K")}
     args = (a_desc, b_desc, a["C"], a["Bias"], m, n, k, a["s_cm"], a["s_cn"], a["s_bias_m"], a["s_bias_n"], a["alpha"], a["beta"])
-    flags = {"HAS_BIAS": a["HAS_BIAS"], "PRECISION": a["PRECISION"], "UPCAST": a["UPCAST"], "B_K1": b_k1}
+    flags = {"HAS_BIAS": a["HAS_BIAS"], "PRECISION": a["PRECISION"], "UPCAST": a["UPCAST"], "B_K1": b_k1, "FLATTEN": persistent}
     if warmup:
         _mm_tma_kernel.warmup(*args, grid=grid, **flags, **opts)
     else:

@@ -271,12 +271,18 @@ TMA_CONFIGS = [c for c in mm_ops._mm_kernel.configs if c.get("TMA")]
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("m,n,k", [(70, 40, 72), (5, 304, 136), (129, 64, 64)])  # rows of 16-byte multiples
+# rows of 16-byte multiples; the last has more tiles than the interpreter's 8 "SMs", so a
+# persistent program walks several
+@pytest.mark.parametrize("m,n,k", [(70, 40, 72), (5, 304, 136), (129, 64, 64), (300, 520, 64)])
 def test_tma_configs(dtype, m, n, k):
-    """Each TMA config (descriptor loads, zero padding past every edge) on F.linear's
-    weight (B contiguous along K, with a bias) and on a row-major B (along N)."""
+    """Each TMA config (descriptor loads, zero padding past every edge; a tile per program
+    or persistent) on F.linear's weight (B contiguous along K, with a bias) and on a
+    row-major B (along N)."""
     x, w, bias, b = rand(m, k, dtype=dtype), rand(n, k, dtype=dtype), rand(n, dtype=dtype), rand(k, n, dtype=dtype)
-    for cfg in TMA_CONFIGS:
+    smem = mm_ops._smem_bytes(0) if x.is_cuda else mm_ops._FALLBACK_SMEM
+    fitting = [c for c in TMA_CONFIGS if mm_ops._fits(c, x.element_size(), smem)]  # as pruning keeps
+    assert fitting
+    for cfg in fitting:
         with forced_config(mm_ops._mm_kernel, cfg), gems_ran("_mm_tma_kernel") as ran:
             y = F.linear(x, w, bias)
             z = torch.addmm(bias, x, b, beta=0.5, alpha=2.0)
