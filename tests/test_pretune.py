@@ -349,6 +349,11 @@ def test_cli_smoke_real_timer_under_a_minute(tmp_path):
     report = json.loads(rep.read_text())
     assert report["keys_tuned"] > 5 and report["jobs_failed"] == 0
     assert any(k["kernel"] == "flag_gems.ops.mm._mm_kernel" for k in report["kernels"])
+    timeline = report["timeline"]  # the jobs in order, one after another
+    assert [e["job"] for e in timeline] == list(range(report["jobs"]))
+    assert all(a["start_s"] + a["run_s"] <= b["start_s"] + 0.01 for a, b in zip(timeline, timeline[1:]))
+    assert sum(e["benchmarks"] for e in timeline) == report["keys_tuned"]
+    assert sum(e["configs_timed"] for e in timeline) >= report["keys_tuned"]
     assert "keys tuned" in r.stdout
     r = cli(str(SMOKE), "--db", str(db), "--no-progress", timeout=60)
     assert r.returncode == 0 and "0 keys tuned" in r.stdout
@@ -392,3 +397,10 @@ def test_cli_two_devices_tune_every_key_once(tmp_path):
         assert d["jobs"] == 0 or 0 < d["first_job_s"] <= d["done_s"] <= report["wall_s"] + 5
         assert 0 <= d["waited_s"] <= d["wall_s"]
     assert "GPU 0:" in r.stdout and "GPU 1:" in r.stdout
+    timeline = report["timeline"]  # every job once, on the device that ran it
+    assert sorted(e["job"] for e in timeline) == list(range(report["jobs"]))
+    for dev, d in devs.items():
+        mine = [e for e in timeline if e["device"] == dev]
+        assert len(mine) == d["jobs"]
+        assert all(d["first_job_s"] - 0.01 <= e["start_s"] <= e["start_s"] + e["run_s"] <= d["done_s"] + 0.01 for e in mine)
+    assert sum(e["benchmarks"] for e in timeline) == report["keys_tuned"]  # each key benchmarked once

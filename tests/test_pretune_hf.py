@@ -150,7 +150,7 @@ def test_dry_run_keys_equal_model_keys(dtype, attention, kv_heads, train):
     assert all(j.error is None for j in dry.jobs), [j.error for j in dry.jobs if j.error]
     model = hf_model(w.model)
     steps = [st for st in all_steps(w.tokens) if not train or st[0] == "prefill"]
-    with pt._no_launches():
+    with pt.no_launches():
         requested = requested_keys(model, w.model, steps, train, resolve=False)
     derived = set(dry.distinct())
     assert requested - derived == set(), "requested but not derived"

@@ -24,7 +24,7 @@ def requested(fn):
         return dict(t.default)
 
     clear_caches()
-    with using_store(LayeredStore([MemoryStore()])), pretune._no_launches(), resolve_hook(hook):
+    with using_store(LayeredStore([MemoryStore()])), pretune.no_launches(), resolve_hook(hook):
         with flag_gems.use_gems():
             fn()
     clear_caches()

@@ -92,6 +92,9 @@ class Summary:
     # not keeping up (``devices``: the same per device worker, with its jobs and wall time)
     waited_s: float = 0.0
     devices: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # one entry per job run: where and when it ran, what it waited and timed (the report's
+    # view of where a run's time went; see ``job_entry``)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
 
     def merge(self, other: "Summary") -> None:
         self.jobs += other.jobs
@@ -101,6 +104,7 @@ class Summary:
         self.tuned += other.tuned
         self.errors += other.errors
         self.waited_s += other.waited_s
+        self.timeline += other.timeline
 
     def per_kernel(self) -> list[dict[str, Any]]:
         by: dict[str, list[Tuned]] = defaultdict(list)
@@ -122,7 +126,7 @@ class Summary:
             "jobs_failed": self.jobs_failed, "keys_tuned": len(self.tuned), "wall_s": round(self.wall_s, 3),
             "waited_for_compiles_s": round(self.waited_s, 3), "devices": self.devices,
             "kernels": self.per_kernel(), "keys": [dataclasses.asdict(t) | {"speedup": t.speedup} for t in self.tuned],
-            "errors": self.errors,
+            "errors": self.errors, "timeline": self.timeline,
         }
 
     def table(self) -> str:
@@ -143,6 +147,17 @@ class Summary:
         if not self.devices and self.waited_s >= 0.05 * self.wall_s:
             lines.append(f"{self.waited_s:.1f} s waiting for compiled jobs: compiling was the bottleneck (--compile-workers)")
         return "\n".join(lines)
+
+
+def job_entry(i: int, job: Job, start_s: float, run_s: float, since_asked_s: float, before: dict[str, int]) -> dict[str, Any]:
+    """A timeline entry: job ``i`` started ``start_s`` into the run and ran ``run_s``; the
+    rest of ``since_asked_s`` (from asking for the job to its end) was waiting for it;
+    ``before``: ``tuner.stats()`` as it started."""
+    now = stats()
+    return {"job": i, "op": job.describe()[:120], "start_s": round(start_s, 3), "run_s": round(run_s, 3),
+            "waited_s": round(max(since_asked_s - run_s, 0.0), 3),
+            "benchmarks": now["benchmarks_run"] - before["benchmarks_run"],
+            "configs_timed": now["configs_timed"] - before["configs_timed"]}
 
 
 class _TrackingStore(LayeredStore):
@@ -217,6 +232,7 @@ def run_jobs(
     compile_workers: int = 0,
     feed: Iterable[tuple[int, Job]] | None = None,
     give_up_after: int | None = None,
+    started_at: float | None = None,
 ) -> Summary:
     """Run every job once under the ``miss`` policy (``always`` with ``force``).
 
@@ -228,7 +244,8 @@ def run_jobs(
     given, hands out the jobs to run instead, already compiled (a device worker of
     ``run_parallel``); ``jobs`` is then only checked. ``give_up_after``: after that many jobs
     fail in a row, stop (an error entry says so): a device in a sticky error state would
-    fail every job it takes.
+    fail every job it takes. ``started_at``: the run's start (``time.time()``), from which
+    the timeline's job starts count (default: this call's start).
     """
     from tuner.libtuner import clear_caches
 
@@ -249,6 +266,7 @@ def run_jobs(
 
         bar = tqdm(total=len(jobs), unit="job", desc="pretune", dynamic_ncols=True)
     t0 = time.perf_counter()
+    started_at = time.time() if started_at is None else started_at
     set_default_store(tracking)
     if fresh:
         clear_caches()  # every key goes to the store once in this run
@@ -265,7 +283,8 @@ def run_jobs(
                     break
                 i, job = item
                 summary.jobs += 1
-                before = stats()["benchmarks_run"]
+                before = stats()
+                t_job = time.time()
                 try:
                     prov.run_job(job)
                 except Exception as e:  # one bad job must not stop the others
@@ -278,11 +297,13 @@ def run_jobs(
                     in_a_row += 1
                 else:
                     in_a_row = 0
-                    tuned_any = stats()["benchmarks_run"] > before
+                    tuned_any = stats()["benchmarks_run"] > before["benchmarks_run"]
                     if tuned_any:
                         summary.jobs_tuned += 1
                     else:
                         summary.jobs_skipped += 1
+                summary.timeline.append(job_entry(i, job, t_job - started_at, time.time() - t_job,
+                                                  time.perf_counter() - t, before))
                 if on_job is not None:
                     on_job(i, job, tuned_any)
                 if bar is not None:
@@ -388,7 +409,7 @@ class DryRun:
 
 
 @contextmanager
-def _no_launches() -> Iterator[None]:
+def no_launches() -> Iterator[None]:
     """Every Triton kernel launch (a LibTuner's, a plain ``triton.jit`` kernel's, compiled
     or interpreted) returns without running: Triton's launch entry is stubbed, so nothing
     needs a GPU, compiles or computes."""
@@ -429,7 +450,7 @@ def dry_run(jobs: Sequence[Job], *, provider: str | Any = DEFAULT_PROVIDER) -> D
     default config, so the call goes on to the next kernel it reaches: a job requesting
     several kernels (a norm's backward: dx then dw; cross-entropy: the loss then its sum)
     lists them all, which aborting at the first key could not. Launches are stubbed
-    (``_no_launches``), so the answered config never runs; the hook answers before any
+    (``no_launches``), so the answered config never runs; the hook answers before any
     store lookup, and the process store is a memory-only one besides, so nothing is read
     from or written to the DB. In-process caches are cleared before each job so every job
     lists each of its keys.
@@ -447,7 +468,7 @@ def dry_run(jobs: Sequence[Job], *, provider: str | Any = DEFAULT_PROVIDER) -> D
         return dict(tuner.default)
 
     out = DryRun()
-    with using_store(LayeredStore([MemoryStore()])), _no_launches(), resolve_hook(hook):
+    with using_store(LayeredStore([MemoryStore()])), no_launches(), resolve_hook(hook):
         for job in jobs:
             clear_caches()
             sink.clear()
@@ -516,7 +537,9 @@ def _worker(device: str, ready: Any, db_url: str, provider: str, force: bool, qu
     try:
         with elsewhere_tuned():  # a key another device is tuning: go on, it stores the key
             s = run_jobs([], provider=provider, force=force, progress=False, feed=feed(), give_up_after=GIVE_UP_AFTER,
-                         on_job=lambda i, job, tuned: queue.put(("job", device, tuned)))
+                         on_job=lambda i, job, tuned: queue.put(("job", device, tuned)), started_at=t0)
+        for entry in s.timeline:
+            entry["device"] = device
         queue.put(("done", device, s.as_dict() | {"first_job_s": first_job_s, "done_s": time.time() - t0}))
     except BaseException as e:  # report, then die
         queue.put(("error", device, f"{type(e).__name__}: {e}"))
@@ -623,6 +646,7 @@ def _summary_from_dict(d: dict[str, Any]) -> Summary:
                 waited_s=d["waited_for_compiles_s"])
     s.tuned = [Tuned(k["kernel"], k["key"], k["config"], k["best_ms"], k["default_ms"], k["configs_tried"]) for k in d["keys"]]
     s.errors = list(d["errors"])
+    s.timeline = list(d["timeline"])
     return s
 
 
