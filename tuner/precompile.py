@@ -7,8 +7,9 @@ on-disk cache (``LibTuner.warm``: ``warmup``, Triton's public compile-without-la
 then abandons the job: nothing is launched, timed or written. When the benchmarking
 process reaches the job, each config is a cache hit.
 
-Jobs are handed out in the order the benchmarking process runs them, and it waits for a
-job's compile only when it is about to run it, so compiling stays ahead of benchmarking.
+Jobs are compiled in the order the benchmarking processes run them (near it, with several
+devices: ``tuner.pretune.Dispatch``), and a job's compile is waited for only when it is
+about to run, so compiling stays ahead of benchmarking.
 Two things keep the GPUs busy from the start: until the pool has compiled its first job
 (its processes are still importing torch and starting CUDA), a benchmarking process with
 nothing to do takes the next job uncompiled and compiles as it times; and the pool runs at
@@ -113,6 +114,11 @@ class Precompiler:
     def _on_done(self, _: Future) -> None:
         self.started = True
 
+    def compiled(self, i: int) -> bool:
+        """Whether job ``i``'s compile is over (done, failed, or none: no pool)."""
+        fut = self._futures[i]
+        return fut is None or fut.done()
+
     def wait(self, i: int, idle: Callable[[], bool] | None = None) -> int:
         """Block until job ``i``'s configs are compiled; how many were (0: none, or failed:
         the benchmarking process then compiles them itself). ``idle``: whether the job's
@@ -149,16 +155,12 @@ class Precompiler:
         self.close()
 
 
-def ahead(jobs: Sequence[Job], provider: str, workers: int, force: bool = False,
-          devices: Sequence[str] = (), db_url: str | None = None,
-          idle: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, Job]]:
+def ahead(jobs: Sequence[Job], provider: str, workers: int, force: bool = False) -> Iterator[tuple[int, Job]]:
     """Iterate ``jobs`` in order, each one's configs compiled before it is yielded (by
-    ``workers`` processes), except while the pool is starting and ``idle()`` says the
-    consumer has nothing to do (default: the caller itself consumes, and is idle while it
-    waits). With ``devices`` (several GPUs sharing the run) the processes are spread over
-    them (CUDA_VISIBLE_DEVICES) and compile each job's default config too; ``db_url``: the
-    run's DB, whose stored keys are not compiled."""
-    with Precompiler(jobs, provider, workers, force, devices, db_url) as pre:
+    ``workers`` processes), except while the pool is starting: the caller, idle while it
+    waits, then takes the job uncompiled. (Several devices: ``run_parallel`` hands out
+    from a ``Precompiler`` itself.)"""
+    with Precompiler(jobs, provider, workers, force) as pre:
         for i, job in enumerate(jobs):
-            pre.wait(i, idle)
+            pre.wait(i, idle=lambda: True)
             yield i, job

@@ -537,7 +537,7 @@ def _worker(device: str, ready: Any, db_url: str, provider: str, force: bool, qu
     try:
         with elsewhere_tuned():  # a key another device is tuning: go on, it stores the key
             s = run_jobs([], provider=provider, force=force, progress=False, feed=feed(), give_up_after=GIVE_UP_AFTER,
-                         on_job=lambda i, job, tuned: queue.put(("job", device, tuned)), started_at=t0)
+                         on_job=lambda i, job, tuned: queue.put(("job", device, i)), started_at=t0)
         for entry in s.timeline:
             entry["device"] = device
         queue.put(("done", device, s.as_dict() | {"first_job_s": first_job_s, "done_s": time.time() - t0}))
@@ -549,24 +549,74 @@ def _worker(device: str, ready: Any, db_url: str, provider: str, force: bool, qu
 GIVE_UP_AFTER = 5  # a device whose jobs fail this many times in a row leaves the run to the others
 
 
+class Dispatch:
+    """Which job each device worker runs next (``run_parallel``'s hand-out policy).
+
+    Jobs go out near their order (from the first ``window`` not yet handed out), at most
+    ``per_device`` queued on a device. A device prefers jobs of a group it ran last (a
+    group: the op, dtype, arguments and phase, so the same kernels), then jobs of a group no
+    other device is running; only when it has nothing queued does it take a job of a
+    group another device is on. Neighbouring jobs of one op thus stay on one device: two
+    devices do not compile or load the same kernels at once (what each process pays the
+    first time it runs a kernel). ``takeable(i, device)`` says whether job ``i`` may go
+    out now (compiled, or the pool still starting)."""
+
+    def __init__(self, jobs: Sequence[Job], devices: Sequence[str], window: int = 32, per_device: int = 2) -> None:
+        self.pending = list(range(len(jobs)))  # not handed out yet, in order
+        self.group = [(j.op, j.dtype, j.args, j.phase) for j in jobs]
+        self.running: dict[str, list[int]] = {d: [] for d in devices}  # handed out, not reported run
+        self.owner: dict[tuple, str] = {}
+        self.window, self.per_device = window, per_device
+
+    def wanting(self) -> list[str]:
+        """Devices with room for another job, emptiest first."""
+        return sorted((d for d, r in self.running.items() if len(r) < self.per_device), key=lambda d: len(self.running[d]))
+
+    def pick(self, device: str, takeable: Callable[[int, str], bool]) -> int | None:
+        """The job ``device`` runs next (now marked handed out), or None: nothing for it now."""
+        ready = [i for i in self.pending[:self.window] if takeable(i, device)]
+        elsewhere = {self.group[i] for d, r in self.running.items() if d != device for i in r}
+        mine = [i for i in ready if self.owner.get(self.group[i]) == device]
+        free = [i for i in ready if self.group[i] not in elsewhere]
+        if mine or free:
+            choice = (mine or free)[0]
+            self.owner[self.group[choice]] = device
+        elif ready and not self.running[device]:  # idle: take another device's op (it keeps the op)
+            choice = ready[0]
+        else:
+            return None
+        self.pending.remove(choice)
+        self.running[device].append(choice)
+        return choice
+
+    def ran(self, device: str, i: int) -> None:
+        self.running[device].remove(i)
+
+    def lost(self, device: str) -> None:
+        """``device`` stopped: the jobs queued on it go back to the others."""
+        self.pending = sorted(self.pending + self.running.pop(device, []))
+
+
 def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, provider: str = DEFAULT_PROVIDER,
                  force: bool = False, progress: bool = True, compile_workers: int = 0) -> Summary:
     """One spawned worker per device, all writing to one DB. This process compiles the jobs
     ahead in one pool (``compile_workers`` per device, spread over the devices) and hands
-    each compiled job, in order, to whichever worker asks next, a few at a time: the
-    devices stay evenly busy with no plan made up front. A key two devices reach at once
-    is tuned by the first; the second runs the default config and goes on
-    (``elsewhere_tuned``). A worker that stops (``GIVE_UP_AFTER`` failures in a row, a
-    crash) leaves the rest to the others; jobs no worker ran (or whose worker crashed)
-    count as failed."""
+    each compiled job to a device with room, a couple queued on each (``Dispatch``: the
+    devices stay evenly busy with no plan made up front, and neighbouring jobs of one op
+    stay on one device). Until the pool has compiled its first job, a device with nothing
+    queued takes jobs uncompiled. A key two devices reach at once is tuned by the first;
+    the second runs the default config and goes on (``elsewhere_tuned``). A worker that
+    stops (``GIVE_UP_AFTER`` failures in a row, a crash) leaves the rest to the others;
+    jobs no worker ran count as failed."""
     import multiprocessing as mp
     import queue as queue_mod
 
     ctx = mp.get_context("spawn")
-    ready, queue = ctx.Queue(maxsize=2 * len(devices)), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(dev, ready, db_url, provider, force, queue, time.time()))
-             for dev in devices]
-    for p in procs:
+    inbox = {dev: ctx.Queue() for dev in devices}
+    queue = ctx.Queue()
+    procs = {dev: ctx.Process(target=_worker, args=(dev, inbox[dev], db_url, provider, force, queue, time.time()))
+             for dev in devices}
+    for p in procs.values():
         p.start()
     bar = None
     if progress:
@@ -575,23 +625,30 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
         bar = tqdm(total=len(jobs), unit="job", desc=f"pretune x{len(devices)}", dynamic_ncols=True)
     t0 = time.perf_counter()
     total = Summary()
-    stopped: set[str] = set()  # workers that reported done or an error
+    plan = Dispatch(jobs, devices)
+
+    def stop(dev: str) -> None:
+        if dev in plan.running:
+            plan.lost(dev)
 
     def pump(timeout: float | None) -> None:
         """Take the workers' messages (wait up to ``timeout`` for the first)."""
-        while len(stopped) < len(procs):
+        while plan.running:
             try:
                 kind, dev, payload = queue.get(timeout=timeout) if timeout else queue.get_nowait()
             except queue_mod.Empty:
-                if not any(p.is_alive() for p in procs):  # every worker is gone: nothing more will come
-                    stopped.update(devices)
+                for dev, p in procs.items():  # a worker gone without a word (killed): nothing more from it
+                    if not p.is_alive() and queue.empty():
+                        stop(dev)
                 return
             timeout = None
             if kind == "job":
+                if dev in plan.running:
+                    plan.ran(dev, payload)
                 if bar is not None:
                     bar.update(1)
                 continue
-            stopped.add(dev)
+            stop(dev)
             if kind == "done":
                 total.merge(_summary_from_dict(payload))
                 total.devices[dev] = {"jobs": payload["jobs"], "wall_s": payload["wall_s"],
@@ -600,35 +657,35 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
             else:
                 total.errors.append({"job": f"worker {dev}", "error": payload})
 
-    def hand_out(item: Any) -> bool:
-        """Queue ``item`` for the workers once there is room; False if none is left."""
-        while len(stopped) < len(procs):
-            try:
-                ready.put(item, timeout=0.5)
-                return True
-            except queue_mod.Full:
-                pump(None)
-        return False
-
     finished = False
+    pre = precompile.Precompiler(jobs, provider, compile_workers * len(devices), force, devices, db_url)
     try:
         checked_provider(provider, jobs)  # while the workers start
-        for i, job in precompile.ahead(jobs, provider, compile_workers * len(devices), force, devices, db_url,
-                                       idle=ready.empty):  # a worker is waiting for a job
-            pump(None)
-            if not hand_out((i, job.as_dict())):
-                break
-        for _ in procs:
-            hand_out(None)
-        while len(stopped) < len(procs):
-            pump(1.0)
+
+        def takeable(i: int, dev: str) -> bool:
+            return pre.compiled(i) or (not pre.started and not plan.running[dev])
+
+        closed: set[str] = set()  # told there is no more
+        while plan.running:
+            handed = False
+            for dev in plan.wanting():
+                i = plan.pick(dev, takeable) if dev not in closed else None
+                if i is not None:
+                    inbox[dev].put((i, jobs[i].as_dict()))
+                    handed = True
+            if not plan.pending:
+                for dev in set(plan.running) - closed:
+                    inbox[dev].put(None)
+                    closed.add(dev)
+            pump(None if handed else 0.05)
         finished = True
     finally:
-        if not finished:  # an error or Ctrl-C here: stop the workers, do not wait on the queue
-            ready.cancel_join_thread()
-            for p in procs:
+        pre.close()
+        if not finished:  # an error or Ctrl-C here: stop the workers, do not wait on the queues
+            for dev, p in procs.items():
+                inbox[dev].cancel_join_thread()
                 p.terminate()
-        for p in procs:
+        for p in procs.values():
             p.join()
         if bar is not None:
             bar.close()

@@ -179,3 +179,53 @@ def test_warm_compiles_what_a_launcher_config_launches(timer, monkeypatch):
     n = precompile.compile_job(Job("linear", ((256, 128), (128, 128)), "float16").as_dict(), PROVIDER)
     assert n > 1 and not launched
     assert "_mm_tma_kernel" in warmed and "_mm_kernel" in warmed
+
+
+def run_plan(jobs, devices=("0", "1"), takeable=lambda i, d: True, **kw):
+    """Hand out every job with devices finishing their jobs in turn: (device, job) pairs."""
+    plan, order = pt.Dispatch(jobs, devices, **kw), []
+    while plan.pending:
+        for dev in plan.wanting():
+            i = plan.pick(dev, takeable)
+            if i is not None:
+                order.append((dev, i))
+        for dev in devices:  # each device runs its oldest queued job
+            if plan.running[dev]:
+                plan.ran(dev, plan.running[dev][0])
+    return order
+
+
+def test_dispatch_keeps_neighbouring_jobs_of_one_op_on_one_device():
+    """Six norm jobs then six GEMM jobs: each op's jobs run on one device (the first
+    device to take one), so two devices never start the same kernels at once."""
+    jobs = [Job("rms_norm", ((t, 96),), "float32") for t in range(1, 7)] + \
+        [Job("linear", ((t, 64), (32, 64)), "float32") for t in range(1, 7)]
+    order = run_plan(jobs)
+    assert sorted(i for _, i in order) == list(range(12))  # every job once
+    by_op = {op: {d for d, i in order if jobs[i].op == op} for op in ("rms_norm", "linear")}
+    assert len(by_op["rms_norm"]) == len(by_op["linear"]) == 1 and by_op["rms_norm"] != by_op["linear"]
+
+
+def test_dispatch_keeps_every_device_busy():
+    """One op only: the second device, with nothing queued, takes its jobs too (idle is
+    worse than loading the same kernels twice); none holds more than per_device."""
+    jobs = [Job("rms_norm", ((t, 96),), "float32") for t in range(1, 9)]
+    plan = pt.Dispatch(jobs, ["0", "1"])
+    for _ in range(2):
+        for dev in plan.wanting():
+            plan.pick(dev, lambda i, d: True)
+    assert [len(r) for r in plan.running.values()] == [2, 1]  # the second: one, taken while idle
+    assert plan.pick("1", lambda i, d: True) is None  # not a second steal while it has one
+    order = run_plan(jobs)
+    assert {d for d, _ in order} == {"0", "1"} and sorted(i for _, i in order) == list(range(8))
+
+
+def test_dispatch_waits_for_takeable_jobs_and_requeues_a_lost_device():
+    jobs = [Job("rms_norm", ((t, 96),), "float32") for t in range(1, 4)] + [Job("linear", ((2, 64), (32, 64)), "float32")]
+    plan = pt.Dispatch(jobs, ["0", "1"], window=2)
+    assert plan.pick("0", lambda i, d: i > 0) == 1  # job 0 is not takeable yet (not compiled)
+    assert plan.pick("1", lambda i, d: i > 0) == 2  # idle: device 0's op (the GEMM is past the window)
+    assert plan.pick("1", lambda i, d: True) == 3  # the window moved on: the GEMM, an op of its own
+    assert plan.owner == {plan.group[1]: "0", plan.group[3]: "1"}  # a device that took another's op did not take it over
+    plan.lost("0")  # device 0 stopped: its queued job goes back
+    assert plan.pending == [0, 1] and plan.wanting() == []
