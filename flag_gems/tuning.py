@@ -845,8 +845,8 @@ def _replay_rms_norm_dx(raw: dict) -> Job | None:
 
 @register_replay("flag_gems.ops.rms_norm.rms_norm_bwd_dw_kernel")
 def _replay_rms_norm_dw(raw: dict) -> Job | None:
-    dts = raw["dtypes"]  # DY, X, fp32 Rstd, fp32 acc (the weight's dtype only casts it)
-    return _rms_norm_train_job(raw["M"], raw["N"], dts[1]) if dts[0] == dts[1] else None
+    dts = raw["dtypes"]  # DY, X, fp32 Rstd, DW (the weight's dtype)
+    return _rms_norm_train_job(raw["M"], raw["N"], dts[1]) if dts[0] == dts[1] == dts[3] else None
 
 
 # flat pointwise kernels that ops run inside themselves (a backward's zeros and casts)

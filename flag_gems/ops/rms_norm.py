@@ -73,7 +73,7 @@ def rms_norm_bwd_dw_kernel(DY, X, Rstd, DW, M, N, BLOCK_M: tl.constexpr, BLOCK_N
         x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
         rstd = tl.load(Rstd + rows, mask=rm, other=0.0).to(tl.float32)
         acc += dy * x * rstd[:, None]
-    tl.store(DW + cols, tl.sum(acc, axis=0), mask=cm)
+    tl.store(DW + cols, tl.sum(acc, axis=0).to(DW.dtype.element_ty), mask=cm)
 
 
 def _eps(x: torch.Tensor, eps: float | None) -> float:
@@ -104,11 +104,12 @@ def _backward(
             w = weight.contiguous() if weight is not None else x2
             rms_norm_bwd_dx_kernel[(M,)](dy2, x2, w, rstd, dx, n, HAS_W=weight is not None)
     if want_dw and weight is not None:
-        acc = torch.zeros(n, dtype=torch.float32, device=x.device)
-        if M and n:
+        if M and n:  # each program sums its columns over every row and casts: no zeroed buffer, no cast kernel
+            dw = torch.empty(weight.shape, dtype=weight.dtype, device=x.device)
             grid = lambda META: (cdiv(n, META["BLOCK_N"]),)
-            rms_norm_bwd_dw_kernel[grid](dy2, x2, rstd, acc, M, n)
-        dw = acc.to(weight.dtype).view(weight.shape)
+            rms_norm_bwd_dw_kernel[grid](dy2, x2, rstd, dw, M, n)
+        else:
+            dw = torch.zeros(weight.shape, dtype=weight.dtype, device=x.device)
     return dx, dw
 
 

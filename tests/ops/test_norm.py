@@ -101,6 +101,10 @@ def test_rms_norm(dtype, shape, norm, affine):
     with gems_ran("rms_norm_fwd_kernel", "rms_norm_bwd_dx_kernel"):
         y = F.rms_norm(ins[0], norm, *ins[1:], eps=1e-6)
         y.backward(dy)
+    with gems_ran() as ran:  # again, every key tuned now (tuning copies arguments): the op's own launches
+        F.rms_norm(_leaf(x), norm, *[_leaf(t) for t in ins[1:]], eps=1e-6).backward(dy)
+    assert ran["rms_norm_bwd_dw_kernel"] == affine  # dw written whole, in the weight's dtype:
+    assert not [k for k in ran if k.startswith("fill")], dict(ran)  # no zeroed buffer (the interpreter copies)
     refs = [_leaf(to_reference(t)) for t in ins]
     y_ref = F.rms_norm(refs[0], norm, *refs[1:], eps=1e-6)
     y_ref.backward(to_reference(dy))
@@ -109,6 +113,19 @@ def test_rms_norm(dtype, shape, norm, affine):
     rows = x.numel() // w.numel() if affine else 1
     base = _torch_grads(lambda *t: F.rms_norm(t[0], norm, *t[1:], eps=1e-6), ins, dy)
     _check_grads([t.grad for t in ins], [t.grad for t in refs], dtype, rows, base)
+
+
+def test_rms_norm_backward_weight_of_another_dtype():
+    """bf16 rows, an fp32 weight: dw comes back in fp32 (the kernel casts as it stores)."""
+    x, w, dy = (torch.randn(6, 40, device=DEVICE, dtype=torch.bfloat16), torch.randn(40, device=DEVICE),
+                torch.randn(6, 40, device=DEVICE, dtype=torch.bfloat16))
+    ins = [_leaf(x), _leaf(w)]
+    with gems_ran("rms_norm_bwd_dw_kernel"):
+        F.rms_norm(ins[0], (40,), ins[1], eps=1e-6).backward(dy)
+    refs = [_leaf(to_reference(t)) for t in ins]
+    F.rms_norm(refs[0], (40,), refs[1], eps=1e-6).backward(to_reference(dy))
+    assert ins[1].grad.dtype == torch.float32
+    assert_close(ins[1].grad, refs[1].grad, torch.bfloat16, reduce_dim=6)
 
 
 def test_rms_norm_default_eps_noncontiguous_no_grad():
