@@ -824,9 +824,10 @@ def _replay_layer_norm_dx(raw: dict) -> Job | None:
 
 @register_replay("flag_gems.ops.layer_norm.layer_norm_bwd_dwdb_kernel")
 def _replay_layer_norm_dwdb(raw: dict) -> Job | None:
-    # DY, X, Mean, Rstd, then fp32 DW and DB; the weight's dtype only casts them
+    # DY, X, Mean, Rstd, then DW and DB in the weight's and the bias's dtypes (the one
+    # buffer twice when only one is wanted): a weight's gradient alone
     dts = raw["dtypes"]
-    return _layer_norm_backward_job(raw["M"], raw["N"], dts[:4], dts[1], [False, True, False])
+    return _layer_norm_backward_job(raw["M"], raw["N"], dts[:4], dts[4], [False, True, False]) if dts[4] == dts[5] else None
 
 
 def _rms_norm_train_job(m: int, n: int, dt: str) -> Job:

@@ -136,9 +136,9 @@ def layer_norm_bwd_dwdb_kernel(DY, X, Mean, Rstd, DW, DB, M, N, HAS_DW: tl.const
             dw += dy * (x - mean[:, None]) * rstd[:, None]
         db += dy
     if HAS_DW:
-        tl.store(DW + cols, tl.sum(dw, axis=0), mask=cm)
+        tl.store(DW + cols, tl.sum(dw, axis=0).to(DW.dtype.element_ty), mask=cm)
     if HAS_DB:
-        tl.store(DB + cols, tl.sum(db, axis=0), mask=cm)
+        tl.store(DB + cols, tl.sum(db, axis=0).to(DB.dtype.element_ty), mask=cm)
 
 
 def _split(x: torch.Tensor, normalized_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -207,13 +207,13 @@ def native_layer_norm_backward(
     want_dw = output_mask[1] and weight is not None
     want_db = output_mask[2] and bias is not None
     if want_dw or want_db:
-        acc_w = torch.zeros(N, dtype=torch.float32, device=x.device)
-        acc_b = torch.zeros(N, dtype=torch.float32, device=x.device)
+        # each program sums its columns over every row and stores them in the parameter's
+        # dtype: no zeroed fp32 buffers, no cast kernels (an empty input: zero gradients)
+        new = torch.empty if M and N else torch.zeros
+        dw = new(weight.shape, dtype=weight.dtype, device=x.device) if want_dw else None
+        db = new(bias.shape, dtype=bias.dtype, device=x.device) if want_db else None
         if M and N:
             grid = lambda META: (cdiv(N, META["BLOCK_N"]),)
-            layer_norm_bwd_dwdb_kernel[grid](dy, x, mean, rstd, acc_w, acc_b, M, N, HAS_DW=want_dw, HAS_DB=want_db)
-        if want_dw:
-            dw = acc_w.to(weight.dtype).view(weight.shape)
-        if want_db:
-            db = acc_b.to(bias.dtype).view(bias.shape)
+            layer_norm_bwd_dwdb_kernel[grid](dy, x, mean, rstd, dw if want_dw else db, db if want_db else dw, M, N,
+                                             HAS_DW=want_dw, HAS_DB=want_db)
     return dx, dw, db

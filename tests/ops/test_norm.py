@@ -63,6 +63,21 @@ def test_layer_norm_noncontiguous_weight_only():
     _check_grads([xl.grad, wl.grad], [xr.grad, wr.grad], torch.float32, 6)
 
 
+def test_layer_norm_bias_only_of_another_dtype():
+    """bf16 rows, an fp32 bias and no weight: db comes back in fp32 (the kernel casts as it
+    stores, the one buffer standing in for the absent dw)."""
+    x, b, dy = (torch.randn(6, 40, device=DEVICE, dtype=torch.bfloat16), torch.randn(40, device=DEVICE),
+                torch.randn(6, 40, device=DEVICE, dtype=torch.bfloat16))
+    xl, bl = _leaf(x), _leaf(b)
+    with gems_ran("layer_norm_bwd_dwdb_kernel"):
+        F.layer_norm(xl, (40,), None, bl).backward(dy)
+    xr, br = _leaf(to_reference(x)), _leaf(to_reference(b))
+    F.layer_norm(xr, (40,), None, br).backward(to_reference(dy))
+    assert bl.grad.dtype == torch.float32
+    assert_close(bl.grad, br.grad, torch.bfloat16, reduce_dim=6)
+    assert_close(xl.grad, xr.grad, torch.bfloat16, reduce_dim=40)
+
+
 def test_layer_norm_chunked_rows():
     """Rows longer than the block take the looped path (forward and dx)."""
     from flag_gems.ops.layer_norm import layer_norm_bwd_dx_kernel, layer_norm_fwd_kernel
