@@ -805,8 +805,9 @@ def _replay_group_norm_dx(raw: dict) -> Job | None:
 
 @register_replay("flag_gems.ops.group_norm.group_norm_bwd_dwdb_kernel")
 def _replay_group_norm_dwdb(raw: dict) -> Job | None:
-    # DY, X, Mean, Rstd, then fp32 DW and DB (the weight's dtype only casts them)
-    return _group_norm_backward_job(raw["HxW"], raw["dtypes"][:4], None, [False, True, True])
+    # DY, X, Mean, Rstd, then DW and DB in the weight's dtype (x's without a weight)
+    dts = raw["dtypes"]
+    return _group_norm_backward_job(raw["HxW"], dts[:4], None, [False, True, True]) if dts[4] == dts[5] == dts[1] else None
 
 
 def _layer_norm_backward_job(m: int, n: int, dts: Sequence[str], w_dt: str, mask: list[bool]) -> Job:

@@ -108,9 +108,9 @@ def group_norm_bwd_dwdb_kernel(DY, X, Mean, Rstd, DW, DB, N, C, HxW, G, HAS_DW: 
                 dw += dy * (x - mean) * rstd
             db += dy
     if HAS_DW:
-        tl.store(DW + ch, tl.sum(dw, axis=0))
+        tl.store(DW + ch, tl.sum(dw, axis=0).to(DW.dtype.element_ty))
     if HAS_DB:
-        tl.store(DB + ch, tl.sum(db, axis=0))
+        tl.store(DB + ch, tl.sum(db, axis=0).to(DB.dtype.element_ty))
 
 
 @register("native_group_norm")
@@ -148,13 +148,13 @@ def native_group_norm_backward(
             w = weight.contiguous() if weight is not None else x
             group_norm_bwd_dx_kernel[(N * group,)](dy, x, w, mean, rstd, dx, L, HxW, C // group, group, HAS_W=weight is not None)
     if output_mask[1] or output_mask[2]:
-        acc_w = torch.zeros(C, dtype=torch.float32, device=x.device)
-        acc_b = torch.zeros(C, dtype=torch.float32, device=x.device)
-        if C and N and HxW:
-            group_norm_bwd_dwdb_kernel[(C,)](dy, x, mean, rstd, acc_w, acc_b, N, C, HxW, group, HAS_DW=output_mask[1], HAS_DB=output_mask[2])
+        # one program per channel sums it over every sample and stores it in the parameter's
+        # dtype: no zeroed fp32 buffers, no casts (an empty input: zero gradients)
+        new = torch.empty if C and N and HxW else torch.zeros
         dtype = weight.dtype if weight is not None else x.dtype
-        if output_mask[1]:
-            dw = acc_w.to(dtype)
-        if output_mask[2]:
-            db = acc_b.to(dtype)
+        dw = new(C, dtype=dtype, device=x.device) if output_mask[1] else None
+        db = new(C, dtype=dtype, device=x.device) if output_mask[2] else None
+        if C and N and HxW:
+            group_norm_bwd_dwdb_kernel[(C,)](dy, x, mean, rstd, dw if dw is not None else db, db if db is not None else dw,
+                                             N, C, HxW, group, HAS_DW=output_mask[1], HAS_DB=output_mask[2])
     return dx, dw, db
