@@ -677,7 +677,7 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
                 for dev in set(plan.running) - closed:
                     inbox[dev].put(None)
                     closed.add(dev)
-            pump(None if handed else 0.05)
+            pump(None if handed else 0.01)  # a message, or a compile finishing, lets more go out
         finished = True
     finally:
         pre.close()
