@@ -354,6 +354,15 @@ def test_cli_smoke_real_timer_under_a_minute(tmp_path):
     assert all(a["start_s"] + a["run_s"] <= b["start_s"] + 0.01 for a, b in zip(timeline, timeline[1:]))
     assert sum(e["benchmarks"] for e in timeline) == report["keys_tuned"]
     assert sum(e["configs_timed"] for e in timeline) >= report["keys_tuned"]
+    # the timeline replays through the multi-GPU hand-out policies (benchmarks/replay_dispatch.py)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    replay = [sys.executable, "benchmarks/replay_dispatch.py", str(rep)]
+    sim = subprocess.run([*replay, str(SMOKE)], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert sim.returncode == 0, sim.stderr[-2000:]
+    assert "| in order, to a free device |" in sim.stdout and "| Dispatch |" in sim.stdout
+    other = subprocess.run([*replay, str(ROOT / "workloads" / "llama7b.yaml")], capture_output=True, text=True,
+                           timeout=60, cwd=ROOT, env=env)
+    assert other.returncode != 0 and "not these workloads' jobs" in other.stderr
     assert "keys tuned" in r.stdout
     r = cli(str(SMOKE), "--db", str(db), "--no-progress", timeout=60)
     assert r.returncode == 0 and "0 keys tuned" in r.stdout
