@@ -689,10 +689,14 @@ def _replay_cat(raw: dict) -> Job | None:
 
 @register_replay("flag_gems.ops.layer_norm.layer_norm_fwd_kernel")
 def _replay_layer_norm(raw: dict) -> Job | None:
-    dts = raw["dtypes"]  # x, weight, bias, y, then fp32 mean and rstd
-    if len(dts) != 6 or len(set(dts[:4])) != 1:
+    dts = raw["dtypes"]  # x, y, weight, bias (x when absent), then fp32 mean and rstd
+    if len(dts) != 6 or dts[1] != dts[0]:
         return None
-    return Job("layer_norm", ((1, raw["N"]),), dts[0])
+    if len(set(dts[:4])) == 1:
+        return Job("layer_norm", ((1, raw["N"]),), dts[0])
+    n = raw["N"]  # parameters of another dtype (fp32 ones for bf16 rows, say)
+    return _aten_call("native_layer_norm", [(1, n), (n,), (n,)], [dts[0], dts[2], dts[3]],
+                      [{"$t": 0}, [n], {"$t": 1}, {"$t": 2}, 1e-5])
 
 
 @register_replay("flag_gems.ops.index.index_select_kernel")
