@@ -593,7 +593,7 @@ class Dispatch:
         self.running[device].remove(i)
 
     def lost(self, device: str) -> None:
-        """``device`` stopped: the jobs queued on it go back to the others."""
+        """``device`` stopped (again: nothing happens): the jobs queued on it go back to the others."""
         self.pending = sorted(self.pending + self.running.pop(device, []))
 
 
@@ -627,10 +627,6 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
     total = Summary()
     plan = Dispatch(jobs, devices)
 
-    def stop(dev: str) -> None:
-        if dev in plan.running:
-            plan.lost(dev)
-
     def pump(timeout: float | None) -> None:
         """Take the workers' messages (wait up to ``timeout`` for the first)."""
         while plan.running:
@@ -639,7 +635,7 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
             except queue_mod.Empty:
                 for dev, p in procs.items():  # a worker gone without a word (killed): nothing more from it
                     if not p.is_alive() and queue.empty():
-                        stop(dev)
+                        plan.lost(dev)
                 return
             timeout = None
             if kind == "job":
@@ -648,7 +644,7 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
                 if bar is not None:
                     bar.update(1)
                 continue
-            stop(dev)
+            plan.lost(dev)  # it stopped: whatever it still had queued goes to the others
             if kind == "done":
                 total.merge(_summary_from_dict(payload))
                 total.devices[dev] = {"jobs": payload["jobs"], "wall_s": payload["wall_s"],
