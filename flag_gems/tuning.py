@@ -27,7 +27,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -469,6 +469,13 @@ OPS: dict[str, Callable[[Job], Any]] = {
 
 def known_op(name: str) -> bool:
     return name in OPS or name.startswith("aten.")
+
+
+def slow_imports(ops: Collection[str]) -> list[str]:
+    """Modules that jobs of ``ops`` import on their first run and that take seconds to
+    import (transformers: HF attention builds the installed LlamaRotaryEmbedding). A
+    pretune process imports them in the background as it starts."""
+    return ["transformers.models.llama.modeling_llama"] if "hf_attention" in ops else []
 
 
 def run_job(job: Job, init: bool = True) -> None:

@@ -413,3 +413,30 @@ def test_cli_two_devices_tune_every_key_once(tmp_path):
         assert len(mine) == d["jobs"]
         assert all(d["first_job_s"] - 0.01 <= e["start_s"] <= e["start_s"] + e["run_s"] <= d["done_s"] + 0.01 for e in mine)
     assert sum(e["benchmarks"] for e in timeline) == report["keys_tuned"]  # each key benchmarked once
+
+
+def test_slow_imports_start_in_the_background(env, monkeypatch):
+    """HF attention jobs import transformers (seconds) on their first run: a pretune
+    process starts that import in a background thread as it starts, from the run's ops
+    (a device worker's come from the parent); a failing import is left to the job."""
+    from flag_gems import tuning
+
+    assert tuning.slow_imports({"hf_attention", "linear"}) == ["transformers.models.llama.modeling_llama"]
+    assert tuning.slow_imports({"linear", "hf_rms_norm"}) == []
+
+    class Prov:
+        @staticmethod
+        def slow_imports(ops):
+            return ["json.tool", "no_such_module_here"] if "x" in ops else []
+
+    sys.modules.pop("json.tool", None)
+    t = pt.preload(Prov, {"x"})
+    t.join(10)
+    assert not t.is_alive() and "json.tool" in sys.modules
+    assert pt.preload(Prov, {"y"}) is None
+
+    seen = []
+    monkeypatch.setattr(pt, "preload", lambda prov, ops: seen.append(set(ops)))
+    pt.run_jobs([wl.Job("linear", ((3, 32), (16, 32)), "float32")], progress=False)
+    pt.run_jobs([], progress=False, feed=iter([]), ops=["hf_attention"])
+    assert seen == [{"linear"}, {"hf_attention"}]

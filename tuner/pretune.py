@@ -22,11 +22,12 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
 from tuner import precompile, settings
 from tuner.stats import stats
@@ -51,6 +52,26 @@ def load_provider(name: str = DEFAULT_PROVIDER) -> Any:
         if not hasattr(mod, attr):
             raise PretuneError(f"provider {name!r} has no {attr}()")
     return mod
+
+
+def preload(prov: Any, ops: Collection[str]) -> threading.Thread | None:
+    """Import, in a background thread, the modules the provider says jobs of ``ops`` import
+    slowly on first use (``slow_imports``), so the first such job does not wait for them.
+    An import that fails here fails again, and is reported, in its job."""
+    modules = getattr(prov, "slow_imports", lambda ops: [])(ops)
+    if not modules:
+        return None
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception as e:  # noqa: BLE001 - the job that needs it reports it
+                log.debug("preloading %s failed: %s", name, e)
+
+    t = threading.Thread(target=run, name="pretune-preload", daemon=True)
+    t.start()
+    return t
 
 
 def checked_provider(provider: str | Any, jobs: Sequence[Job]) -> Any:
@@ -233,6 +254,7 @@ def run_jobs(
     feed: Iterable[tuple[int, Job]] | None = None,
     give_up_after: int | None = None,
     started_at: float | None = None,
+    ops: Collection[str] | None = None,
 ) -> Summary:
     """Run every job once under the ``miss`` policy (``always`` with ``force``).
 
@@ -245,11 +267,13 @@ def run_jobs(
     ``run_parallel``); ``jobs`` is then only checked. ``give_up_after``: after that many jobs
     fail in a row, stop (an error entry says so): a device in a sticky error state would
     fail every job it takes. ``started_at``: the run's start (``time.time()``), from which
-    the timeline's job starts count (default: this call's start).
+    the timeline's job starts count (default: this call's start). ``ops``: the ops the jobs
+    (or the feed's) call, whose slow imports start in the background (default: ``jobs``').
     """
     from tuner.libtuner import clear_caches
 
     prov = checked_provider(provider, jobs)
+    preload(prov, {j.op for j in jobs} if ops is None else ops)
     summary = Summary()
     inner = default_store()
     saved: list[Tuned] = []
@@ -516,9 +540,11 @@ def remaining_misses() -> int:
 
 
 # -- several devices ------------------------------------------------------------------------
-def _worker(device: str, ready: Any, db_url: str, provider: str, force: bool, queue: Any, t0: float) -> None:
+def _worker(device: str, ready: Any, db_url: str, provider: str, force: bool, queue: Any, t0: float,
+            ops: Collection[str] = ()) -> None:
     """Run the jobs ``ready`` hands out (``(index, job dict)``, ``None``: no more) on one GPU;
-    report when its first job came and when it finished (seconds since ``t0``, the run's start)."""
+    report when its first job came and when it finished (seconds since ``t0``, the run's
+    start). ``ops``: the run's ops (their slow imports start in the background)."""
     os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch is imported in this process
     os.environ["FLAGGEMS_TUNING_DB"] = db_url
     settings.reload()
@@ -537,7 +563,7 @@ def _worker(device: str, ready: Any, db_url: str, provider: str, force: bool, qu
     try:
         with elsewhere_tuned():  # a key another device is tuning: go on, it stores the key
             s = run_jobs([], provider=provider, force=force, progress=False, feed=feed(), give_up_after=GIVE_UP_AFTER,
-                         on_job=lambda i, job, tuned: queue.put(("job", device, i)), started_at=t0)
+                         on_job=lambda i, job, tuned: queue.put(("job", device, i)), started_at=t0, ops=ops)
         for entry in s.timeline:
             entry["device"] = device
         queue.put(("done", device, s.as_dict() | {"first_job_s": first_job_s, "done_s": time.time() - t0}))
@@ -614,7 +640,8 @@ def run_parallel(jobs: Sequence[Job], devices: Sequence[str], *, db_url: str, pr
     ctx = mp.get_context("spawn")
     inbox = {dev: ctx.Queue() for dev in devices}
     queue = ctx.Queue()
-    procs = {dev: ctx.Process(target=_worker, args=(dev, inbox[dev], db_url, provider, force, queue, time.time()))
+    ops = sorted({j.op for j in jobs})
+    procs = {dev: ctx.Process(target=_worker, args=(dev, inbox[dev], db_url, provider, force, queue, time.time(), ops))
              for dev in devices}
     for p in procs.values():
         p.start()
