@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 
 from tuner import workload as wl
-from tuner.pretune import Dispatch
+from tuner.pretune import Dispatch, op_group, timeline_op
 
 
 def schedule(durations: list[float], devices: list[str], hand_out: Callable[[dict], list[tuple[str, int]]],
@@ -61,7 +61,7 @@ def with_dispatch(jobs: list[wl.Job], devices: list[str]) -> tuple[Callable, Cal
 
 
 def report(name: str, jobs: list[wl.Job], durations: list[float], placed: dict[int, tuple[str, float]]) -> str:
-    group = [(j.op, j.dtype, j.args, j.phase) for j in jobs]
+    group = [op_group(j) for j in jobs]
     end = max(start + durations[i] for i, (_, start) in placed.items())
     first: dict[tuple, int] = {}
     for i in sorted(placed, key=lambda i: placed[i][1]):
@@ -80,7 +80,7 @@ def main() -> None:
     args = p.parse_args()
     jobs = wl.load_jobs(args.workloads)
     timeline = {e["job"]: e for e in json.loads(open(args.report).read())["timeline"]}
-    if sorted(timeline) != list(range(len(jobs))) or any(timeline[i]["op"] != jobs[i].describe()[:120] for i in timeline):
+    if sorted(timeline) != list(range(len(jobs))) or any(timeline[i]["op"] != timeline_op(jobs[i]) for i in timeline):
         raise SystemExit("the report's jobs are not these workloads' jobs (run it with the same workloads)")
     durations = [timeline[i]["run_s"] for i in range(len(jobs))]
     devices = [str(d) for d in range(args.devices)]

@@ -170,12 +170,17 @@ class Summary:
         return "\n".join(lines)
 
 
+def timeline_op(job: Job) -> str:
+    """How a timeline entry names its job (the job's description, capped)."""
+    return job.describe()[:120]
+
+
 def job_entry(i: int, job: Job, start_s: float, run_s: float, since_asked_s: float, before: dict[str, int]) -> dict[str, Any]:
     """A timeline entry: job ``i`` started ``start_s`` into the run and ran ``run_s``; the
     rest of ``since_asked_s`` (from asking for the job to its end) was waiting for it;
     ``before``: ``tuner.stats()`` as it started."""
     now = stats()
-    return {"job": i, "op": job.describe()[:120], "start_s": round(start_s, 3), "run_s": round(run_s, 3),
+    return {"job": i, "op": timeline_op(job), "start_s": round(start_s, 3), "run_s": round(run_s, 3),
             "waited_s": round(max(since_asked_s - run_s, 0.0), 3),
             "benchmarks": now["benchmarks_run"] - before["benchmarks_run"],
             "configs_timed": now["configs_timed"] - before["configs_timed"]}
@@ -575,12 +580,17 @@ def _worker(device: str, ready: Any, db_url: str, provider: str, force: bool, qu
 GIVE_UP_AFTER = 5  # a device whose jobs fail this many times in a row leaves the run to the others
 
 
+def op_group(job: Job) -> tuple:
+    """The jobs that run the same kernels: one op, dtype, arguments and phase."""
+    return job.op, job.dtype, job.args, job.phase
+
+
 class Dispatch:
     """Which job each device worker runs next (``run_parallel``'s hand-out policy).
 
     Jobs go out near their order (from the first ``window`` not yet handed out), at most
-    ``per_device`` queued on a device. A device prefers jobs of a group it ran last (a
-    group: the op, dtype, arguments and phase, so the same kernels), then jobs of a group no
+    ``per_device`` queued on a device. A device prefers jobs of a group it ran last
+    (``op_group``: the same kernels), then jobs of a group no
     other device is running; only when it has nothing queued does it take a job of a
     group another device is on. Neighbouring jobs of one op thus stay on one device: two
     devices do not compile or load the same kernels at once (what each process pays the
@@ -589,7 +599,7 @@ class Dispatch:
 
     def __init__(self, jobs: Sequence[Job], devices: Sequence[str], window: int = 32, per_device: int = 2) -> None:
         self.pending = list(range(len(jobs)))  # not handed out yet, in order
-        self.group = [(j.op, j.dtype, j.args, j.phase) for j in jobs]
+        self.group = [op_group(j) for j in jobs]
         self.running: dict[str, list[int]] = {d: [] for d in devices}  # handed out, not reported run
         self.owner: dict[tuple, str] = {}
         self.window, self.per_device = window, per_device
