@@ -1,6 +1,8 @@
 """GPU check of issue 8: a 2-layer Llama-2-7B-shaped model (hidden 4096, intermediate
 11008, 32 heads, vocab 32000, bf16, random weights) under torch eager, plain
-``flag_gems.enable()`` and enable() + ``apply_gems_patches_to_transformers()``.
+``flag_gems.enable()`` and enable() + ``apply_gems_patches_to_transformers()``; both
+flag_gems modes also with every kernel launched through Triton's own launch path
+(``tuner.launch`` off), side by side.
 
 Checks the logits match eager (bf16 tolerance), then times warm prefill (1x512) and
 decode (8 sequences x 1 token over a 512-token KV cache), and prints a Markdown table
@@ -102,6 +104,7 @@ def main() -> None:
     args = ap.parse_args()
     import flag_gems
     import tuner
+    from tuner import launch
 
     model = build(args.layers)
     # one prompt for every mode: the logits are compared across modes
@@ -111,8 +114,14 @@ def main() -> None:
     rows["torch eager"] = measure(model, ids, decode_from, args.iters)
     flag_gems.enable()
     rows["flag_gems enable()"] = measure(model, ids, decode_from, args.iters)
+    launch.set_enabled(False)  # side by side: every kernel through Triton's own launch path
+    rows["enable(), Triton's launch"] = measure(model, ids, decode_from, args.iters)
+    launch.set_enabled(None)
     flag_gems.apply_gems_patches_to_transformers()
     rows["enable() + patches"] = measure(model, ids, decode_from, args.iters)
+    launch.set_enabled(False)
+    rows["enable() + patches, Triton's launch"] = measure(model, ids, decode_from, args.iters)
+    launch.set_enabled(None)
     flag_gems.revert_transformers_patches()
     flag_gems.disable()
 

@@ -1,7 +1,9 @@
 """Where the host time of a flag_gems op goes, on the GPU machine.
 
 For a few ops at decode size (where every op is host-bound), prints the host
-microseconds per call with torch and under ``flag_gems.enable()``, then a cProfile of
+microseconds per call with torch and under ``flag_gems.enable()`` (each kernel launched
+through Triton's ``fn[grid](...)``, and through tuner.launch's kept compiled kernels, the
+default), then a cProfile of
 the flag_gems calls (top functions by own time), so the launch path's cost is split into
 dispatch, flag_gems' Python, and Triton's launcher.
 
@@ -48,14 +50,19 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=14)
     args = ap.parse_args()
     import flag_gems
+    from tuner import launch
 
     ops = cases()
     torch_us = {k: host_us(f, args.n, warmup=50) for k, f in ops.items()}
     flag_gems.enable()
+    launch.set_enabled(False)
+    triton_us = {k: host_us(f, args.n, warmup=50) for k, f in ops.items()}
+    launch.set_enabled(True)
     gems_us = {k: host_us(f, args.n, warmup=50) for k, f in ops.items()}
-    print("| op (bf16, decode size) | torch host us | flag_gems host us | difference |\n|---|---|---|---|")
+    print("| op (bf16, decode size) | torch host us | flag_gems, Triton's launch | flag_gems, kept kernels | difference to torch |")
+    print("|---|---|---|---|---|")
     for k in ops:
-        print(f"| {k} | {torch_us[k]:.1f} | {gems_us[k]:.1f} | {gems_us[k] - torch_us[k]:+.1f} |")
+        print(f"| {k} | {torch_us[k]:.1f} | {triton_us[k]:.1f} | {gems_us[k]:.1f} | {gems_us[k] - torch_us[k]:+.1f} |")
     for name in ("add", "F.linear 3-D"):
         prof = cProfile.Profile()
         f = ops[name]

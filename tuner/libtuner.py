@@ -147,6 +147,7 @@ class LibTuner:
         self.prune = prune_configs_by
         self.reset_to_zero, self.restore_value = list(reset_to_zero), list(restore_value)
         self.config_launcher = config_launcher
+        self._launcher: Any = None  # tuner.launch's, bound on the first launch (it reads the device)
         pyfn = python_fn(fn)
         self.name = name or f"{pyfn.__module__}.{pyfn.__qualname__}"
         self._hash: str | None = None
@@ -190,7 +191,16 @@ class LibTuner:
             cfg = self._resolve(key, args, kwargs, grid)
         if self.config_launcher is not None:
             return self.config_launcher(self.fn, grid, args, kwargs, cfg)
-        return self.fn[grid](*args, **kwargs, **cfg)
+        return (self._launcher or self.kernel_launcher())(grid, args, kwargs, cfg)
+
+    def kernel_launcher(self) -> Any:
+        """The ``tuner.launch.Launcher`` that launches a resolved config:
+        ``kernel_launcher()(grid, args, kwargs, config)``."""
+        if self._launcher is None:
+            from tuner.launch import launcher  # imports torch: not at module level (see __init__)
+
+            self._launcher = launcher(self.fn)
+        return self._launcher
 
     # -- the miss path: once per key per process ----------------------------------------
     def identity(self, key: tuple) -> Identity:

@@ -185,7 +185,7 @@ class Launch:
             return
         if cfg is not self.cfg:
             self.cfg, self.grid = cfg, self.grid_fn(cfg)
-        t.fn[self.grid](*args, **kw, **cfg)
+        t.kernel_launcher()(self.grid, args, kw, cfg)
 
     def fixed(self, grid: tuple, *args: Any, **kw: Any) -> None:
         """Launch on a grid that does not depend on the config."""
@@ -196,7 +196,7 @@ class Launch:
         if cfg is None:
             t.run(*args, grid=grid, **kw)
             return
-        t.fn[grid](*args, **kw, **cfg)
+        t.kernel_launcher()(grid, args, kw, cfg)
 
 
 class SizeClassed(LibTuner):

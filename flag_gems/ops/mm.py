@@ -37,6 +37,7 @@ from flag_gems.ops.binary import MUL
 from flag_gems.registry import aten_fallback, register
 from flag_gems.utils import cdiv, next_power_of_2
 from tuner import libtuner, settings
+from tuner.launch import launch
 
 log = logging.getLogger(__name__)
 
@@ -352,14 +353,14 @@ def _launch(fn, grid, args: tuple, kwargs: dict, cfg: dict, warmup: bool = False
         if warmup:
             fn.warmup(*args, grid=grid, **kwargs, **cfg, EVEN_K=even_k)
         else:
-            fn[grid](*args, **kwargs, **cfg, EVEN_K=even_k)
+            launch(fn, grid, *args, **kwargs, **cfg, EVEN_K=even_k)
         return
     a = dict(zip(_ARG_NAMES, args)) | kwargs
     m, n, batch = a["M"], a["N"], a["BATCH"]
     ws = torch.empty((batch, split, m, n), device=a["A"].device, dtype=torch.float32)
-    fn[grid](*args[:_WS], ws, *args[_WS + 1:], **kwargs, **cfg, EVEN_K=even_k)
+    launch(fn, grid, *args[:_WS], ws, *args[_WS + 1:], **kwargs, **cfg, EVEN_K=even_k)
     block = 1024
-    _splitk_reduce_kernel[(cdiv(m * n, block), batch)](
+    launch(_splitk_reduce_kernel, (cdiv(m * n, block), batch),
         ws, a["C"], a["Bias"], m, n, a["s_cb"], a["s_cm"], a["s_cn"], a["s_bias_b"], a["s_bias_m"], a["s_bias_n"],
         a["alpha"], a["beta"], HAS_BIAS=a["HAS_BIAS"], SPLIT_K=split, BLOCK=block,
     )

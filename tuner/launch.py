@@ -1,0 +1,189 @@
+"""Launch a Triton kernel without repeating, on every call, what its first call decided.
+
+``fn[grid](*args)`` (``JITFunction.run``) re-derives per call what stays fixed from one
+call of a call site to the next: it reads Triton's environment knobs, stringifies the
+launch options, specializes every argument into a cache key, and looks the compiled kernel
+up again. On a GPU host that costs more than torch's whole op. Here the first call of each
+argument specialization goes through Triton's launch as usual, which returns its
+``CompiledKernel``; it is kept under a key at least as fine as Triton's own (each tensor's
+dtype and 16-byte alignment; each int's 1-ness, divisibility by 16 and integer width;
+constexpr and option values), and later calls launch it as ``compiled[grid](*args)``, the
+public way Triton's own tutorials launch a compiled kernel.
+
+Everything else (the Triton interpreter, heuristics wrappers, arguments of a kind this
+module does not key, such as TMA descriptors) takes Triton's own path, every call.
+``FLAGGEMS_FAST_LAUNCH=0`` turns this off.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+
+from tuner.kernel_hash import python_fn
+
+_Tensor = torch.Tensor
+_I32, _U64 = 2**31, 2**63
+
+
+# Called with the jit function after each launch this module makes itself (the first
+# call of a specialization goes through ``JITFunction.run``): tests count launches.
+observer: Callable[[Any], None] | None = None
+
+
+class _Unkeyed(Exception):
+    """An argument this module does not key: the call takes Triton's own path."""
+
+
+def _int_spec(a: int) -> Any:
+    """An int's specialization: 1, divisible by 16 (or not), and its integer width."""
+    if a == 1:
+        return "one"
+    if -_I32 <= a < _I32:
+        return a & 15 == 0
+    return ("u64" if a >= _U64 else "i64"), a & 15 == 0
+
+
+def _is_constexpr(p: inspect.Parameter) -> bool:
+    ann = p.annotation
+    return ann is not inspect.Parameter.empty and "constexpr" in (ann if isinstance(ann, str) else repr(ann))
+
+
+class Launcher:
+    """The compiled kernels of one ``triton.jit`` function, by argument specialization."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        params = list(inspect.signature(python_fn(fn)).parameters.values())
+        self.names = [p.name for p in params]
+        self.constexpr = [_is_constexpr(p) for p in params]
+        self.defaults = [p.default for p in params]
+        self.compiled: dict[tuple, tuple[Any, tuple]] = {}
+        from tuner import settings
+
+        self.capable = _is_plain_jit(fn) and not settings.get().interpret
+        self.fast = self.capable and _enabled()
+        if self.capable:
+            from triton.runtime import driver
+
+            self._device, self._stream = driver.active.get_current_device, driver.active.get_current_stream
+
+    def __call__(self, grid: Any, args: tuple, kwargs: dict, cfg: dict | None = None) -> Any:
+        """``fn[grid](*args, **kwargs, **cfg)``."""
+        if not self.fast or _suspended:
+            return self.fn[grid](*args, **kwargs, **(cfg or {}))
+        device = self._device()
+        try:
+            key = self._key(args, kwargs, cfg, device)
+            hit = self.compiled.get(key)
+        except (_Unkeyed, TypeError):  # TypeError: an unhashable constexpr
+            return self.fn[grid](*args, **kwargs, **(cfg or {}))
+        if hit is None:
+            return self._first(key, grid, args, kwargs, cfg)
+        kernel, tail = hit
+        if callable(grid):
+            grid = grid(dict(zip(self.names, args + tail)))
+        if len(grid) != 3:
+            grid = (*grid, 1, 1)[:3]
+        kernel[grid](*args, *tail, stream=self._stream(device))
+        if observer is not None:
+            observer(self.fn)
+        return kernel
+
+    def _key(self, args: tuple, kwargs: dict, cfg: dict | None, device: int) -> tuple:
+        """What Triton specializes the call on, or finer: one entry per argument (inline,
+        not a call per argument: this runs on every launch)."""
+        spec = [device, len(args)]
+        add = spec.append
+        for a, const in zip(args, self.constexpr):
+            if const:
+                add(a)
+            elif isinstance(a, _Tensor):
+                add((a.dtype, a.data_ptr() & 15 == 0))
+            elif type(a) is int:
+                add(_int_spec(a) if a == 1 or not -_I32 <= a < _I32 else a & 15 == 0)
+            elif type(a) is float or type(a) is bool or a is None:
+                add(type(a))
+            else:
+                raise _Unkeyed
+        if kwargs:
+            for name, v in kwargs.items():  # by keyword: constexprs and options, keyed by value
+                if isinstance(v, _Tensor):
+                    raise _Unkeyed
+                add((name, v))
+        if cfg:
+            spec += cfg.items()
+        return tuple(spec)
+
+    def _first(self, key: tuple, grid: Any, args: tuple, kwargs: dict, cfg: dict | None) -> Any:
+        """Triton's own launch; its compiled kernel kept for the calls that follow."""
+        given = {**kwargs, **(cfg or {})}
+        kernel = self.fn[grid](*args, **given)
+        if kernel is None or not hasattr(type(kernel), "__getitem__"):
+            return kernel  # not a compiled kernel (Triton's launch stubbed): nothing to keep
+        tail = []
+        for name, default in zip(self.names[len(args):], self.defaults[len(args):]):
+            if name in given:
+                tail.append(given[name])
+            elif default is not inspect.Parameter.empty:
+                tail.append(default)
+            else:
+                return kernel  # Triton accepted a call this module cannot replay: not kept
+        self.compiled[key] = (kernel, tuple(tail))
+        return kernel
+
+
+_on: bool | None = None  # set_enabled's word; None: FLAGGEMS_FAST_LAUNCH decides
+
+
+def _enabled() -> bool:
+    if _on is not None:
+        return _on
+    return os.environ.get("FLAGGEMS_FAST_LAUNCH", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def set_enabled(on: bool | None) -> None:
+    """Keep and relaunch compiled kernels (True) or launch every call through Triton
+    (False), for the launchers made so far and later; None: the environment decides."""
+    global _on
+    _on = on
+    for lc in _LAUNCHERS.values():
+        lc.fast = lc.capable and _enabled()
+
+
+def _is_plain_jit(fn: Any) -> bool:
+    from triton.runtime import JITFunction
+
+    return isinstance(fn, JITFunction)
+
+
+_LAUNCHERS: dict[int, Launcher] = {}
+_suspended = 0
+
+
+@contextmanager
+def suspended() -> Iterator[None]:
+    """Every launch in the block goes through ``JITFunction.run`` (which a caller may have
+    stubbed, as ``tuner.pretune.no_launches`` does)."""
+    global _suspended
+    _suspended += 1
+    try:
+        yield
+    finally:
+        _suspended -= 1
+
+
+def launcher(fn: Any) -> Launcher:
+    """The launcher of a jit function (one per function, for the process's lifetime)."""
+    found = _LAUNCHERS.get(id(fn))
+    if found is None or found.fn is not fn:
+        found = _LAUNCHERS[id(fn)] = Launcher(fn)
+    return found
+
+
+def launch(fn: Any, grid: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn[grid](*args, **kwargs)`` through the kernel's launcher."""
+    return launcher(fn)(grid, args, kwargs)
