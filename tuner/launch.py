@@ -61,7 +61,10 @@ class Launcher:
         self.names = [p.name for p in params]
         self.constexpr = [_is_constexpr(p) for p in params]
         self.defaults = [p.default for p in params]
-        self.compiled: dict[tuple, tuple[Any, tuple]] = {}
+        # what a keyword argument may name and still be keyed by value: anything but a
+        # runtime parameter (a constexpr or a launch option; never a tensor)
+        self.runtime = frozenset(n for n, c in zip(self.names, self.constexpr) if not c)
+        self.compiled: dict[tuple, tuple[Any, tuple, dict]] = {}  # key -> kernel, trailing args, their names
         from tuner import settings
 
         self.capable = _is_plain_jit(fn) and not settings.get().interpret
@@ -83,9 +86,12 @@ class Launcher:
             return self.fn[grid](*args, **kwargs, **(cfg or {}))
         if hit is None:
             return self._first(key, grid, args, kwargs, cfg)
-        kernel, tail = hit
+        kernel, tail, meta = hit
         if callable(grid):
-            grid = grid(dict(zip(self.names, args + tail)))
+            try:  # a grid function reads constexprs, the same for every call of this entry
+                grid = grid(meta)
+            except KeyError:
+                grid = grid(dict(zip(self.names, args + tail)))
         if len(grid) != 3:
             grid = (*grid, 1, 1)[:3]
         kernel[grid](*args, *tail, stream=self._stream(device))
@@ -101,21 +107,20 @@ class Launcher:
         for a, const in zip(args, self.constexpr):
             if const:
                 add(a)
-            elif isinstance(a, _Tensor):
-                add((a.dtype, a.data_ptr() & 15 == 0))
             elif type(a) is int:
                 add(_int_spec(a) if a == 1 or not -_I32 <= a < _I32 else a & 15 == 0)
+            elif isinstance(a, _Tensor):
+                add((a.dtype, a.data_ptr() & 15 == 0))
             elif type(a) is float or type(a) is bool or a is None:
                 add(type(a))
             else:
                 raise _Unkeyed
-        if kwargs:
-            for name, v in kwargs.items():  # by keyword: constexprs and options, keyed by value
-                if isinstance(v, _Tensor):
-                    raise _Unkeyed
-                add((name, v))
+        if kwargs:  # by keyword: constexprs and options, keyed by value
+            if not self.runtime.isdisjoint(kwargs):
+                raise _Unkeyed  # a runtime argument (a tensor, say) by keyword
+            add(tuple(kwargs.items()))
         if cfg:
-            spec += cfg.items()
+            add(tuple(cfg.items()))
         return tuple(spec)
 
     def _first(self, key: tuple, grid: Any, args: tuple, kwargs: dict, cfg: dict | None) -> Any:
@@ -132,7 +137,8 @@ class Launcher:
                 tail.append(default)
             else:
                 return kernel  # Triton accepted a call this module cannot replay: not kept
-        self.compiled[key] = (kernel, tuple(tail))
+        names = self.names[len(args):]
+        self.compiled[key] = (kernel, tuple(tail), dict(zip(names, tail)))
         return kernel
 
 
