@@ -6,12 +6,12 @@ launch options, specializes every argument into a cache key, and looks the compi
 up again. On a GPU host that costs more than torch's whole op. Here the first call of each
 argument specialization goes through Triton's launch as usual, which returns its
 ``CompiledKernel``; it is kept under a key at least as fine as Triton's own (each tensor's
-dtype and 16-byte alignment; each int's 1-ness, divisibility by 16 and integer width;
-constexpr and option values), and later calls launch it as ``compiled[grid](*args)``, the
+dtype and 16-byte alignment; each int's 1-ness, divisibility by 16 and integer width; a
+TMA descriptor's dtype and block shape; constexpr and option values), and later calls launch it as ``compiled[grid](*args)``, the
 public way Triton's own tutorials launch a compiled kernel.
 
 Everything else (the Triton interpreter, heuristics wrappers, arguments of a kind this
-module does not key, such as TMA descriptors) takes Triton's own path, every call.
+module does not key) takes Triton's own path, every call.
 ``FLAGGEMS_FAST_LAUNCH=0`` turns this off.
 """
 from __future__ import annotations
@@ -27,6 +27,10 @@ from tuner.kernel_hash import python_fn
 
 _Tensor = torch.Tensor
 _I32, _U64 = 2**31, 2**63
+try:  # a host-side TMA descriptor: Triton specializes it on dtype and block shape only
+    from triton.tools.tensor_descriptor import TensorDescriptor as _HostDesc
+except ImportError:  # a Triton without TMA descriptors
+    _HostDesc = None
 
 
 # Called with the jit function after each launch this module makes itself (the first
@@ -113,6 +117,8 @@ class Launcher:
                 add((a.dtype, a.data_ptr() & 15 == 0))
             elif type(a) is float or type(a) is bool or a is None:
                 add(type(a))
+            elif type(a) is _HostDesc:
+                add((_HostDesc, a.base.dtype, tuple(a.block_shape), getattr(a, "padding", None)))
             else:
                 raise _Unkeyed
         if kwargs:  # by keyword: constexprs and options, keyed by value

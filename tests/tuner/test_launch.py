@@ -111,6 +111,19 @@ def test_values_of_one_specialization_share_the_kernel(fake):
     assert _paths(fake) == ["triton", "fast", "triton", "fast"]
 
 
+def test_tma_descriptors_are_keyed_by_dtype_and_block_shape(fake):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    x, y = torch.randn(64, 64), torch.randn(32, 64)
+
+    def desc(t, block):
+        return TensorDescriptor(t, list(t.shape), [t.stride(0), 1], block)
+
+    for d in (desc(x, [16, 32]), desc(y, [16, 32]), desc(x, [32, 32]), desc(x.half(), [32, 32])):
+        fake((1,), (d, y, 64, 0.5, True), {}, {"BLOCK": 16})
+    assert _paths(fake) == ["triton", "fast", "triton", "triton"]
+
+
 def test_a_callable_grid_sees_every_parameter(fake):
     x, y = torch.randn(64), torch.empty(64)
     seen = []
