@@ -17,6 +17,7 @@ module does not key) takes Triton's own path, every call.
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -27,6 +28,7 @@ from tuner.kernel_hash import python_fn
 
 _Tensor = torch.Tensor
 _I32, _U64 = 2**31, 2**63
+_NONE_CONST = itertools.repeat(False)  # positional arguments that hold no constexpr
 try:  # a host-side TMA descriptor: Triton specializes it on dtype and block shape only
     from triton.tools.tensor_descriptor import TensorDescriptor as _HostDesc
 except ImportError:  # a Triton without TMA descriptors
@@ -43,7 +45,8 @@ class _Unkeyed(Exception):
 
 
 def _int_spec(a: int) -> Any:
-    """An int's specialization: 1, divisible by 16 (or not), and its integer width."""
+    """An int's specialization: 1, divisible by 16 (or not), and its integer width (the
+    common case, 1 < a < 2**31, is inlined in ``Launcher._key`` with the same result)."""
     if a == 1:
         return "one"
     if -_I32 <= a < _I32:
@@ -68,6 +71,7 @@ class Launcher:
         # what a keyword argument may name and still be keyed by value: anything but a
         # runtime parameter (a constexpr or a launch option; never a tensor)
         self.runtime = frozenset(n for n, c in zip(self.names, self.constexpr) if not c)
+        self.first_constexpr = self.constexpr.index(True) if True in self.constexpr else len(params)
         self.compiled: dict[tuple, tuple[Any, tuple, dict]] = {}  # key -> kernel, trailing args, their names
         from tuner import settings
 
@@ -108,11 +112,12 @@ class Launcher:
         not a call per argument: this runs on every launch)."""
         spec = [device, len(args)]
         add = spec.append
-        for a, const in zip(args, self.constexpr):
+        consts = self.constexpr if len(args) > self.first_constexpr else _NONE_CONST
+        for a, const in zip(args, consts):
             if const:
                 add(a)
             elif type(a) is int:
-                add(_int_spec(a) if a == 1 or not -_I32 <= a < _I32 else a & 15 == 0)
+                add(a & 15 == 0 if 1 < a < _I32 else _int_spec(a))
             elif isinstance(a, _Tensor):
                 add((a.dtype, a.data_ptr() & 15 == 0))
             elif type(a) is float or type(a) is bool or a is None:

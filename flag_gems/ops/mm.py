@@ -329,7 +329,7 @@ def _launch_tma(a: dict, cfg: dict, warmup: bool) -> None:
     if warmup:
         _mm_tma_kernel.warmup(*args, grid=grid, **flags, **opts)
     else:
-        _mm_tma_kernel[grid](*args, **flags, **opts)
+        launch(_mm_tma_kernel, grid, *args, **flags, **opts)
 
 
 _WS, _K = 4, 7  # the positions of _mm_kernel's WS and K arguments (gemm passes both positionally)
