@@ -9,12 +9,13 @@ decode (8 sequences x 1 token over a 512-token KV cache), and prints a Markdown 
 for docs/performance.md. ``--first-call`` also times the first prefill in fresh
 processes (run ``gems-pretune workloads/llama7b.yaml`` first for the pretuned-DB figure).
 
-    python benchmarks/bench_llama.py [--layers 2] [--iters 20] [--first-call]
+    python benchmarks/bench_llama.py [--layers 2] [--iters 20] [--rounds 1] [--first-call]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -101,6 +102,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--first-call", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
     import flag_gems
     import tuner
@@ -110,20 +112,30 @@ def main() -> None:
     # one prompt for every mode: the logits are compared across modes
     ids = torch.randint(0, 32000, (1, 512), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     decode_from = _decode_setup(model)
-    rows = {}
-    rows["torch eager"] = measure(model, ids, decode_from, args.iters)
-    flag_gems.enable()
-    rows["flag_gems enable()"] = measure(model, ids, decode_from, args.iters)
-    launch.set_enabled(False)  # side by side: every kernel through Triton's own launch path
-    rows["enable(), Triton's launch"] = measure(model, ids, decode_from, args.iters)
-    launch.set_enabled(None)
-    flag_gems.apply_gems_patches_to_transformers()
-    rows["enable() + patches"] = measure(model, ids, decode_from, args.iters)
-    launch.set_enabled(False)
-    rows["enable() + patches, Triton's launch"] = measure(model, ids, decode_from, args.iters)
-    launch.set_enabled(None)
-    flag_gems.revert_transformers_patches()
-    flag_gems.disable()
+    rows: dict[str, list] = {}
+
+    def run(name: str) -> None:
+        rows.setdefault(name, []).append(measure(model, ids, decode_from, args.iters))
+
+    # --rounds > 1 interleaves the modes, round after round: on a host whose speed drifts,
+    # each mode then samples the same stretches of time (the table shows the median round)
+    for _ in range(args.rounds):
+        run("torch eager")
+        flag_gems.enable()
+        run("flag_gems enable()")
+        launch.set_enabled(False)  # side by side: every kernel through Triton's own launch path
+        run("enable(), Triton's launch")
+        launch.set_enabled(None)
+        flag_gems.apply_gems_patches_to_transformers()
+        run("enable() + patches")
+        launch.set_enabled(False)
+        run("enable() + patches, Triton's launch")
+        launch.set_enabled(None)
+        flag_gems.revert_transformers_patches()
+        flag_gems.disable()
+    spread = {name: " ".join(f"{r[0]:.2f}/{r[1]:.2f}" for r in runs) for name, runs in rows.items()}
+    rows = {name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[-1][2])
+            for name, runs in rows.items()}
 
     ref = rows["torch eager"][2]
     print(f"| {torch.cuda.get_device_name()} | prefill 1x512 (ms) | decode 8x1 (ms) | vs eager (prefill / decode) | max abs dlogit |")
@@ -131,6 +143,8 @@ def main() -> None:
     for name, (p, d, logits) in rows.items():
         diff = (logits - ref).abs().max().item()
         print(f"| {name} | {p:.2f} | {d:.2f} | {p / rows['torch eager'][0]:.2f}x / {d / rows['torch eager'][1]:.2f}x | {diff:.3g} |")
+    if args.rounds > 1:
+        print("each round, prefill/decode ms: " + "; ".join(f"{k}: {v}" for k, v in spread.items()))
     print("tuner stats:", tuner.stats())
     if args.first_call:
         res = {m: round(first_call(m, args.layers), 1) for m in ("eager", "plain", "patches")}
