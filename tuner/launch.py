@@ -3,16 +3,19 @@
 ``fn[grid](*args)`` (``JITFunction.run``) re-derives per call what stays fixed from one
 call of a call site to the next: it reads Triton's environment knobs, stringifies the
 launch options, specializes every argument into a cache key, and looks the compiled kernel
-up again. On a GPU host that costs more than torch's whole op. Here the first call of each
-argument specialization goes through Triton's launch as usual, which returns its
-``CompiledKernel``; it is kept under a key at least as fine as Triton's own (each tensor's
-dtype and 16-byte alignment; each int's 1-ness, divisibility by 16 and integer width; a
-TMA descriptor's dtype and block shape; constexpr and option values), and later calls launch it as ``compiled[grid](*args)``, the
-public way Triton's own tutorials launch a compiled kernel.
+up again. On a GPU host that costs more than torch's whole op.
+
+Here the first call of each argument specialization goes through Triton's launch as
+usual, which returns its ``CompiledKernel``. That kernel is kept under a key at least as
+fine as Triton's own: each tensor's dtype and 16-byte alignment; each int's 1-ness,
+divisibility by 16 and integer width; a TMA descriptor's dtype and block shape; every
+constexpr and launch option by value; the device. Later calls launch it as
+``compiled[grid](*args, stream=...)``, the public way Triton's own tutorials launch a
+compiled kernel.
 
 Everything else (the Triton interpreter, heuristics wrappers, arguments of a kind this
-module does not key) takes Triton's own path, every call.
-``FLAGGEMS_FAST_LAUNCH=0`` turns this off.
+module does not key) takes Triton's own path, every call. ``FLAGGEMS_FAST_LAUNCH=0`` or
+``set_enabled(False)`` turns this off.
 """
 from __future__ import annotations
 
@@ -45,8 +48,8 @@ class _Unkeyed(Exception):
 
 
 def _int_spec(a: int) -> Any:
-    """An int's specialization: 1, divisible by 16 (or not), and its integer width (the
-    common case, 1 < a < 2**31, is inlined in ``Launcher._key`` with the same result)."""
+    """An int's specialization: 1, divisible by 16 (or not), and its integer width (0, 1
+    and 1 < a < 2**31, the common values, are inlined in ``Launcher._key`` alike)."""
     if a == 1:
         return "one"
     if -_I32 <= a < _I32:
@@ -116,8 +119,8 @@ class Launcher:
         for a, const in zip(args, consts):
             if const:
                 add(a)
-            elif type(a) is int:
-                add(a & 15 == 0 if 1 < a < _I32 else _int_spec(a))
+            elif type(a) is int:  # the common values inline; _int_spec gives the same for them
+                add(a & 15 == 0 if 1 < a < _I32 else True if a == 0 else "one" if a == 1 else _int_spec(a))
             elif isinstance(a, _Tensor):
                 add((a.dtype, a.data_ptr() & 15 == 0))
             elif type(a) is float or type(a) is bool or a is None:
