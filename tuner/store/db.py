@@ -87,33 +87,36 @@ def _sqlite_schema(path: Path) -> tuple[list[str], str | None] | None:
         raise  # not a database, or a corrupt one
 
 
-def _refuse_unusable_sqlite(url: str) -> None:
+def _refuse_unusable_sqlite(url: str) -> bool:
     """Raise ``TuningDBError`` for an SQLite file that is not a tuning DB or has a newer
-    schema, before the engine's connect hook (WAL) or the writer lock touch the file."""
+    schema, before the engine's connect hook (WAL) or the writer lock touch the file.
+    True when the file is already at the newest revision (revisions only move forward,
+    so nothing needs reading again)."""
     from db_migrations import HEAD
 
     path = sqlite_path(url)
     if path is None:
-        return
+        return False
     try:
         found = _sqlite_schema(path)
     except (sqlite3.DatabaseError, OSError) as e:
         raise TuningDBError(f"{describe(url)}: cannot open as a tuning DB: {e}") from e
     if found is None:
-        return
+        return False
     tables, rev = found
     if rev == HEAD:  # current: nothing to refuse (and no need to import Alembic)
-        return
+        return True
     if rev is None and "alembic_version" in tables:
         # Alembic creates its version table first and fills it last, and SQLite commits
         # each CREATE TABLE at once: another process may be creating the schema right
         # now. The check under the writer lock decides.
-        return
+        return False
     from tuner.store.migrate import schema_problem
 
     problem = schema_problem(describe(url), tables, rev)
     if problem is not None:
         raise TuningDBError(problem)
+    return False
 
 
 def create_db_engine(url: str) -> Engine:
@@ -176,9 +179,9 @@ def open_engine(db: str | Path | None = None, *, migrate: bool = True) -> Engine
     naming the file for a file that is not a tuning DB or a DB of a newer schema.
     """
     url = resolve_url(db)
-    _refuse_unusable_sqlite(url)
+    at_head = _refuse_unusable_sqlite(url)
     engine = create_db_engine(url)
-    if _at_head(engine):
+    if at_head or _at_head(engine):
         return engine
     from tuner.store.migrate import ensure_schema
 
