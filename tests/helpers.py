@@ -86,13 +86,16 @@ def count_kernels() -> Iterator[Counter]:
     A flag_gems op that silently fell back to aten launches nothing, so tests assert
     on this counter."""
     launched: Counter = Counter()
+
+    def count(jit) -> None:
+        launched[getattr(getattr(jit, "fn", None), "__name__", "?")] += 1
+
     patched = []
     for cls in _jit_classes():
         orig = cls.run
 
         def run(self, *args, __orig=orig, **kwargs):
-            fn = getattr(self, "fn", None)
-            launched[getattr(fn, "__name__", "?")] += 1
+            count(self)
             return __orig(self, *args, **kwargs)
 
         cls.run = run
@@ -100,7 +103,7 @@ def count_kernels() -> Iterator[Counter]:
     from tuner import launch
 
     prev = launch.observer  # the launches tuner.launch makes without JITFunction.run
-    launch.observer = lambda fn: launched.update((getattr(getattr(fn, "fn", None), "__name__", "?"),))
+    launch.observer = count
     try:
         yield launched
     finally:
