@@ -143,15 +143,14 @@ class Launcher:
         kernel = self.fn[grid](*args, **given)
         if kernel is None or not hasattr(type(kernel), "__getitem__"):
             return kernel  # not a compiled kernel (Triton's launch stubbed): nothing to keep
-        tail = []
-        for name, default in zip(self.names[len(args):], self.defaults[len(args):]):
+        names, tail = self.names[len(args):], []
+        for name, default in zip(names, self.defaults[len(args):]):
             if name in given:
                 tail.append(given[name])
             elif default is not inspect.Parameter.empty:
                 tail.append(default)
             else:
                 return kernel  # Triton accepted a call this module cannot replay: not kept
-        names = self.names[len(args):]
         self.compiled[key] = (kernel, tuple(tail), dict(zip(names, tail)))
         return kernel
 
