@@ -16,6 +16,13 @@ compiled kernel.
 Everything else (the Triton interpreter, heuristics wrappers, arguments of a kind this
 module does not key) takes Triton's own path, every call. ``FLAGGEMS_FAST_LAUNCH=0`` or
 ``set_enabled(False)`` turns this off.
+
+A caller that knows more about its calls than this module can derive cheaply (the
+pointwise generator knows every dtype and constexpr from its own plan) can skip even this
+module's key: it asks ``Launcher.kept`` for what a launch kept, files it under its own,
+finer key in a ``direct_cache()``, and relaunches it itself. Those caches are emptied
+whenever a kept kernel may no longer be the right one (``set_enabled``,
+``tuner.libtuner.clear_caches``).
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ import inspect
 import itertools
 import os
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 
@@ -43,11 +50,31 @@ except ImportError:  # a Triton without TMA descriptors
 observer: Callable[[Any], None] | None = None
 
 
+class Kept(NamedTuple):
+    """A compiled kernel kept for one argument specialization, relaunched as
+    ``kernel[grid](*args, *tail, stream=...)``."""
+
+    kernel: Any  # Triton's CompiledKernel
+    tail: tuple  # the parameters after the caller's positional arguments (constexprs, defaults)
+    meta: dict  # ``tail`` by parameter name (what a grid function reads)
+    runners: dict  # grid -> ``kernel[grid]``, see runner()
+
+    def runner(self, grid: tuple) -> Callable[..., Any]:
+        """``kernel[grid]``, made once per grid: making it is a good part of the launch's
+        cost, and a model repeats its few grids every step."""
+        run = self.runners.get(grid)
+        if run is None:
+            if len(self.runners) >= 64:  # many sizes (prefill lengths): keep the recent ones
+                self.runners.clear()
+            run = self.runners[grid] = self.kernel[grid]
+        return run
+
+
 class _Unkeyed(Exception):
     """An argument this module does not key: the call takes Triton's own path."""
 
 
-def _int_spec(a: int) -> Any:
+def int_spec(a: int) -> Any:
     """An int's specialization: 1, divisible by 16 (or not), and its integer width (0, 1
     and 1 < a < 2**31, the common values, are inlined in ``Launcher._key`` alike)."""
     if a == 1:
@@ -75,7 +102,7 @@ class Launcher:
         # runtime parameter (a constexpr or a launch option; never a tensor)
         self.runtime = frozenset(n for n, c in zip(self.names, self.constexpr) if not c)
         self.first_constexpr = self.constexpr.index(True) if True in self.constexpr else len(params)
-        self.compiled: dict[tuple, tuple[Any, tuple, dict]] = {}  # key -> kernel, trailing args, their names
+        self.compiled: dict[tuple, Kept] = {}
         from tuner import settings
 
         self.capable = _is_plain_jit(fn) and not settings.get().interpret
@@ -83,13 +110,14 @@ class Launcher:
         if self.capable:
             from triton.runtime import driver
 
-            self._device, self._stream = driver.active.get_current_device, driver.active.get_current_stream
+            # Triton's own: a kernel is compiled for, and launched on, the current device
+            self.current_device, self.current_stream = driver.active.get_current_device, driver.active.get_current_stream
 
     def __call__(self, grid: Any, args: tuple, kwargs: dict, cfg: dict | None = None) -> Any:
         """``fn[grid](*args, **kwargs, **cfg)``."""
         if not self.fast or _suspended:
             return self.fn[grid](*args, **kwargs, **(cfg or {}))
-        device = self._device()
+        device = self.current_device()
         try:
             key = self._key(args, kwargs, cfg, device)
             hit = self.compiled.get(key)
@@ -97,18 +125,18 @@ class Launcher:
             return self.fn[grid](*args, **kwargs, **(cfg or {}))
         if hit is None:
             return self._first(key, grid, args, kwargs, cfg)
-        kernel, tail, meta = hit
         if callable(grid):
             try:  # a grid function reads constexprs, the same for every call of this entry
-                grid = grid(meta)
+                grid = grid(hit.meta)
             except KeyError:
-                grid = grid(dict(zip(self.names, args + tail)))
-        if len(grid) != 3:
+                grid = grid(dict(zip(self.names, args + hit.tail)))
+        if type(grid) is not tuple or len(grid) != 3:
             grid = (*grid, 1, 1)[:3]
-        kernel[grid](*args, *tail, stream=self._stream(device))
+        run = hit.runners.get(grid) or hit.runner(grid)
+        run(*args, *hit.tail, stream=self.current_stream(device))
         if observer is not None:
             observer(self.fn)
-        return kernel
+        return hit.kernel
 
     def _key(self, args: tuple, kwargs: dict, cfg: dict | None, device: int) -> tuple:
         """What Triton specializes the call on, or finer: one entry per argument (inline,
@@ -119,8 +147,8 @@ class Launcher:
         for a, const in zip(args, consts):
             if const:
                 add(a)
-            elif type(a) is int:  # the common values inline; _int_spec gives the same for them
-                add(a & 15 == 0 if 1 < a < _I32 else True if a == 0 else "one" if a == 1 else _int_spec(a))
+            elif type(a) is int:  # the common values inline; int_spec gives the same for them
+                add(a & 15 == 0 if 1 < a < _I32 else True if a == 0 else "one" if a == 1 else int_spec(a))
             elif isinstance(a, _Tensor):
                 add((a.dtype, a.data_ptr() & 15 == 0))
             elif type(a) is float or type(a) is bool or a is None:
@@ -151,8 +179,18 @@ class Launcher:
                 tail.append(default)
             else:
                 return kernel  # Triton accepted a call this module cannot replay: not kept
-        self.compiled[key] = (kernel, tuple(tail), dict(zip(names, tail)))
+        self.compiled[key] = Kept(kernel, tuple(tail), dict(zip(names, tail)), {})
         return kernel
+
+    def kept(self, args: tuple, kwargs: dict, cfg: dict | None = None) -> Kept | None:
+        """What an earlier launch of this very call (same specialization, on the current
+        device) kept, or None: not launched yet, not keyable, or keeping is off."""
+        if not self.fast or _suspended:
+            return None
+        try:
+            return self.compiled.get(self._key(args, kwargs, cfg, self.current_device()))
+        except (_Unkeyed, TypeError):
+            return None
 
 
 _on: bool | None = None  # set_enabled's word; None: FLAGGEMS_FAST_LAUNCH decides
@@ -169,8 +207,26 @@ def set_enabled(on: bool | None) -> None:
     (False), for the launchers made so far and later; None: the environment decides."""
     global _on
     _on = on
-    for lc in _LAUNCHERS.values():
+    for _, lc in _LAUNCHERS.values():
         lc.fast = lc.capable and _enabled()
+    forget_direct()
+
+
+_DIRECT: list[dict] = []
+
+
+def direct_cache() -> dict:
+    """A new dict for a caller's own keys -> what it relaunches directly (built from
+    ``Launcher.kept``); emptied by ``forget_direct``."""
+    cache: dict = {}
+    _DIRECT.append(cache)
+    return cache
+
+
+def forget_direct() -> None:
+    """Empty every ``direct_cache()``: its kernels or configs may be stale."""
+    for cache in _DIRECT:
+        cache.clear()
 
 
 def _is_plain_jit(fn: Any) -> bool:
@@ -179,7 +235,7 @@ def _is_plain_jit(fn: Any) -> bool:
     return isinstance(fn, JITFunction)
 
 
-_LAUNCHERS: dict[int, Launcher] = {}
+_LAUNCHERS: dict[int, tuple[Any, Launcher]] = {}  # id(fn) -> (fn, its launcher)
 _suspended = 0
 
 
@@ -189,18 +245,20 @@ def suspended() -> Iterator[None]:
     stubbed, as ``tuner.pretune.no_launches`` does)."""
     global _suspended
     _suspended += 1
+    forget_direct()  # callers' direct launches bypass JITFunction.run too
     try:
         yield
     finally:
         _suspended -= 1
+        forget_direct()  # what they filed meanwhile: "not kept"
 
 
 def launcher(fn: Any) -> Launcher:
     """The launcher of a jit function (one per function, for the process's lifetime)."""
     found = _LAUNCHERS.get(id(fn))
-    if found is None or found.fn is not fn:
-        found = _LAUNCHERS[id(fn)] = Launcher(fn)
-    return found
+    if found is None or found[0] is not fn:  # (an id is reused once its function is gone)
+        found = _LAUNCHERS[id(fn)] = (fn, Launcher(fn))
+    return found[1]
 
 
 def launch(fn: Any, grid: Any, *args: Any, **kwargs: Any) -> Any:

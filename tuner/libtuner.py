@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import math
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -192,6 +193,16 @@ class LibTuner:
         if self.config_launcher is not None:
             return self.config_launcher(self.fn, grid, args, kwargs, cfg)
         return (self._launcher or self.kernel_launcher())(grid, args, kwargs, cfg)
+
+    def kept(self, args: tuple, kwargs: dict) -> tuple[Any, dict] | None:
+        """After ``run(*args, **kwargs)``: the compiled kernel its launcher kept for that
+        call (a ``tuner.launch.Kept``) and the config it ran, or None where nothing was
+        kept (the interpreter, a config launcher, fast launch off)."""
+        cfg = self.cache.get(self.key_of(args, kwargs))
+        if cfg is None or self.config_launcher is not None:
+            return None
+        kept = self.kernel_launcher().kept(args, kwargs, cfg)
+        return None if kept is None else (kept, cfg)
 
     def kernel_launcher(self) -> Any:
         """The ``tuner.launch.Launcher`` that launches a resolved config:
@@ -504,6 +515,8 @@ def clear_caches() -> None:
     """Forget every key resolved in this process (the next call asks the store again)."""
     for t in _REGISTRY:
         t.cache.clear()
+    if "tuner.launch" in sys.modules:  # callers' direct launches hold resolved configs
+        sys.modules["tuner.launch"].forget_direct()
 
 
 @contextmanager

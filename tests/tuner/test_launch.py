@@ -27,8 +27,10 @@ class FakeCompiled:
 
     def __init__(self, log: list) -> None:
         self.log = log
+        self.made = 0  # runners made
 
     def __getitem__(self, grid):
+        self.made += 1
         return lambda *args, stream=None: self.log.append(("fast", grid, args, stream))
 
 
@@ -51,7 +53,7 @@ class FakeJit:
 def fake():
     lc = Launcher(copy_scaled)
     lc.fn, lc.fast = FakeJit(), True
-    lc._device, lc._stream = (lambda: 0), (lambda device: 1000 + device)
+    lc.current_device, lc.current_stream = (lambda: 0), (lambda device: 1000 + device)
     return lc
 
 
@@ -69,6 +71,17 @@ def test_second_call_of_a_specialization_launches_the_kept_kernel(fake):
     _, grid, args, stream = fake.fn.log[1]
     assert grid == (2, 1, 1) and stream == 1000
     assert args == (x, y, 64, 0.5, True, 32, 3)  # every parameter in order: constexprs, then the default
+
+
+def test_the_runner_of_a_grid_is_made_once(fake):
+    x, y = torch.randn(64), torch.empty(64)
+    cfg = {"BLOCK": 32}
+    for grid in [(2,), (2,), (3,), [2, 1, 1], lambda meta: (64 // meta["BLOCK"],)]:
+        fake(grid, (x, y, 64, 0.5, True), {}, cfg)
+    assert _paths(fake) == ["triton"] + ["fast"] * 4
+    assert [entry[1] for entry in fake.fn.log[1:]] == [(2, 1, 1), (3, 1, 1), (2, 1, 1), (2, 1, 1)]
+    kept = next(iter(fake.compiled.values()))
+    assert kept.kernel.made == 2 and set(kept.runners) == {(2, 1, 1), (3, 1, 1)}
 
 
 @pytest.mark.parametrize("change", [
@@ -96,7 +109,7 @@ def test_a_different_specialization_goes_through_triton(fake, change):
     elif change == "bool_for_float":
         args[3] = False
     elif change == "device":
-        fake._device = lambda: 1
+        fake.current_device = lambda: 1
     fake((1,), tuple(args), {}, cfg)
     assert _paths(fake) == ["triton", "triton"]
 
