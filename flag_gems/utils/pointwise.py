@@ -37,12 +37,14 @@ from __future__ import annotations
 import functools
 import linecache
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 import triton
 import triton.language as tl
 
+from tuner import launch as _launch
+from tuner.launch import int_spec
 from tuner.libtuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -218,6 +220,9 @@ class Pointwise:
         self._plans: dict[tuple, Any] = {}
         # (default dtype, (dtype, 0-d?) or scalar type of each argument) -> dtypes()
         self._dtypes: dict[tuple, tuple[torch.dtype, torch.dtype]] = {}
+        # (plan key, numel's log bucket, numel 16-divisible) -> _DirectLaunch, or None
+        # where the kernel was not kept (the interpreter); for all-aligned tensors
+        self._direct: dict[tuple, Any] = _launch.direct_cache()
 
     def kernel(self, is_tensor: tuple[bool, ...], rank: int) -> Any:
         key = (is_tensor, rank)
@@ -253,6 +258,7 @@ class Pointwise:
         if compute is None:
             # -- the fast path: contiguous tensors of one shape, Python scalars (see _plan)
             t0 = None
+            ptrs = 0  # every tensor's address OR-ed: 16-byte aligned iff all are
             key = [out_dtype, _get_default_dtype()]
             for a in args:
                 if isinstance(a, _Tensor):  # subclasses too (a Parameter is a tensor, not a scalar)
@@ -263,11 +269,32 @@ class Pointwise:
                     if not a.is_contiguous():
                         break
                     key.append(a.dtype)
+                    ptrs |= a.data_ptr()
+                elif type(a) is int:  # its specialization (1, 16-divisible, width), as Triton's
+                    key.append(int_spec(a))
                 else:
                     key.append(type(a))
             else:
                 if t0 is not None and shape:
                     key = tuple(key)
+                    numel = t0.numel()
+                    # -- the direct launch: this signature's kept kernel, no tuner, no launcher
+                    dkey = None
+                    if out is None and 0 < numel <= INT32_MAX and not ptrs & 15:
+                        dkey = (key, (numel - 1).bit_length(), not numel & 15)  # (numel-1).bit_length(): the tuner's log bucket
+                        hit = self._direct.get(dkey)
+                        if hit is not None:
+                            kept, consts, block, odt, device, get_device, get_stream, fn = hit
+                            if get_device() == device:
+                                out = _empty_like(t0) if odt is None else _empty_like(t0, dtype=odt)
+                                if not out.data_ptr() & 15:  # always, from torch's allocators
+                                    grid = ((numel + block - 1) // block, 1, 1)
+                                    run = kept.runners.get(grid) or kept.runner(grid)
+                                    run(*args, out, numel, *consts, stream=get_stream(device))
+                                    if _launch.observer is not None:
+                                        _launch.observer(fn)
+                                    return out
+                                out = None
                     plan = self._plans.get(key, _NO_PLAN)
                     if plan is _NO_PLAN:
                         plan = self._plans[key] = self._plan(args, out_dtype)
@@ -285,9 +312,11 @@ class Pointwise:
                         else:
                             fast = False
                         if fast:
-                            numel = out.numel()
                             if numel:
-                                kernel.run(*args, out, numel, *casts, out_bool, numel > INT32_MAX, grid=lambda meta: ((numel + meta["BLOCK"] - 1) // meta["BLOCK"],))
+                                call = (*args, out, numel, *casts, out_bool, numel > INT32_MAX)
+                                kernel.run(*call, grid=lambda meta: ((numel + meta["BLOCK"] - 1) // meta["BLOCK"],))
+                                if dkey is not None:
+                                    self._direct[dkey] = _direct_launch(kernel, call, self.n_in, None if same_dtype else odt)
                             return out
         # -- the general path
         rule_out, rule_compute = self.dtypes(args)
@@ -346,6 +375,32 @@ class Pointwise:
 
 
 _empty_like = torch.empty_like
+
+
+class _DirectLaunch(NamedTuple):
+    """A fast-path signature's compiled kernel, launched without the tuner's and the
+    launcher's per-call keys: the direct-launch key covers both (every dtype and scalar
+    specialization, numel's bucket and 16-divisibility, all tensors aligned), so neither
+    could decide differently."""
+
+    kept: Any  # tuner.launch.Kept: Triton's CompiledKernel, its runners
+    consts: tuple  # the arguments after numel: load casts, OUT_BOOL, INT64, the config's
+    block: int
+    odt: torch.dtype | None  # the output dtype, None: the first tensor's
+    device: int  # compiled for
+    get_device: Callable[[], int]
+    get_stream: Callable[[int], int]
+    fn: Any  # the jit function (tuner.launch.observer reports it)
+
+
+def _direct_launch(kernel: Any, call: tuple, n_in: int, odt: torch.dtype | None) -> _DirectLaunch | None:
+    """What the launch of ``call`` just kept, for direct relaunches; None if nothing."""
+    found = kernel.kept(call, {})
+    if found is None:
+        return None
+    kept, cfg = found
+    lc = kernel.kernel_launcher()
+    return _DirectLaunch(kept, (*call[n_in + 2:], *kept.tail), cfg["BLOCK"], odt, lc.current_device(), lc.current_device, lc.current_stream, kernel.fn)
 
 
 @functools.lru_cache(maxsize=4096)  # a model repeats its few broadcast layouts every step

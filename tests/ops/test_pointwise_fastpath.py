@@ -150,9 +150,10 @@ def test_plans_are_memoized_per_signature():
         torch.add(x, y)
         torch.add(x.float(), y)
         torch.add(x, 2)
-        torch.add(x, 3)
+        torch.add(x, 3)  # an int scalar counts by its specialization, as Triton's: 2 and 3 alike
+        torch.add(x, 32)  # divisible by 16
     sigs = [k[2:] for k in ADD._plans]
-    assert sorted(map(str, sigs)) == sorted(map(str, [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16), (torch.bfloat16, int)]))
+    assert sorted(map(str, sigs)) == sorted(map(str, [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16), (torch.bfloat16, False), (torch.bfloat16, True)]))
 
 
 # -- not taken: the general path, same results ------------------------------------------

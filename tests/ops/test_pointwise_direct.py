@@ -1,0 +1,119 @@
+"""The pointwise fast path's direct launch: once a signature's kernel was kept, later
+calls of that signature relaunch it without the tuner's and the launcher's keys, and any
+change those keys would see (a dtype, an int scalar's specialization, numel's bucket or
+16-divisibility, a misaligned tensor, another device) goes back through them.
+
+The interpreter compiles nothing, so the compiled kernel is a stand-in that records its
+launches (as in tests/tuner/test_launch.py); the results are not computed here. On a GPU
+run (FLAGGEMS_TEST_DEVICE=cuda) the last test checks real results of direct launches."""
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+
+from flag_gems.ops.binary import _add, _add_alpha
+from flag_gems.utils.pointwise import Pointwise
+from tests.helpers import DEVICE, assert_close, count_kernels
+from tests.tuner.test_launch import FakeJit
+from tuner import launch
+from tuner.libtuner import clear_caches
+
+
+@pytest.fixture
+def op(monkeypatch):
+    """A fresh add whose flat kernel launches through a stand-in Triton; ``op.log`` lists
+    "triton" (compiled), "fast" (a kept kernel relaunched) and "tuner" (LibTuner.run)."""
+    add = Pointwise("direct_test_add", _add_alpha, promote=(0, 1))
+    kernel = add.kernel((True, True, False), 0)
+    lc = kernel.kernel_launcher()
+    monkeypatch.setattr(lc, "fn", FakeJit())
+    monkeypatch.setattr(lc, "fast", True)
+    add.device = [0]  # the current device, as the stand-in driver reports it
+    monkeypatch.setattr(lc, "current_device", lambda: add.device[0], raising=False)
+    monkeypatch.setattr(lc, "current_stream", lambda device: 1000 + device, raising=False)
+    run = kernel.run
+
+    def counted(*args, **kwargs):
+        lc.fn.log.append(("tuner",))
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(kernel, "run", counted)
+    add.log, add.lc = lc.fn.log, lc
+    return add
+
+
+def paths(op) -> list[str]:
+    return [entry[0] for entry in op.log]
+
+
+def x(n: int = 64, dtype=torch.float32) -> torch.Tensor:
+    return torch.randn(n, dtype=dtype)
+
+
+def test_the_second_call_of_a_signature_launches_directly(op):
+    a, b = x(), x()
+    op(a, b, 2)
+    op(a, b, 3)  # 2 and 3: one int specialization
+    assert paths(op) == ["tuner", "triton", "fast"]
+    _, grid, args, stream = op.log[-1]
+    block = next(iter(op.kernel((True, True, False), 0).cache.values()))["BLOCK"]
+    assert grid == (triton.cdiv(64, block), 1, 1) and stream == 1000
+    assert args[:2] == (a, b) and args[2] == 3 and args[4] == 64 and args[-1] == block
+    out = args[3]
+    assert out.shape == a.shape and out.dtype == a.dtype and out.data_ptr() not in (a.data_ptr(), b.data_ptr())
+
+
+@pytest.mark.parametrize("change", ["dtype", "int_one", "int_16", "bucket", "not_16_divisible", "misaligned", "device", "out"])
+def test_what_the_keys_would_see_goes_through_them(op, change):
+    a, b, alpha, n = x(96), x(96), 2, 96
+    op(a, b, alpha)
+    if change == "dtype":
+        b = b.double()
+    elif change == "int_one":
+        alpha = 1
+    elif change == "int_16":
+        alpha = 32
+    elif change == "bucket":
+        a, b = x(200), x(200)
+    elif change == "not_16_divisible":
+        a, b = x(95), x(95)  # same log bucket as 96
+    elif change == "misaligned":
+        a, b = x(97)[1:], x(97)[1:]  # contiguous, 4 bytes off
+    elif change == "device":
+        op.device[0] = 1
+    if change == "out":
+        op(a, b, alpha, out=torch.empty(n))
+    else:
+        op(a, b, alpha)
+    assert paths(op)[2] == "tuner", f"{change}: launched directly"
+
+
+def test_switching_launch_modes_or_clearing_configs_forgets_direct_launches(op):
+    a, b = x(), x()
+    op(a, b, 2)
+    for forget in (lambda: launch.set_enabled(None), clear_caches):
+        assert op._direct
+        forget()
+        assert not op._direct
+        op.lc.fast = True  # set_enabled recomputed it: off under the interpreter
+        op(a, b, 2)
+    with launch.suspended():  # pretune's no-launch mode: every launch through JITFunction.run
+        op(a, b, 2)
+        op(a, b, 2)
+    assert "fast" not in paths(op)[-4:]
+    op(a, b, 2)
+    op(a, b, 2)
+    assert paths(op)[-1] == "fast"
+
+
+def test_direct_launches_compute_the_op():
+    add = Pointwise("direct_test_add_real", _add)
+    a, b = torch.randn(1000, device=DEVICE, dtype=torch.bfloat16), torch.randn(1000, device=DEVICE, dtype=torch.bfloat16)
+    with count_kernels() as ran:
+        outs = [add(a, b * k) for k in (1, 2, 3)]
+    assert sum(ran.values()) == 3
+    for k, out in zip((1, 2, 3), outs):
+        assert_close(out, a.double() + (b * k).double(), torch.bfloat16)
+    if DEVICE != "cpu":
+        assert add._direct and all(v is not None for v in add._direct.values()), "not launched directly"
