@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any, Callable, NamedTuple
 
 import torch
 import triton
@@ -36,8 +37,9 @@ import triton.language as tl
 from flag_gems.ops.binary import MUL
 from flag_gems.registry import aten_fallback, register
 from flag_gems.utils import cdiv, next_power_of_2
+from tuner import launch as launching
 from tuner import libtuner, settings
-from tuner.launch import launch
+from tuner.launch import direct_cache, launch, launcher
 
 log = logging.getLogger(__name__)
 
@@ -355,19 +357,96 @@ def _launch(fn, grid, args: tuple, kwargs: dict, cfg: dict, warmup: bool = False
         else:
             launch(fn, grid, *args, **kwargs, **cfg, EVEN_K=even_k)
         return
-    a = dict(zip(_ARG_NAMES, args)) | kwargs
-    m, n, batch = a["M"], a["N"], a["BATCH"]
-    ws = torch.empty((batch, split, m, n), device=a["A"].device, dtype=torch.float32)
+    ws = torch.empty(_ws_shape(args, split), device=args[0].device, dtype=torch.float32)
     launch(fn, grid, *args[:_WS], ws, *args[_WS + 1:], **kwargs, **cfg, EVEN_K=even_k)
+    rgrid, rargs, rkwargs = _reduce_call(args, kwargs, ws, split)
+    launch(_splitk_reduce_kernel, rgrid, *rargs, **rkwargs)
+
+
+def _ws_shape(args: tuple, split: int) -> tuple[int, int, int, int]:
+    """The split-K workspace of a call: [BATCH, SPLIT_K, M, N] fp32 partials."""
+    return args[_BATCH], split, args[_M], args[_N]
+
+
+def _reduce_call(args: tuple, kwargs: dict, ws: torch.Tensor, split: int) -> tuple[tuple, tuple, dict]:
+    """(grid, args, kwargs) of the split-K sum of ``_mm_kernel(*args, **kwargs)``'s partials."""
+    a = dict(zip(_ARG_NAMES, args)) | kwargs
+    m, n = a["M"], a["N"]
     block = 1024
-    launch(_splitk_reduce_kernel, (cdiv(m * n, block), batch),
-        ws, a["C"], a["Bias"], m, n, a["s_cb"], a["s_cm"], a["s_cn"], a["s_bias_b"], a["s_bias_m"], a["s_bias_n"],
-        a["alpha"], a["beta"], HAS_BIAS=a["HAS_BIAS"], SPLIT_K=split, BLOCK=block,
-    )
+    rargs = (ws, a["C"], a["Bias"], m, n, a["s_cb"], a["s_cm"], a["s_cn"], a["s_bias_b"], a["s_bias_m"], a["s_bias_n"], a["alpha"], a["beta"])
+    return (cdiv(m * n, block), a["BATCH"]), rargs, {"HAS_BIAS": a["HAS_BIAS"], "SPLIT_K": split, "BLOCK": block}
 
 
 _ARG_NAMES = _mm_kernel.arg_names
-assert _ARG_NAMES[_WS] == "WS" and _ARG_NAMES[_K] == "K"
+_M, _N, _BATCH = 5, 6, 8
+assert [_ARG_NAMES[i] for i in (_WS, _M, _N, _K, _BATCH)] == ["WS", "M", "N", "K", "BATCH"]
+
+
+# -- direct launches ---------------------------------------------------------------------
+# A call whose operands match an earlier call's shapes, strides, dtypes, scalars and flags
+# (and are all 16-byte aligned) launches that call's kept kernels directly: the plan key
+# below fixes every input of the tuner's key and of the launcher's, so neither could
+# decide differently. Configs launched through TMA descriptors take the regular path.
+_DIRECT: dict = direct_cache()
+
+
+class _GemmDirect(NamedTuple):
+    main: Callable[..., Any]  # _mm_kernel's kept kernel on this call's grid
+    main_rest: tuple  # its arguments after WS: sizes, strides, alpha, beta, constexprs
+    ws_shape: tuple | None  # split-K: the workspace, then the reduce launch below
+    reduce: Callable[..., Any] | None
+    reduce_rest: tuple  # its arguments after Bias
+    device: int
+    get_device: Callable[[], int]
+    get_stream: Callable[[int], int]
+
+
+def _plan_key(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None, alpha: float, beta: float) -> tuple:
+    key = (a.dtype, a.shape, a.stride(), b.dtype, b.shape, b.stride(), out.dtype, out.shape, out.stride(), alpha, beta, _precision(a.dtype))
+    return key if bias is None else (*key, bias.dtype, bias.stride())
+
+
+def _direct_plan(args: tuple, kwargs: dict) -> _GemmDirect | None:
+    """The direct launch of the call just made with ``args``/``kwargs``, or None."""
+    cfg = _mm_kernel.cache.get(_mm_kernel.key_of(args, kwargs))
+    if cfg is None or cfg.get("TMA"):
+        return None
+    split = cfg["SPLIT_K"]
+    main_kw = {**kwargs, **cfg, "EVEN_K": args[_K] % (cfg["BLOCK_K"] * split) == 0}  # as _launch passes them
+    lc = launcher(_mm_kernel.fn)
+    # a stand-in workspace: a launch is keyed on its dtype and alignment only
+    ws = args[_WS] if split == 1 else torch.empty(1, device=args[0].device, dtype=torch.float32)
+    main = lc.kept((*args[:_WS], ws, *args[_WS + 1:]), main_kw)
+    if main is None:
+        return None
+    grid = (cdiv(args[_M], cfg["BLOCK_M"]) * cdiv(args[_N], cfg["BLOCK_N"]), split, args[_BATCH])
+    reduce, reduce_rest = None, ()
+    if split > 1:
+        rgrid, rargs, rkwargs = _reduce_call(args, kwargs, ws, split)
+        rkept = launcher(_splitk_reduce_kernel).kept(rargs, rkwargs)
+        if rkept is None:
+            return None
+        reduce, reduce_rest = rkept.runner((*rgrid, 1)), (*rargs[3:], *rkept.tail)
+    return _GemmDirect(main.runner(grid), (*args[_WS + 1:], *main.tail), _ws_shape(args, split) if split > 1 else None,
+                       reduce, reduce_rest, lc.current_device(), lc.current_device, lc.current_stream)
+
+
+def _launch_direct(plan: _GemmDirect, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias_arg: torch.Tensor) -> bool:
+    main, main_rest, ws_shape, reduce, reduce_rest, device, get_device, get_stream = plan
+    if get_device() != device:
+        return False
+    stream = get_stream(device)
+    if ws_shape is None:
+        main(a, b, out, bias_arg, out, *main_rest, stream=stream)
+    else:
+        ws = torch.empty(ws_shape, device=a.device, dtype=torch.float32)
+        main(a, b, out, bias_arg, ws, *main_rest, stream=stream)
+        reduce(ws, out, bias_arg, *reduce_rest, stream=stream)
+    if launching.observer is not None:
+        launching.observer(_mm_kernel.fn)
+        if reduce is not None:
+            launching.observer(_splitk_reduce_kernel)
+    return True
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -427,13 +506,21 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor
     has_bias = bias is not None
     s_bias = _as3d(bias)[1] if has_bias else (0, 0, 0)
     bias_arg = bias if has_bias else out
+    plan_key = None
+    if not (a.data_ptr() | b.data_ptr() | out.data_ptr() | bias_arg.data_ptr()) & 15:
+        plan_key = _plan_key(a, b, out, bias, alpha, beta)
+        plan = _DIRECT.get(plan_key)
+        if plan is not None and _launch_direct(plan, a, b, out, bias_arg):
+            return out
     upcast = settings.get().interpret and a.dtype == torch.bfloat16
     # WS: the split-K workspace, which _launch allocates for a split config (out until then)
-    _mm_kernel[lambda META: (cdiv(m, META["BLOCK_M"]) * cdiv(n, META["BLOCK_N"]), META["SPLIT_K"], batch)](
-        a, b, out, bias_arg, out, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, *s_bias,
-        alpha, beta, HAS_BIAS=has_bias, PRECISION=_precision(a.dtype), UPCAST=upcast,
-        A_K1=s_ak == 1, B_K1=s_bk == 1, B_N1=s_bn == 1,
-    )
+    args = (a, b, out, bias_arg, out, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, *s_bias, alpha, beta)
+    kwargs = {"HAS_BIAS": has_bias, "PRECISION": _precision(a.dtype), "UPCAST": upcast, "A_K1": s_ak == 1, "B_K1": s_bk == 1, "B_N1": s_bn == 1}
+    _mm_kernel[lambda META: (cdiv(m, META["BLOCK_M"]) * cdiv(n, META["BLOCK_N"]), META["SPLIT_K"], batch)](*args, **kwargs)
+    if plan_key is not None and plan_key not in _DIRECT:
+        if len(_DIRECT) >= 4096:  # many prefill lengths: start over
+            _DIRECT.clear()
+        _DIRECT[plan_key] = _direct_plan(args, kwargs)
     return out
 
 
