@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from contextlib import nullcontext
+from typing import Callable, ContextManager
 
 import torch
 
@@ -21,3 +22,28 @@ def host_us(fn: Callable[[], object], n: int, warmup: int = 100, repeats: int = 
         best = min(best, time.perf_counter() - t0)
         torch.cuda.synchronize()
     return best / n * 1e6
+
+
+def host_us_interleaved(cases: dict[str, tuple[Callable[[], object], Callable[[], ContextManager] | None]],
+                        n: int = 2000, rounds: int = 15) -> dict[str, float]:
+    """Host us per call of each case, its best loop of ``n`` calls over ``rounds`` rounds
+    that run every case in turn. A noisy host slows whole stretches of time; interleaving
+    spreads them over every case, so the ratios between cases hold. A case is
+    ``(fn, context)``: ``context()`` (e.g. ``flag_gems.use_gems``) is entered around each
+    of its loops, or None."""
+    best = dict.fromkeys(cases, float("inf"))
+    for fn, ctx in cases.values():  # warm-up: compile, tune, fill caches
+        with ctx() if ctx else nullcontext():
+            for _ in range(100):
+                fn()
+    torch.cuda.synchronize()
+    for _ in range(rounds):
+        for name, (fn, ctx) in cases.items():
+            with ctx() if ctx else nullcontext():
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                dt = time.perf_counter() - t0
+            torch.cuda.synchronize()
+            best[name] = min(best[name], dt / n * 1e6)
+    return best

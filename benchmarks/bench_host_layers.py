@@ -1,0 +1,97 @@
+"""Where the host time of one small flag_gems op goes, layer by layer, on the GPU.
+
+Times ``torch.add`` of two 16-element bf16 tensors, then each layer below it alone (every
+case in turn, round after round, best loop of each: a noisy host shifts them alike): the
+op through aten dispatch (flag_gems on), the ``Pointwise`` object called directly, the
+LibTuner call, the kept compiled kernel, the compiled kernel launched by hand, and the
+pieces every path pays (the output allocation, the current stream, aten's dispatch into
+a trivial Python kernel). Also rms_norm and softmax, end to end.
+
+    PYTHONPATH=.:benchmarks python benchmarks/bench_host_layers.py [--ops]
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("FLAGGEMS_CACHE_DIR", tempfile.mkdtemp(prefix="gems-bench-"))
+
+import torch  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+import flag_gems  # noqa: E402
+from _host_timing import host_us_interleaved  # noqa: E402  (benchmarks/, the script's own folder)
+
+BF16 = torch.bfloat16
+
+
+def layers() -> dict[str, float]:
+    from flag_gems.ops.binary import ADD
+
+    x, y = torch.randn(16, device="cuda", dtype=BF16), torch.randn(16, device="cuda", dtype=BF16)
+    out = torch.empty_like(x)
+    gems = flag_gems.use_gems
+    ADD(x, y)  # compiles and tunes the kernel below, keeps it
+    kernel = ADD.kernel((True, True), 0)
+    args = (x, y, out, 16, tl.float32, tl.float32, False, False)
+    grid = lambda meta: (1,)  # noqa: E731
+    cfg = next(iter(kernel.cache.values()))
+    lc = kernel.kernel_launcher()
+    device = lc.current_device()
+    kept = lc.compiled[lc._key(args, {}, cfg, device)]
+    stream = lc.current_stream(device)
+    runner = kept.kernel[(1, 1, 1)]
+    get_device, get_stream = lc.current_device, lc.current_stream
+    lib = torch.library.Library("fgbench", "DEF")  # add.Tensor's schema, a Python kernel that does nothing
+    lib.define("add(Tensor self, Tensor other, *, Scalar alpha=1) -> Tensor")
+    lib.impl("add", lambda a, b, alpha=1: a, "CUDA")
+    cases = {
+        "torch.add, eager": (lambda: torch.add(x, y), None),
+        "torch.add, flag_gems on (dispatch + op)": (lambda: torch.add(x, y), gems),
+        "ADD(x, y): the Pointwise object (direct launch)": (lambda: ADD(x, y), None),
+        "LibTuner run (key, config, launcher)": (lambda: kernel.run(*args, grid=grid), None),
+        "LibTuner key_of alone": (lambda: kernel.key_of(args, {}), None),
+        "tuner.launch Launcher (kept kernel)": (lambda: lc((1,), args, {}, cfg), None),
+        "Launcher key alone": (lambda: lc._key(args, {}, cfg, device), None),
+        "compiled[grid](..., stream=s) by hand": (lambda: kept.kernel[(1, 1, 1)](*args, *kept.tail, stream=stream), None),
+        "the runner of compiled[grid], reused": (lambda: runner(*args, *kept.tail, stream=stream), None),
+        "torch.empty_like": (lambda: torch.empty_like(x), None),
+        "current device + stream (Triton driver)": (lambda: get_stream(get_device()), None),
+        "dispatch into a Python lambda (op of add's schema)": (lambda: torch.ops.fgbench.add(x, y), None),
+    }
+    try:
+        return host_us_interleaved(cases)
+    finally:
+        lib._destroy()
+
+
+def ops() -> list[tuple[str, float, float]]:
+    x = torch.randn(4, 64, device="cuda", dtype=BF16)
+    w = torch.randn(64, device="cuda", dtype=BF16)
+    cases = {
+        "add": lambda: x + x,
+        "mul scalar": lambda: x * 2.0,
+        "silu": lambda: torch.nn.functional.silu(x),
+        "to(float32)": lambda: x.to(torch.float32),
+        "rms_norm": lambda: torch.nn.functional.rms_norm(x, (64,), w, 1e-6),
+        "softmax": lambda: torch.softmax(x, -1),
+        "sum": lambda: x.sum(),
+    }
+    timed = host_us_interleaved({f"{side} {name}": (fn, ctx) for name, fn in cases.items() for side, ctx in (("torch", None), ("gems", flag_gems.use_gems))})
+    return [(name, timed[f"torch {name}"], timed[f"gems {name}"]) for name in cases]
+
+
+def main() -> None:
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {__import__('triton').__version__}")
+    if "--ops" not in sys.argv:  # --ops: only the end-to-end table (it runs on older trees too)
+        print("\n| layer (add of 2 x 16 bf16) | host us/call |\n|---|---|")
+        for name, us in layers().items():
+            print(f"| {name} | {us:.2f} |")
+    print("\n| op (4x64 bf16) | torch us/call | flag_gems us/call | ratio |\n|---|---|---|---|")
+    for name, t, g in ops():
+        print(f"| {name} | {t:.2f} | {g:.2f} | {g / t:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
