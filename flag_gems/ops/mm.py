@@ -309,9 +309,9 @@ def _mm_tma_kernel(
         tl.store(C + cm * s_cm + cn * s_cn, acc.to(C.dtype.element_ty), mask=mask)
 
 
-def _launch_tma(a: dict, cfg: dict, warmup: bool) -> None:
-    """A TMA config: descriptors of this config's tile shapes over A (M, K) and over B as
-    (N, K) or (K, N), then _mm_tma_kernel."""
+def _tma_call(a: dict, cfg: dict) -> tuple[tuple, tuple, dict]:
+    """(grid, args, kwargs) of a TMA config's launch of _mm_tma_kernel: descriptors of
+    this config's tile shapes over A (M, K) and over B as (N, K) or (K, N)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
@@ -328,10 +328,16 @@ def _launch_tma(a: dict, cfg: dict, warmup: bool) -> None:
     opts = {key: v for key, v in cfg.items() if key not in ("TMA", "SPLIT_K")}
     args = (a_desc, b_desc, a["C"], a["Bias"], m, n, k, a["s_cm"], a["s_cn"], a["s_bias_m"], a["s_bias_n"], a["alpha"], a["beta"])
     flags = {"HAS_BIAS": a["HAS_BIAS"], "PRECISION": a["PRECISION"], "UPCAST": a["UPCAST"], "B_K1": b_k1, "FLATTEN": persistent}
+    return grid, args, {**flags, **opts}
+
+
+def _launch_tma(a: dict, cfg: dict, warmup: bool) -> None:
+    """A TMA config: its descriptors, then _mm_tma_kernel."""
+    grid, args, kwargs = _tma_call(a, cfg)
     if warmup:
-        _mm_tma_kernel.warmup(*args, grid=grid, **flags, **opts)
+        _mm_tma_kernel.warmup(*args, grid=grid, **kwargs)
     else:
-        launch(_mm_tma_kernel, grid, *args, **flags, **opts)
+        launch(_mm_tma_kernel, grid, *args, **kwargs)
 
 
 _WS, _K = 4, 7  # the positions of _mm_kernel's WS and K arguments (gemm passes both positionally)
@@ -386,17 +392,15 @@ assert [_ARG_NAMES[i] for i in (_WS, _M, _N, _K, _BATCH)] == ["WS", "M", "N", "K
 # A call whose operands match an earlier call's shapes, strides, dtypes, scalars and flags
 # (and are all 16-byte aligned) launches that call's kept kernels directly: the plan key
 # below fixes every input of the tuner's key and of the launcher's, so neither could
-# decide differently. Configs launched through TMA descriptors take the regular path.
+# decide differently. A TMA config's call makes its descriptors anew (same shapes,
+# strides and tiles; this call's A and B).
 _DIRECT: dict = direct_cache()
 
 
 class _GemmDirect(NamedTuple):
-    main: Callable[..., Any]  # _mm_kernel's kept kernel on this call's grid
-    main_rest: tuple  # its arguments after WS: sizes, strides, alpha, beta, constexprs
-    ws_shape: tuple | None  # split-K: the workspace, then the reduce launch below
-    reduce: Callable[..., Any] | None
-    reduce_rest: tuple  # its arguments after Bias
-    device: int
+    launch: Callable[..., None]  # (a, b, out, bias_arg, stream): the call's kept kernels
+    kernels: tuple  # the jit functions it launches (tuner.launch.observer reports them)
+    device: int  # compiled for
     get_device: Callable[[], int]
     get_stream: Callable[[int], int]
 
@@ -407,45 +411,80 @@ def _plan_key(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.T
 
 
 def _direct_plan(args: tuple, kwargs: dict) -> _GemmDirect | None:
-    """The direct launch of the call just made with ``args``/``kwargs``, or None."""
+    """The direct launch of the call just made with ``args``/``kwargs`` (its config is
+    resolved, its kernels kept), or None. It replays what ``_launch`` decides."""
     cfg = _mm_kernel.cache.get(_mm_kernel.key_of(args, kwargs))
-    if cfg is None or cfg.get("TMA"):
+    if cfg is None:
         return None
+    if cfg.get("TMA"):
+        named = dict(zip(_ARG_NAMES, args)) | kwargs
+        if _tma_operands(named):
+            found = _direct_tma(named, cfg)
+        else:  # the same tile through the pointer kernel, as _launch runs it
+            found = _direct_pointer(args, kwargs, {key: v for key, v in cfg.items() if key != "TMA"})
+    else:
+        found = _direct_pointer(args, kwargs, cfg)
+    if found is None:
+        return None
+    lc = launcher(_mm_kernel.fn)
+    return _GemmDirect(*found, lc.current_device(), lc.current_device, lc.current_stream)
+
+
+def _direct_pointer(args: tuple, kwargs: dict, cfg: dict) -> tuple[Callable[..., None], tuple] | None:
     split = cfg["SPLIT_K"]
     main_kw = {**kwargs, **cfg, "EVEN_K": args[_K] % (cfg["BLOCK_K"] * split) == 0}  # as _launch passes them
-    lc = launcher(_mm_kernel.fn)
     # a stand-in workspace: a launch is keyed on its dtype and alignment only
     ws = args[_WS] if split == 1 else torch.empty(1, device=args[0].device, dtype=torch.float32)
-    main = lc.kept((*args[:_WS], ws, *args[_WS + 1:]), main_kw)
-    if main is None:
+    kept = launcher(_mm_kernel.fn).kept((*args[:_WS], ws, *args[_WS + 1:]), main_kw)
+    if kept is None:
         return None
-    grid = (cdiv(args[_M], cfg["BLOCK_M"]) * cdiv(args[_N], cfg["BLOCK_N"]), split, args[_BATCH])
-    reduce, reduce_rest = None, ()
-    if split > 1:
-        rgrid, rargs, rkwargs = _reduce_call(args, kwargs, ws, split)
-        rkept = launcher(_splitk_reduce_kernel).kept(rargs, rkwargs)
-        if rkept is None:
-            return None
-        reduce, reduce_rest = rkept.runner((*rgrid, 1)), (*rargs[3:], *rkept.tail)
-    return _GemmDirect(main.runner(grid), (*args[_WS + 1:], *main.tail), _ws_shape(args, split) if split > 1 else None,
-                       reduce, reduce_rest, lc.current_device(), lc.current_device, lc.current_stream)
+    main = kept.runner((cdiv(args[_M], cfg["BLOCK_M"]) * cdiv(args[_N], cfg["BLOCK_N"]), split, args[_BATCH]))
+    rest = (*args[_WS + 1:], *kept.tail)
+    if split == 1:
+        def plain(a, b, out, bias, stream):
+            main(a, b, out, bias, out, *rest, stream=stream)
+
+        return plain, (_mm_kernel.fn,)
+    rgrid, rargs, rkwargs = _reduce_call(args, kwargs, ws, split)
+    rkept = launcher(_splitk_reduce_kernel).kept(rargs, rkwargs)
+    if rkept is None:
+        return None
+    reduce, reduce_rest, ws_shape = rkept.runner((*rgrid, 1)), (*rargs[3:], *rkept.tail), _ws_shape(args, split)
+
+    def split_k(a, b, out, bias, stream):
+        ws = torch.empty(ws_shape, device=a.device, dtype=torch.float32)
+        main(a, b, out, bias, ws, *rest, stream=stream)
+        reduce(ws, out, bias, *reduce_rest, stream=stream)
+
+    return split_k, (_mm_kernel.fn, _splitk_reduce_kernel)
+
+
+def _direct_tma(named: dict, cfg: dict) -> tuple[Callable[..., None], tuple] | None:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    grid, targs, tkwargs = _tma_call(named, cfg)
+    kept = launcher(_mm_tma_kernel).kept(targs, tkwargs)
+    if kept is None:
+        return None
+    run = kept.runner((*grid, 1, 1)[:3])
+    a_desc, b_desc = targs[:2]  # each call describes its own A and B alike
+    a_spec, b_spec = (a_desc.shape, a_desc.strides, a_desc.block_shape), (b_desc.shape, b_desc.strides, b_desc.block_shape)
+    rest = (*targs[4:], *kept.tail)
+
+    def tma(a, b, out, bias, stream):
+        run(TensorDescriptor(a, *a_spec), TensorDescriptor(b, *b_spec), out, bias, *rest, stream=stream)
+
+    return tma, (_mm_tma_kernel,)
 
 
 def _launch_direct(plan: _GemmDirect, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias_arg: torch.Tensor) -> bool:
-    main, main_rest, ws_shape, reduce, reduce_rest, device, get_device, get_stream = plan
+    run, kernels, device, get_device, get_stream = plan
     if get_device() != device:
         return False
-    stream = get_stream(device)
-    if ws_shape is None:
-        main(a, b, out, bias_arg, out, *main_rest, stream=stream)
-    else:
-        ws = torch.empty(ws_shape, device=a.device, dtype=torch.float32)
-        main(a, b, out, bias_arg, ws, *main_rest, stream=stream)
-        reduce(ws, out, bias_arg, *reduce_rest, stream=stream)
+    run(a, b, out, bias_arg, get_stream(device))
     if launching.observer is not None:
-        launching.observer(_mm_kernel.fn)
-        if reduce is not None:
-            launching.observer(_splitk_reduce_kernel)
+        for fn in kernels:
+            launching.observer(fn)
     return True
 
 

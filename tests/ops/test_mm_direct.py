@@ -1,7 +1,7 @@
 """GEMM direct launches: a call with the shapes, strides, dtypes, scalars and flags of an
-earlier one (all operands 16-byte aligned) relaunches that call's kept kernels, split-K's
-pair included, without the tuner's and the launcher's keys; anything those keys would
-see differently goes back through them, and TMA configs always do.
+earlier one (all operands 16-byte aligned) relaunches that call's kept kernels (split-K's
+pair; a TMA config with descriptors of the new operands) without the tuner's and the
+launcher's keys; anything those keys would see differently goes back through them.
 
 The interpreter compiles nothing, so the compiled kernels are stand-ins that record their
 launches (see tests/tuner/test_launch.py); results are not computed on them. The last
@@ -29,7 +29,7 @@ def log(monkeypatch):
     """Stand-in Triton for the GEMM kernels; the list of launches: "tuner" (LibTuner.run),
     "triton" (compiled), "fast" (a kept kernel relaunched), each with its kernel's name."""
     entries, device = _Log(), [0]
-    for fn in (mm_ops._mm_kernel.fn, mm_ops._splitk_reduce_kernel):
+    for fn in (mm_ops._mm_kernel.fn, mm_ops._splitk_reduce_kernel, mm_ops._mm_tma_kernel):
         lc, fake = launcher(fn), FakeJit()
         fake.log = entries
         monkeypatch.setattr(lc, "fn", fake)
@@ -111,12 +111,25 @@ def test_a_split_k_config_relaunches_both_kernels(log):
     assert ws.shape == (1, 4, 4, 32) and ws.dtype == torch.float32 and reduce[0] is ws and reduce[1] is out
 
 
-def test_tma_configs_take_the_regular_path(log):
+def test_a_tma_config_relaunches_with_descriptors_of_the_new_operands(log):
     with resolve_hook(_only(lambda c: c.get("TMA"))):
-        a, b = mat(64, 32).t(), mat(64, 48)  # A not contiguous along K: the tile runs through the pointer kernel
+        a, b = mat(64, 32), mat(32, 48)
+        torch.mm(a, b)
+        a2, b2 = mat(64, 32), mat(32, 48)
+        out = torch.mm(a2, b2)
+    assert kinds(log) == ["tuner", "triton", "fast"]
+    _, _, args, _ = log[-1]
+    a_desc, b_desc = args[:2]
+    assert a_desc.base is a2 and list(a_desc.shape) == [64, 32] and b_desc.base is b2 and args[2] is out
+
+
+def test_a_tma_config_without_describable_operands_runs_the_pointer_kernel(log):
+    with resolve_hook(_only(lambda c: c.get("TMA"))):
+        a, b = mat(32, 64).t(), mat(32, 48)  # A not contiguous along K: the tile runs through the pointer kernel
         torch.mm(a, b)
         torch.mm(a, b)
-    assert kinds(log) == ["tuner", "triton", "tuner", "fast"]
+    assert kinds(log) == ["tuner", "triton", "fast"]
+    assert isinstance(log[-1][2][0], torch.Tensor)
 
 
 def test_clearing_configs_forgets_direct_launches(log):
