@@ -101,9 +101,11 @@ def rms_norm_rows(
     rstd_buf = rstd if rstd is not None else x2
     has_w, has_res, has_rstd = weight is not None, residual2 is not None, rstd is not None
     key = (N, x2.dtype, r.dtype, y2.dtype, w.dtype, rstd_buf.dtype, has_w, has_res, has_rstd)
+    xs, rs, ys = x2.stride(0), r.stride(0), y2.stride(0)
+    aligned = not (x2.data_ptr() | r.data_ptr() | y2.data_ptr() | w.data_ptr() | rstd_buf.data_ptr()) & 15
     rms_norm_fwd_kernel.launcher(N, _LAUNCH, key).fixed(
-        (M,), x2, x2.stride(0), r, r.stride(0), y2, y2.stride(0), w, rstd_buf, N, eps,
-        HAS_W=has_w, HAS_RES=has_res, STORE_RSTD=has_rstd,
+        (M,), x2, xs, r, rs, y2, ys, w, rstd_buf, N, eps,
+        direct=(xs, rs, ys, type(eps)) if aligned else None, HAS_W=has_w, HAS_RES=has_res, STORE_RSTD=has_rstd,
     )
 
 

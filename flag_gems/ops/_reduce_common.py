@@ -20,6 +20,7 @@ import triton.language as tl
 
 from flag_gems.utils import cdiv
 from tuner.kernel_hash import config_repr
+from tuner import launch as launching
 from tuner.libtuner import LibTuner
 
 # accumulator codes (constexpr ints: portable across Triton versions)
@@ -175,28 +176,79 @@ class Launch:
         self.tuner, self.grid_fn = tuner, grid_fn
         self.key = self.cfg = self.grid = None
 
-    def __call__(self, *args: Any, **kw: Any) -> None:
+    def __call__(self, *args: Any, direct: Any = None, **kw: Any) -> None:
+        """Launch on the grid of the resolved config. ``direct``: see ``fixed``."""
+        if direct is not None and self._relaunch(direct, None, args):
+            return
         t = self.tuner
         if self.key is None:
             self.key = t.key_of(args, kw)
         cfg = t.cache.get(self.key)
         if cfg is None:
             t.run(*args, grid=self.grid_fn, **kw)
-            return
-        if cfg is not self.cfg:
-            self.cfg, self.grid = cfg, self.grid_fn(cfg)
-        t.kernel_launcher()(self.grid, args, kw, cfg)
+        else:
+            if cfg is not self.cfg:
+                self.cfg, self.grid = cfg, self.grid_fn(cfg)
+            t.kernel_launcher()(self.grid, args, kw, cfg)
+        if direct is not None:
+            self._file(direct, args, kw, fixed_grid=False)
 
-    def fixed(self, grid: tuple, *args: Any, **kw: Any) -> None:
-        """Launch on a grid that does not depend on the config."""
+    def fixed(self, grid: tuple, *args: Any, direct: Any = None, **kw: Any) -> None:
+        """Launch on a grid that does not depend on the config.
+
+        ``direct``: the caller's key of this call, or None. With this ``Launch``'s own key
+        it must fix everything ``tuner.launch`` keys (each tensor's 16-byte alignment, each
+        int argument's value or specialization, the scalars' types); for ``fixed`` the
+        grid may differ. A repeat then relaunches the kept kernel without the launcher's key."""
+        if direct is not None and self._relaunch(direct, grid, args):
+            return
         t = self.tuner
         if self.key is None:
             self.key = t.key_of(args, kw)
         cfg = t.cache.get(self.key)
         if cfg is None:
             t.run(*args, grid=grid, **kw)
+        else:
+            t.kernel_launcher()(grid, args, kw, cfg)
+        if direct is not None:
+            self._file(direct, args, kw, fixed_grid=True)
+
+    def _relaunch(self, direct: Any, grid: tuple | None, args: tuple) -> bool:
+        hit = _DIRECT.get((self, direct))
+        if hit is None:
+            return False
+        kept, cfg_grid, device, get_device, get_stream = hit
+        if get_device() != device:
+            return False
+        if grid is None:
+            grid = cfg_grid
+        elif len(grid) != 3:
+            grid = (*grid, 1, 1)[:3]
+        run = kept.runners.get(grid) or kept.runner(grid)
+        run(*args, *kept.tail, stream=get_stream(device))
+        if launching.observer is not None:
+            launching.observer(self.tuner.fn)
+        return True
+
+    def _file(self, direct: Any, args: tuple, kw: dict, fixed_grid: bool) -> None:
+        """Keep what the launch just made for ``_relaunch`` (once per key)."""
+        if (self, direct) in _DIRECT:
             return
-        t.kernel_launcher()(grid, args, kw, cfg)
+        if len(_DIRECT) >= 4096:
+            _DIRECT.clear()
+        t = self.tuner
+        found, lc = t.kept(args, kw), t.kernel_launcher()
+        if found is None:
+            _DIRECT[(self, direct)] = None
+            return
+        kept, cfg = found
+        grid = None if fixed_grid else (*self.grid_fn(cfg), 1, 1)[:3]
+        _DIRECT[(self, direct)] = (kept, grid, lc.current_device(), lc.current_device, lc.current_stream)
+
+
+# (Launch, the caller's key) -> (Kept, its grid (None: the call's), device, its getter, the
+# stream getter), or None where nothing was kept (the interpreter): see Launch.fixed
+_DIRECT: dict = launching.direct_cache()
 
 
 class SizeClassed(LibTuner):

@@ -176,7 +176,9 @@ def native_layer_norm(
     b = bias.contiguous() if bias is not None else x
     has_w, has_b = weight is not None, bias is not None
     key = (N, x.dtype, w.dtype, b.dtype, has_w, has_b)
-    layer_norm_fwd_kernel.launcher(N, _FWD, key).fixed((M,), x, y, w, b, mean, rstd, N, eps, HAS_W=has_w, HAS_B=has_b)
+    aligned = not (x.data_ptr() | y.data_ptr() | w.data_ptr() | b.data_ptr() | mean.data_ptr() | rstd.data_ptr()) & 15
+    layer_norm_fwd_kernel.launcher(N, _FWD, key).fixed(
+        (M,), x, y, w, b, mean, rstd, N, eps, direct=type(eps) if aligned else None, HAS_W=has_w, HAS_B=has_b)
     return y, mean, rstd
 
 

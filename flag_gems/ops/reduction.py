@@ -450,15 +450,18 @@ def _run(x: torch.Tensor, dim: Any, keepdim: bool, op: int, out_dtype: torch.dty
     if prep is not None:
         x = x.contiguous() if not prep else x.permute(prep).contiguous()
     args, kw = plan.a1
+    store2 = store2 if store2 is not None else store
+    # the plan fixes every other argument: a kept kernel per alignment
+    direct = not (x.data_ptr() | store.data_ptr() | store2.data_ptr()) & 15 or None
     if plan.l2 is None:
-        plan.l1(x, x, store, store2 if store2 is not None else store, x, *args, **kw)
+        plan.l1(x, x, store, store2, x, *args, direct=direct, **kw)
     else:
         adt = _acc_dtype(acc)
         part = torch.empty(plan.part_shape, dtype=adt, device=dev)
         part2 = torch.empty(plan.part_shape, dtype=adt, device=dev) if op >= 40 else part
-        plan.l1(x, x, part, part2, x, *args, **kw)
+        plan.l1(x, x, part, part2, x, *args, direct=direct, **kw)
         args2, kw2 = plan.a2
-        plan.l2(part, part2, store, store2 if store2 is not None else store, x, *args2, **kw2)
+        plan.l2(part, part2, store, store2, x, *args2, direct=direct, **kw2)
     return out if op < 40 else (out, out2)
 
 
