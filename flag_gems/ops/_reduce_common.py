@@ -222,6 +222,8 @@ class Launch:
             return False
         if grid is None:
             grid = cfg_grid
+        elif callable(grid):  # a grid from the config (not resolved for this call's caller yet)
+            return False
         elif len(grid) != 3:
             grid = (*grid, 1, 1)[:3]
         run = kept.runners.get(grid) or kept.runner(grid)

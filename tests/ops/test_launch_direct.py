@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from flag_gems.ops import _reduce_common as rc
+from tests.helpers import DEVICE
 from tests.tuner.test_launch import FakeJit
 from tuner import libtuner
 from tuner.libtuner import clear_caches
@@ -93,3 +94,86 @@ def test_clearing_configs_forgets_them(lc):
     assert rc._DIRECT
     clear_caches()
     assert not rc._DIRECT
+
+
+# -- the ops' own call sites: a direct relaunch passes what the launcher would --------
+class _Recording:
+    """Every tuner.launch Launcher on stand-ins: compiled kernels record their launches."""
+
+    def __init__(self, monkeypatch) -> None:
+        from tuner import launch
+
+        self.log: list = []
+        self.mp = monkeypatch
+        for _, lc in list(launch._LAUNCHERS.values()):
+            self.fake(lc)
+        init = launch.Launcher.__init__
+
+        def fake_init(lc, fn):
+            init(lc, fn)
+            self.fake(lc)
+
+        monkeypatch.setattr(launch.Launcher, "__init__", fake_init)
+
+    def fake(self, lc) -> None:
+        fake = FakeJit()
+        fake.log = self.log
+        for name, value in (("fn", fake), ("fast", True), ("compiled", {}), ("current_device", lambda: 0),
+                            ("current_stream", lambda d: 1000 + d)):
+            self.mp.setattr(lc, name, value, raising=False)
+
+
+def _shape_of(v):
+    return (v.dtype, tuple(v.shape), v.stride()) if isinstance(v, torch.Tensor) else v
+
+
+def _ops():
+    import torch.nn.functional as F
+
+    x = torch.randn(6, 48, dtype=torch.bfloat16)
+    w, b = torch.randn(48, dtype=torch.bfloat16), torch.randn(48, dtype=torch.bfloat16)
+    table = torch.randn(20, 48)
+    ids = torch.randint(0, 20, (2, 3))
+    cache, new = torch.randn(2, 4, 5, 16), torch.randn(2, 4, 1, 16)
+    return {
+        "rms_norm": lambda: F.rms_norm(x, (48,), w, 1e-6),
+        "layer_norm": lambda: F.layer_norm(x, (48,), w, b, 1e-5),
+        "embedding": lambda: F.embedding(ids, table),
+        "softmax": lambda: torch.softmax(x, -1),
+        "sum": lambda: x.sum(-1),
+        "mean 2-stage": lambda: torch.randn(4, 70000).mean(0),
+        "cat kv": lambda: torch.cat([cache, new], dim=-2),
+        "cat rotate_half": lambda: torch.cat((-cache[..., 8:], cache[..., :8]), dim=-1),
+    }
+
+
+@pytest.mark.parametrize("name", list(_ops()))
+def test_a_call_sites_direct_relaunch_passes_what_the_launcher_would(monkeypatch, name):
+    import flag_gems
+
+    if DEVICE != "cpu":
+        pytest.skip("the stand-ins take CPU tensors; the GPU suite runs the ops for real")
+    rec = _Recording(monkeypatch)
+    fn = _ops()[name]
+    relaunched = []
+    relaunch = rc.Launch._relaunch
+    monkeypatch.setattr(rc.Launch, "_relaunch", lambda *a: relaunched.append(relaunch(*a)) or relaunched[-1])
+    rc._DIRECT.clear()
+    with flag_gems.use_gems():
+        fn()  # compiles (the stand-in), files the direct relaunches
+        start = len(rec.log)
+        relaunched.clear()
+        fn()
+        direct = rec.log[start:]
+        assert relaunched and all(relaunched), f"not relaunched directly: {relaunched}"
+        filed = dict(rc._DIRECT)
+        monkeypatch.setattr(rc.Launch, "_file", lambda *a, **k: None)
+        rc._DIRECT.clear()
+        start = len(rec.log)
+        fn()
+        through_launcher = rec.log[start:]
+    rc._DIRECT.clear()
+    assert filed and all(v is not None for v in filed.values()), "nothing filed for a direct relaunch"
+    assert direct and [e[0] for e in direct] == ["fast"] * len(direct)
+    assert [(grid, [_shape_of(a) for a in args], stream) for _, grid, args, stream in direct] == \
+        [(grid, [_shape_of(a) for a in args], stream) for _, grid, args, stream in through_launcher]
