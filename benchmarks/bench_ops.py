@@ -20,7 +20,7 @@ from triton.testing import do_bench  # noqa: E402
 
 import flag_gems  # noqa: E402
 import tuner  # noqa: E402
-from _host_timing import host_us  # noqa: E402  (benchmarks/, the script's own folder)
+from _host_timing import host_us_interleaved  # noqa: E402  (benchmarks/, the script's own folder)
 from flag_gems import fused  # noqa: E402
 from tests.helpers import count_kernels  # noqa: E402  (run from the repo root, PYTHONPATH=.)
 
@@ -128,16 +128,16 @@ def main() -> None:
     print("\nconfigs picked by the tuner:\n" + "\n".join(picked))
     tiny = torch.randn(16, device="cuda", dtype=BF16)
     rows = [("add", lambda: torch.add(tiny, tiny)), ("exp", lambda: torch.exp(tiny)), ("sum", lambda: tiny.sum()), ("softmax", lambda: torch.softmax(tiny, -1))]
+    for name, fn in rows:
+        with flag_gems.use_gems(), count_kernels() as ran:
+            fn()
+        assert ran, f"{name}: no Triton kernel ran"
+    # torch and flag_gems in turn, round after round: a noisy host shifts both alike
+    timed = host_us_interleaved({f"{side} {name}": (fn, ctx) for name, fn in rows for side, ctx in (("torch", None), ("gems", flag_gems.use_gems))})
     print("\n| op (16 elements) | torch host us/call | flag_gems host us/call |")
     print("|---|---|---|")
-    for name, fn in rows:
-        t = host_us(fn, 5000, repeats=3)
-        with flag_gems.use_gems():
-            with count_kernels() as ran:
-                fn()
-            assert ran, f"{name}: no Triton kernel ran"
-            g = host_us(fn, 5000, repeats=3)
-        print(f"| {name} | {t:.1f} | {g:.1f} |")
+    for name, _ in rows:
+        print(f"| {name} | {timed[f'torch {name}']:.1f} | {timed[f'gems {name}']:.1f} |")
 
 
 if __name__ == "__main__":
