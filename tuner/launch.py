@@ -70,6 +70,23 @@ class Kept(NamedTuple):
         return run
 
 
+class Bound(NamedTuple):
+    """A kept kernel and the device it was compiled for: what callers' direct caches hold."""
+
+    kept: Kept
+    device: int
+    current_device: Callable[[], int]
+    current_stream: Callable[[int], int]
+
+    def stream(self) -> int | None:
+        """The current stream where the current device is the kernel's, else None (the
+        caller then takes its regular path, which keeps a kernel for that device)."""
+        return self.current_stream(self.device) if self.current_device() == self.device else None
+
+    def runner(self, grid: tuple) -> Callable[..., Any]:
+        return self.kept.runners.get(grid) or self.kept.runner(grid)
+
+
 class _Unkeyed(Exception):
     """An argument this module does not key: the call takes Triton's own path."""
 
@@ -182,15 +199,17 @@ class Launcher:
         self.compiled[key] = Kept(kernel, tuple(tail), dict(zip(names, tail)), {})
         return kernel
 
-    def kept(self, args: tuple, kwargs: dict, cfg: dict | None = None) -> Kept | None:
+    def kept(self, args: tuple, kwargs: dict, cfg: dict | None = None) -> Bound | None:
         """What an earlier launch of this very call (same specialization, on the current
         device) kept, or None: not launched yet, not keyable, or keeping is off."""
         if not self.fast or _suspended:
             return None
+        device = self.current_device()
         try:
-            return self.compiled.get(self._key(args, kwargs, cfg, self.current_device()))
+            found = self.compiled.get(self._key(args, kwargs, cfg, device))
         except (_Unkeyed, TypeError):
             return None
+        return None if found is None else Bound(found, device, self.current_device, self.current_stream)
 
 
 _on: bool | None = None  # set_enabled's word; None: FLAGGEMS_FAST_LAUNCH decides

@@ -196,7 +196,7 @@ class LibTuner:
 
     def kept(self, args: tuple, kwargs: dict) -> tuple[Any, dict] | None:
         """After ``run(*args, **kwargs)``: the compiled kernel its launcher kept for that
-        call (a ``tuner.launch.Kept``) and the config it ran, or None where nothing was
+        call (a ``tuner.launch.Bound``) and the config it ran, or None where nothing was
         kept (the interpreter, a config launcher, fast launch off)."""
         cfg = self.cache.get(self.key_of(args, kwargs))
         if cfg is None or self.config_launcher is not None:

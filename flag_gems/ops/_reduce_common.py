@@ -217,8 +217,9 @@ class Launch:
         hit = _DIRECT.get((self, direct))
         if hit is None:
             return False
-        kept, cfg_grid, device, get_device, get_stream = hit
-        if get_device() != device:
+        bound, cfg_grid = hit
+        stream = bound.stream()
+        if stream is None:
             return False
         if grid is None:
             grid = cfg_grid
@@ -226,8 +227,7 @@ class Launch:
             return False
         elif len(grid) != 3:
             grid = (*grid, 1, 1)[:3]
-        run = kept.runners.get(grid) or kept.runner(grid)
-        run(*args, *kept.tail, stream=get_stream(device))
+        bound.runner(grid)(*args, *bound.kept.tail, stream=stream)
         if launching.observer is not None:
             launching.observer(self.tuner.fn)
         return True
@@ -238,18 +238,16 @@ class Launch:
             return
         if len(_DIRECT) >= 4096:
             _DIRECT.clear()
-        t = self.tuner
-        found, lc = t.kept(args, kw), t.kernel_launcher()
+        found = self.tuner.kept(args, kw)
         if found is None:
             _DIRECT[(self, direct)] = None
             return
-        kept, cfg = found
-        grid = None if fixed_grid else (*self.grid_fn(cfg), 1, 1)[:3]
-        _DIRECT[(self, direct)] = (kept, grid, lc.current_device(), lc.current_device, lc.current_stream)
+        bound, cfg = found
+        _DIRECT[(self, direct)] = (bound, None if fixed_grid else (*self.grid_fn(cfg), 1, 1)[:3])
 
 
-# (Launch, the caller's key) -> (Kept, its grid (None: the call's), device, its getter, the
-# stream getter), or None where nothing was kept (the interpreter): see Launch.fixed
+# (Launch, the caller's key) -> (tuner.launch.Bound, its grid (None: the call's)), or None
+# where nothing was kept (the interpreter): see Launch.fixed
 _DIRECT: dict = launching.direct_cache()
 
 

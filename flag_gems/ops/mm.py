@@ -400,9 +400,7 @@ _DIRECT: dict = direct_cache()
 class _GemmDirect(NamedTuple):
     launch: Callable[..., None]  # (a, b, out, bias_arg, stream): the call's kept kernels
     kernels: tuple  # the jit functions it launches (tuner.launch.observer reports them)
-    device: int  # compiled for
-    get_device: Callable[[], int]
-    get_stream: Callable[[int], int]
+    bound: Any  # tuner.launch.Bound of the first: the device they were compiled for
 
 
 def _plan_key(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None, alpha: float, beta: float) -> tuple:
@@ -424,64 +422,62 @@ def _direct_plan(args: tuple, kwargs: dict) -> _GemmDirect | None:
             found = _direct_pointer(args, kwargs, {key: v for key, v in cfg.items() if key != "TMA"})
     else:
         found = _direct_pointer(args, kwargs, cfg)
-    if found is None:
-        return None
-    lc = launcher(_mm_kernel.fn)
-    return _GemmDirect(*found, lc.current_device(), lc.current_device, lc.current_stream)
+    return None if found is None else _GemmDirect(*found)
 
 
-def _direct_pointer(args: tuple, kwargs: dict, cfg: dict) -> tuple[Callable[..., None], tuple] | None:
+def _direct_pointer(args: tuple, kwargs: dict, cfg: dict) -> tuple[Callable[..., None], tuple, Any] | None:
     split = cfg["SPLIT_K"]
     main_kw = {**kwargs, **cfg, "EVEN_K": args[_K] % (cfg["BLOCK_K"] * split) == 0}  # as _launch passes them
     # a stand-in workspace: a launch is keyed on its dtype and alignment only
     ws = args[_WS] if split == 1 else torch.empty(1, device=args[0].device, dtype=torch.float32)
-    kept = launcher(_mm_kernel.fn).kept((*args[:_WS], ws, *args[_WS + 1:]), main_kw)
-    if kept is None:
+    bound = launcher(_mm_kernel.fn).kept((*args[:_WS], ws, *args[_WS + 1:]), main_kw)
+    if bound is None:
         return None
-    main = kept.runner((cdiv(args[_M], cfg["BLOCK_M"]) * cdiv(args[_N], cfg["BLOCK_N"]), split, args[_BATCH]))
-    rest = (*args[_WS + 1:], *kept.tail)
+    main = bound.runner((cdiv(args[_M], cfg["BLOCK_M"]) * cdiv(args[_N], cfg["BLOCK_N"]), split, args[_BATCH]))
+    rest = (*args[_WS + 1:], *bound.kept.tail)
     if split == 1:
         def plain(a, b, out, bias, stream):
             main(a, b, out, bias, out, *rest, stream=stream)
 
-        return plain, (_mm_kernel.fn,)
+        return plain, (_mm_kernel.fn,), bound
     rgrid, rargs, rkwargs = _reduce_call(args, kwargs, ws, split)
-    rkept = launcher(_splitk_reduce_kernel).kept(rargs, rkwargs)
-    if rkept is None:
+    rbound = launcher(_splitk_reduce_kernel).kept(rargs, rkwargs)
+    if rbound is None:
         return None
-    reduce, reduce_rest, ws_shape = rkept.runner((*rgrid, 1)), (*rargs[3:], *rkept.tail), _ws_shape(args, split)
+    reduce, reduce_rest, ws_shape = rbound.runner((*rgrid, 1)), (*rargs[3:], *rbound.kept.tail), _ws_shape(args, split)
 
     def split_k(a, b, out, bias, stream):
         ws = torch.empty(ws_shape, device=a.device, dtype=torch.float32)
         main(a, b, out, bias, ws, *rest, stream=stream)
         reduce(ws, out, bias, *reduce_rest, stream=stream)
 
-    return split_k, (_mm_kernel.fn, _splitk_reduce_kernel)
+    return split_k, (_mm_kernel.fn, _splitk_reduce_kernel), bound
 
 
-def _direct_tma(named: dict, cfg: dict) -> tuple[Callable[..., None], tuple] | None:
+def _direct_tma(named: dict, cfg: dict) -> tuple[Callable[..., None], tuple, Any] | None:
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     grid, targs, tkwargs = _tma_call(named, cfg)
-    kept = launcher(_mm_tma_kernel).kept(targs, tkwargs)
-    if kept is None:
+    bound = launcher(_mm_tma_kernel).kept(targs, tkwargs)
+    if bound is None:
         return None
-    run = kept.runner((*grid, 1, 1)[:3])
+    run = bound.runner((*grid, 1, 1)[:3])
     a_desc, b_desc = targs[:2]  # each call describes its own A and B alike
     a_spec, b_spec = (a_desc.shape, a_desc.strides, a_desc.block_shape), (b_desc.shape, b_desc.strides, b_desc.block_shape)
-    rest = (*targs[4:], *kept.tail)
+    rest = (*targs[4:], *bound.kept.tail)
 
     def tma(a, b, out, bias, stream):
         run(TensorDescriptor(a, *a_spec), TensorDescriptor(b, *b_spec), out, bias, *rest, stream=stream)
 
-    return tma, (_mm_tma_kernel,)
+    return tma, (_mm_tma_kernel,), bound
 
 
 def _launch_direct(plan: _GemmDirect, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias_arg: torch.Tensor) -> bool:
-    run, kernels, device, get_device, get_stream = plan
-    if get_device() != device:
+    run, kernels, bound = plan
+    stream = bound.stream()
+    if stream is None:
         return False
-    run(a, b, out, bias_arg, get_stream(device))
+    run(a, b, out, bias_arg, stream)
     if launching.observer is not None:
         for fn in kernels:
             launching.observer(fn)

@@ -284,13 +284,12 @@ class Pointwise:
                         dkey = (key, (numel - 1).bit_length(), not numel & 15)  # (numel-1).bit_length(): the tuner's log bucket
                         hit = self._direct.get(dkey)
                         if hit is not None:
-                            kept, consts, block, odt, device, get_device, get_stream, fn = hit
-                            if get_device() == device:
+                            bound, consts, block, odt, fn = hit
+                            stream = bound.stream()
+                            if stream is not None:
                                 out = _empty_like(t0) if odt is None else _empty_like(t0, dtype=odt)
                                 if not out.data_ptr() & 15:  # always, from torch's allocators
-                                    grid = ((numel + block - 1) // block, 1, 1)
-                                    run = kept.runners.get(grid) or kept.runner(grid)
-                                    run(*args, out, numel, *consts, stream=get_stream(device))
+                                    bound.runner(((numel + block - 1) // block, 1, 1))(*args, out, numel, *consts, stream=stream)
                                     if _launch.observer is not None:
                                         _launch.observer(fn)
                                     return out
@@ -383,13 +382,10 @@ class _DirectLaunch(NamedTuple):
     specialization, numel's bucket and 16-divisibility, all tensors aligned), so neither
     could decide differently."""
 
-    kept: Any  # tuner.launch.Kept: Triton's CompiledKernel, its runners
+    bound: Any  # tuner.launch.Bound: the compiled kernel, its device
     consts: tuple  # the arguments after numel: load casts, OUT_BOOL, INT64, the config's
     block: int
     odt: torch.dtype | None  # the output dtype, None: the first tensor's
-    device: int  # compiled for
-    get_device: Callable[[], int]
-    get_stream: Callable[[int], int]
     fn: Any  # the jit function (tuner.launch.observer reports it)
 
 
@@ -398,9 +394,8 @@ def _direct_launch(kernel: Any, call: tuple, n_in: int, odt: torch.dtype | None)
     found = kernel.kept(call, {})
     if found is None:
         return None
-    kept, cfg = found
-    lc = kernel.kernel_launcher()
-    return _DirectLaunch(kept, (*call[n_in + 2:], *kept.tail), cfg["BLOCK"], odt, lc.current_device(), lc.current_device, lc.current_stream, kernel.fn)
+    bound, cfg = found
+    return _DirectLaunch(bound, (*call[n_in + 2:], *bound.kept.tail), cfg["BLOCK"], odt, kernel.fn)
 
 
 @functools.lru_cache(maxsize=4096)  # a model repeats its few broadcast layouts every step
