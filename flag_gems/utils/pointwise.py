@@ -220,8 +220,9 @@ class Pointwise:
         self._plans: dict[tuple, Any] = {}
         # (default dtype, (dtype, 0-d?) or scalar type of each argument) -> dtypes()
         self._dtypes: dict[tuple, tuple[torch.dtype, torch.dtype]] = {}
-        # (plan key, numel's log bucket, numel 16-divisible) -> _DirectLaunch, or None
-        # where the kernel was not kept (the interpreter); for all-aligned tensors
+        # (plan key, numel's log bucket, numel 16-divisible[, a given output's dtype]) ->
+        # _DirectLaunch, or None where the kernel was not kept (the interpreter); for
+        # all-aligned tensors. General-path keys (see _general_key) share the dict.
         self._direct: dict[tuple, Any] = _launch.direct_cache()
 
     def kernel(self, is_tensor: tuple[bool, ...], rank: int) -> Any:
@@ -280,20 +281,22 @@ class Pointwise:
                     numel = t0.numel()
                     # -- the direct launch: this signature's kept kernel, no tuner, no launcher
                     dkey = None
-                    if out is None and 0 < numel <= INT32_MAX and not ptrs & 15:
+                    if 0 < numel <= INT32_MAX and not ptrs & 15:
                         dkey = (key, (numel - 1).bit_length(), not numel & 15)  # (numel-1).bit_length(): the tuner's log bucket
-                        hit = self._direct.get(dkey)
+                        if out is not None:  # out= / in place: the output's dtype too, if it is one the fast path takes
+                            given = isinstance(out, _Tensor) and out.shape == shape and out.is_contiguous() and not out.data_ptr() & 15
+                            dkey = (*dkey, out.dtype) if given else None
+                        hit = self._direct.get(dkey) if dkey is not None else None
                         if hit is not None:
                             bound, consts, block, odt, fn = hit
                             stream = bound.stream()
                             if stream is not None:
-                                out = _empty_like(t0) if odt is None else _empty_like(t0, dtype=odt)
-                                if not out.data_ptr() & 15:  # always, from torch's allocators
-                                    bound.runner(((numel + block - 1) // block, 1, 1))(*args, out, numel, *consts, stream=stream)
+                                dst = out if out is not None else _empty_like(t0) if odt is None else _empty_like(t0, dtype=odt)
+                                if not dst.data_ptr() & 15:  # always, from torch's allocators
+                                    bound.runner(((numel + block - 1) // block, 1, 1))(*args, dst, numel, *consts, stream=stream)
                                     if _launch.observer is not None:
                                         _launch.observer(fn)
-                                    return out
-                                out = None
+                                    return dst
                     plan = self._plans.get(key, _NO_PLAN)
                     if plan is _NO_PLAN:
                         plan = self._plans[key] = self._plan(args, out_dtype)
@@ -317,7 +320,14 @@ class Pointwise:
                                 if dkey is not None:
                                     self._direct[dkey] = _direct_launch(kernel, call, self.n_in, None if same_dtype else odt)
                             return out
-        # -- the general path
+        # -- the general path; a repeat of a call it launched before relaunches directly
+        gkey = _general_key(args, out, out_dtype, compute)
+        if gkey is not None:
+            hit = self._direct.get(gkey)
+            if hit is not None:
+                done = self._relaunch(hit, args, out)
+                if done is not None:
+                    return done
         rule_out, rule_compute = self.dtypes(args)
         compute = compute or rule_compute
         tensors = [a for a in args if isinstance(a, _Tensor)]
@@ -326,14 +336,34 @@ class Pointwise:
         else:
             shape = out.shape if out is not None else torch.Size()
         if out is None:
-            out = _new_output(tensors, shape, out_dtype or rule_out)
+            odt = out_dtype or rule_out
+            out = _new_output(tensors, shape, odt)
         elif out.shape != shape:
             if any(a is out for a in args):
                 raise RuntimeError(f"{self.name}: output with shape {list(out.shape)} doesn't match the broadcast shape {list(shape)}")
             out.resize_(shape)
+            gkey = None  # resized: its key described the old shape
         if out.numel() == 0:
             return out
-        self.launch(args, out, compute)
+        kernel, call = self.launch(args, out, compute)
+        if gkey is not None and all(c is a for c, a in zip(call, args)):  # no argument converted
+            self._direct[gkey] = _general_launch(kernel, call, self.n_in, shape, None if gkey[-1] is _GIVEN else odt)
+        return out
+
+    def _relaunch(self, hit: "_GeneralLaunch", args: Sequence[Any], out: torch.Tensor | None) -> torch.Tensor | None:
+        """The general path's direct relaunch of a filed call (see _general_key); None
+        where it cannot (another device, an unaligned new output)."""
+        bound, consts, numel, block, shape, odt, fn = hit
+        stream = bound.stream()
+        if stream is None:
+            return None
+        if out is None:  # as the first call made it (its layout follows from the key)
+            out = _new_output([a for a in args if isinstance(a, _Tensor)], shape, odt)
+            if out.data_ptr() & 15:
+                return None
+        bound.runner(((numel + block - 1) // block, 1, 1))(*args, out, numel, *consts, stream=stream)
+        if _launch.observer is not None:
+            _launch.observer(fn)
         return out
 
     def _plan(self, args: Sequence[Any], out_dtype: torch.dtype | None) -> tuple | None:
@@ -363,14 +393,17 @@ class Pointwise:
         first = next(a for a in args if isinstance(a, _Tensor))
         return odt, kernel, casts, odt == first.dtype, odt == torch.bool, int_checks
 
-    def launch(self, args: Sequence[Any], out: torch.Tensor, compute: torch.dtype) -> None:
+    def launch(self, args: Sequence[Any], out: torch.Tensor, compute: torch.dtype) -> tuple[Any, tuple]:
+        """The general path's launch: (the kernel, the arguments it was called with)."""
         args = [_as_operand(a, out, compute, i in self.promote) for i, a in enumerate(args)]
         is_tensor = tuple(isinstance(a, _Tensor) for a in args)
         rank, extra, int64 = _layout(out.shape, out.stride(), tuple((a.shape, a.stride()) for a in args if isinstance(a, _Tensor)))
         numel = out.numel()
         casts = [_cast_dtype(a, compute, i in self.promote) for i, a in enumerate(args)]
         kernel = self.kernel(is_tensor, rank)
-        kernel.run(*args, out, numel, *extra, *casts, out.dtype == torch.bool, int64, grid=lambda meta: ((numel + meta["BLOCK"] - 1) // meta["BLOCK"],))
+        call = (*args, out, numel, *extra, *casts, out.dtype == torch.bool, int64)
+        kernel.run(*call, grid=lambda meta: ((numel + meta["BLOCK"] - 1) // meta["BLOCK"],))
+        return kernel, call
 
 
 _empty_like = torch.empty_like
@@ -396,6 +429,53 @@ def _direct_launch(kernel: Any, call: tuple, n_in: int, odt: torch.dtype | None)
         return None
     bound, cfg = found
     return _DirectLaunch(bound, (*call[n_in + 2:], *bound.kept.tail), cfg["BLOCK"], odt, kernel.fn)
+
+
+_GIVEN = object()  # a general key's last item where the call gave ``out``
+
+
+def _general_key(args: Sequence[Any], out: torch.Tensor | None, out_dtype: torch.dtype | None, compute: torch.dtype | None) -> tuple | None:
+    """A general-path call's key for direct relaunches: every tensor's dtype, shape and
+    strides, every scalar's type (an int's specialization, as Triton's), a given output's
+    layout, the dtype arguments. That fixes the layout, the kernel, its casts and its
+    config. None where the launch depends on more (a 0-d tensor's value, an unusual
+    scalar) or an operand is not 16-byte aligned."""
+    key: list = [out_dtype, compute, _get_default_dtype()]
+    ptrs = 0
+    for a in args:
+        if isinstance(a, _Tensor):
+            if not a.dim():
+                return None
+            key.append((a.dtype, a.shape, a.stride()))
+            ptrs |= a.data_ptr()
+        elif type(a) is int:
+            key.append(int_spec(a))
+        elif type(a) is float or type(a) is bool:
+            key.append(type(a))
+        else:
+            return None
+    if out is not None:
+        key += [(out.dtype, out.shape, out.stride()), _GIVEN]
+        ptrs |= out.data_ptr()
+    return None if ptrs & 15 else tuple(key)
+
+
+class _GeneralLaunch(NamedTuple):
+    bound: Any  # tuner.launch.Bound: the compiled kernel, its device
+    consts: tuple  # the arguments after numel: shape and strides, load casts, OUT_BOOL, INT64, the config's
+    numel: int
+    block: int
+    shape: torch.Size
+    odt: torch.dtype | None  # a new output's dtype (None: the call gives out)
+    fn: Any  # the jit function (tuner.launch.observer reports it)
+
+
+def _general_launch(kernel: Any, call: tuple, n_in: int, shape: torch.Size, odt: torch.dtype | None) -> _GeneralLaunch | None:
+    found = kernel.kept(call, {})
+    if found is None:
+        return None
+    bound, cfg = found
+    return _GeneralLaunch(bound, (*call[n_in + 2:], *bound.kept.tail), call[n_in + 1], cfg["BLOCK"], shape, odt, kernel.fn)
 
 
 @functools.lru_cache(maxsize=4096)  # a model repeats its few broadcast layouts every step

@@ -12,7 +12,7 @@ import pytest
 import torch
 import triton
 
-from flag_gems.ops.binary import _add, _add_alpha
+from flag_gems.ops.binary import ADD, CMP, _add, _add_alpha
 from flag_gems.utils.pointwise import Pointwise
 from tests.helpers import DEVICE, assert_close, count_kernels
 from tests.tuner.test_launch import FakeJit
@@ -62,6 +62,16 @@ def test_the_second_call_of_a_signature_launches_directly(op):
     assert args[:2] == (a, b) and args[2] == 3 and args[4] == 64 and args[-1] == block
     out = args[3]
     assert out.shape == a.shape and out.dtype == a.dtype and out.data_ptr() not in (a.data_ptr(), b.data_ptr())
+
+
+def test_out_and_in_place_calls_launch_directly_too(op):
+    a, b = x(), x()
+    op(a, b, 2, out=torch.empty(64))
+    out = torch.empty(64)
+    assert op(a, b, 2, out=out) is out
+    op(a, b, 2, out=a)  # in place
+    assert paths(op) == ["tuner", "triton", "fast", "fast"]
+    assert op.log[-2][2][3] is out and op.log[-1][2][3] is a
 
 
 @pytest.mark.parametrize("change", ["dtype", "int_one", "int_16", "bucket", "not_16_divisible", "misaligned", "device", "out"])
@@ -117,3 +127,53 @@ def test_direct_launches_compute_the_op():
         assert_close(out, a.double() + (b * k).double(), torch.bfloat16)
     if DEVICE != "cpu":
         assert add._direct and all(v is not None for v in add._direct.values()), "not launched directly"
+
+
+# -- the general path (broadcasting, strided operands, out=): its own direct relaunch ----
+@pytest.mark.parametrize("case", ["broadcast", "transposed", "out", "scalar_first", "bool_out"])
+def test_the_general_path_relaunches_what_it_launched(case):
+    """On stand-in compiled kernels: the second call of a general-path key relaunches
+    with the grid, arguments and stream the launcher's kept path would pass."""
+    from tests.ops.test_launch_direct import _Recording, _shape_of
+
+    mp = pytest.MonkeyPatch()
+    try:
+        rec = _Recording(mp)
+        a, b = torch.randn(6, 8), torch.randn(6, 1)
+        calls = {
+            "broadcast": lambda: ADD(a, b),
+            "transposed": lambda: ADD(a.t(), a.t()),
+            "out": lambda: ADD(a, b, out=torch.empty(6, 8)),
+            "scalar_first": lambda: ADD(2.0, a.t()),
+            "bool_out": lambda: CMP["lt"](a, b),
+        }
+        fn = calls[case]
+        relaunched = []
+        op = ADD if case != "bool_out" else CMP["lt"]
+        orig = type(op)._relaunch
+        mp.setattr(type(op), "_relaunch", lambda self, *x: relaunched.append(orig(self, *x)) or relaunched[-1])
+        fn()
+        start = len(rec.log)
+        out = fn()
+        direct = rec.log[start:]
+        assert relaunched and relaunched[-1] is out, "not relaunched directly"
+        op._direct.clear()
+        start = len(rec.log)
+        fn()
+        through_launcher = rec.log[start:]
+        assert [e[0] for e in direct] == ["fast"] and [e[0] for e in through_launcher] == ["fast"]
+        assert [(g, [_shape_of(x) for x in args], st) for _, g, args, st in direct] == \
+            [(g, [_shape_of(x) for x in args], st) for _, g, args, st in through_launcher]
+    finally:
+        mp.undo()
+        ADD._direct.clear()
+        CMP["lt"]._direct.clear()
+
+
+def test_general_calls_the_key_cannot_cover_are_not_filed():
+    a = torch.randn(6, 8, dtype=torch.float64, device=DEVICE)
+    ADD(a, torch.randn(6, 1, dtype=torch.float64, device=DEVICE))  # broadcast: filed (as None under the interpreter)
+    before = dict(ADD._direct)
+    ADD(a, torch.tensor(2.0, device=DEVICE))  # a 0-d tensor: its value may become an argument
+    ADD(a[:, 1:], 2.5)  # misaligned
+    assert dict(ADD._direct).keys() == before.keys()

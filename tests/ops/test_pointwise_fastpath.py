@@ -1,6 +1,7 @@
 """The pointwise generator's fast path (contiguous tensors of one shape, Python scalars,
 memoized per-signature plans) and its boundaries: every case is checked against torch,
-and against which path ran (the general path is the only caller of ``Pointwise.launch``)."""
+and against which path ran (the general path is the only caller of ``Pointwise.launch``
+and of its direct relaunch, ``Pointwise._relaunch``)."""
 import contextlib
 
 import pytest
@@ -18,13 +19,19 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def paths(monkeypatch):
     """flag_gems on; yields {"general": n, "kernels": Counter} for the block."""
     seen = {"general": 0}
-    orig = pointwise.Pointwise.launch
+    orig, orig_relaunch = pointwise.Pointwise.launch, pointwise.Pointwise._relaunch
 
     def launch(self, *a, **k):
         seen["general"] += 1
         return orig(self, *a, **k)
 
+    def relaunch(self, *a, **k):  # the general path's direct relaunch (GPU runs)
+        done = orig_relaunch(self, *a, **k)
+        seen["general"] += done is not None
+        return done
+
     monkeypatch.setattr(pointwise.Pointwise, "launch", launch)
+    monkeypatch.setattr(pointwise.Pointwise, "_relaunch", relaunch)
     with count_kernels() as launched, flag_gems.use_gems():
         seen["kernels"] = launched
         yield seen
