@@ -84,7 +84,7 @@ class Bound(NamedTuple):
         return self.current_stream(self.device) if self.current_device() == self.device else None
 
     def runner(self, grid: tuple) -> Callable[..., Any]:
-        return self.kept.runners.get(grid) or self.kept.runner(grid)
+        return self.kept.runner(grid)
 
 
 class _Unkeyed(Exception):

@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from flag_gems.utils import cdiv
-from tuner.kernel_hash import config_repr
 from tuner import launch as launching
+from tuner.kernel_hash import config_repr
 from tuner.libtuner import LibTuner
 
 # accumulator codes (constexpr ints: portable across Triton versions)
