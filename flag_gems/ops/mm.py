@@ -349,24 +349,39 @@ def _launch(fn, grid, args: tuple, kwargs: dict, cfg: dict, warmup: bool = False
     pointer kernel); or with SPLIT_K > 1 the fp32 partials into a fresh workspace (every
     element is written, so it needs no zeroing) and their sum, with the epilogue, into the
     output. LibTuner times the same pair, so a split wins only by what the whole call costs."""
-    split = cfg["SPLIT_K"]
-    if cfg.get("TMA"):
-        a = dict(zip(_ARG_NAMES, args)) | kwargs
-        if _tma_operands(a):
-            _launch_tma(a, cfg, warmup)
-            return
-        cfg = {key: v for key, v in cfg.items() if key != "TMA"}
-    even_k = args[_K] % (cfg["BLOCK_K"] * split) == 0  # unmasked K loads (here, not a heuristics layer per call)
+    named, cfg = _route(args, kwargs, cfg)
+    if named is not None:
+        _launch_tma(named, cfg, warmup)
+        return
+    split, main_kw = cfg["SPLIT_K"], _main_kwargs(args, kwargs, cfg)
     if split == 1 or warmup:  # warming a split compiles its partials kernel
         if warmup:
-            fn.warmup(*args, grid=grid, **kwargs, **cfg, EVEN_K=even_k)
+            fn.warmup(*args, grid=grid, **main_kw)
         else:
-            launch(fn, grid, *args, **kwargs, **cfg, EVEN_K=even_k)
+            launch(fn, grid, *args, **main_kw)
         return
     ws = torch.empty(_ws_shape(args, split), device=args[0].device, dtype=torch.float32)
-    launch(fn, grid, *args[:_WS], ws, *args[_WS + 1:], **kwargs, **cfg, EVEN_K=even_k)
+    launch(fn, grid, *args[:_WS], ws, *args[_WS + 1:], **main_kw)
     rgrid, rargs, rkwargs = _reduce_call(args, kwargs, ws, split)
     launch(_splitk_reduce_kernel, rgrid, *rargs, **rkwargs)
+
+
+def _route(args: tuple, kwargs: dict, cfg: dict) -> tuple[dict | None, dict]:
+    """Which kernel runs a resolved config: (the operands by name, cfg) for the TMA
+    kernel, or (None, the config for the pointer kernel): a TMA config whose operands
+    cannot be described runs its tile through the pointer kernel."""
+    if not cfg.get("TMA"):
+        return None, cfg
+    named = dict(zip(_ARG_NAMES, args)) | kwargs
+    if _tma_operands(named):
+        return named, cfg
+    return None, {key: v for key, v in cfg.items() if key != "TMA"}
+
+
+def _main_kwargs(args: tuple, kwargs: dict, cfg: dict) -> dict:
+    """_mm_kernel's keyword arguments for a pointer config (unmasked K loads where K
+    divides evenly: decided here, not by a heuristics layer per call)."""
+    return {**kwargs, **cfg, "EVEN_K": args[_K] % (cfg["BLOCK_K"] * cfg["SPLIT_K"]) == 0}
 
 
 def _ws_shape(args: tuple, split: int) -> tuple[int, int, int, int]:
@@ -414,20 +429,13 @@ def _direct_plan(args: tuple, kwargs: dict) -> _GemmDirect | None:
     cfg = _mm_kernel.cache.get(_mm_kernel.key_of(args, kwargs))
     if cfg is None:
         return None
-    if cfg.get("TMA"):
-        named = dict(zip(_ARG_NAMES, args)) | kwargs
-        if _tma_operands(named):
-            found = _direct_tma(named, cfg)
-        else:  # the same tile through the pointer kernel, as _launch runs it
-            found = _direct_pointer(args, kwargs, {key: v for key, v in cfg.items() if key != "TMA"})
-    else:
-        found = _direct_pointer(args, kwargs, cfg)
+    named, cfg = _route(args, kwargs, cfg)
+    found = _direct_tma(named, cfg) if named is not None else _direct_pointer(args, kwargs, cfg)
     return None if found is None else _GemmDirect(*found)
 
 
 def _direct_pointer(args: tuple, kwargs: dict, cfg: dict) -> tuple[Callable[..., None], tuple, Any] | None:
-    split = cfg["SPLIT_K"]
-    main_kw = {**kwargs, **cfg, "EVEN_K": args[_K] % (cfg["BLOCK_K"] * split) == 0}  # as _launch passes them
+    split, main_kw = cfg["SPLIT_K"], _main_kwargs(args, kwargs, cfg)
     # a stand-in workspace: a launch is keyed on its dtype and alignment only
     ws = args[_WS] if split == 1 else torch.empty(1, device=args[0].device, dtype=torch.float32)
     bound = launcher(_mm_kernel.fn).kept((*args[:_WS], ws, *args[_WS + 1:]), main_kw)

@@ -221,7 +221,7 @@ class Pointwise:
         # (default dtype, (dtype, 0-d?) or scalar type of each argument) -> dtypes()
         self._dtypes: dict[tuple, tuple[torch.dtype, torch.dtype]] = {}
         # (plan key, numel's log bucket, numel 16-divisible[, a given output's dtype]) ->
-        # _DirectLaunch, or None where the kernel was not kept (the interpreter); for
+        # _Direct, or None where the kernel was not kept (the interpreter); for
         # all-aligned tensors. General-path keys (see _general_key) share the dict.
         self._direct: dict[tuple, Any] = _launch.direct_cache()
 
@@ -288,7 +288,7 @@ class Pointwise:
                             dkey = (*dkey, out.dtype) if given else None
                         hit = self._direct.get(dkey) if dkey is not None else None
                         if hit is not None:
-                            bound, consts, block, odt, fn = hit
+                            bound, consts, block, odt, fn, _ = hit
                             stream = bound.stream()
                             if stream is not None:
                                 dst = out if out is not None else _empty_like(t0) if odt is None else _empty_like(t0, dtype=odt)
@@ -318,7 +318,7 @@ class Pointwise:
                                 call = (*args, out, numel, *casts, out_bool, numel > INT32_MAX)
                                 kernel.run(*call, grid=lambda meta: ((numel + meta["BLOCK"] - 1) // meta["BLOCK"],))
                                 if dkey is not None:
-                                    self._direct[dkey] = _direct_launch(kernel, call, self.n_in, None if same_dtype else odt)
+                                    self._direct[dkey] = _direct(kernel, call, self.n_in, None if same_dtype else odt)
                             return out
         # -- the general path; a repeat of a call it launched before relaunches directly
         gkey = _general_key(args, out, out_dtype, compute)
@@ -347,13 +347,13 @@ class Pointwise:
             return out
         kernel, call = self.launch(args, out, compute)
         if gkey is not None and all(c is a for c, a in zip(call, args)):  # no argument converted
-            self._direct[gkey] = _general_launch(kernel, call, self.n_in, shape, None if gkey[-1] is _GIVEN else odt)
+            self._direct[gkey] = _direct(kernel, call, self.n_in, None if gkey[-1] is _GIVEN else odt, shape)
         return out
 
-    def _relaunch(self, hit: "_GeneralLaunch", args: Sequence[Any], out: torch.Tensor | None) -> torch.Tensor | None:
+    def _relaunch(self, hit: "_Direct", args: Sequence[Any], out: torch.Tensor | None) -> torch.Tensor | None:
         """The general path's direct relaunch of a filed call (see _general_key); None
         where it cannot (another device, an unaligned new output)."""
-        bound, consts, numel, block, shape, odt, fn = hit
+        bound, consts, block, odt, fn, shape = hit
         stream = bound.stream()
         if stream is None:
             return None
@@ -361,6 +361,7 @@ class Pointwise:
             out = _new_output([a for a in args if isinstance(a, _Tensor)], shape, odt)
             if out.data_ptr() & 15:
                 return None
+        numel = shape.numel()
         bound.runner(((numel + block - 1) // block, 1, 1))(*args, out, numel, *consts, stream=stream)
         if _launch.observer is not None:
             _launch.observer(fn)
@@ -409,26 +410,27 @@ class Pointwise:
 _empty_like = torch.empty_like
 
 
-class _DirectLaunch(NamedTuple):
-    """A fast-path signature's compiled kernel, launched without the tuner's and the
-    launcher's per-call keys: the direct-launch key covers both (every dtype and scalar
-    specialization, numel's bucket and 16-divisibility, all tensors aligned), so neither
-    could decide differently."""
+class _Direct(NamedTuple):
+    """A filed call's compiled kernel, relaunched without the tuner's and the launcher's
+    per-call keys: its direct key (the fast path's signature, numel's bucket and
+    16-divisibility; or the general path's _general_key) covers both, with every operand
+    aligned, so neither could decide differently."""
 
     bound: Any  # tuner.launch.Bound: the compiled kernel, its device
-    consts: tuple  # the arguments after numel: load casts, OUT_BOOL, INT64, the config's
+    consts: tuple  # the arguments after numel: (the general path's shape and strides,) load casts, OUT_BOOL, INT64, the config's
     block: int
-    odt: torch.dtype | None  # the output dtype, None: the first tensor's
+    odt: torch.dtype | None  # a new output's dtype; None: the first tensor's (fast path) or out= given (general)
     fn: Any  # the jit function (tuner.launch.observer reports it)
+    shape: torch.Size | None  # the general path's broadcast shape; None: the call's own (fast path)
 
 
-def _direct_launch(kernel: Any, call: tuple, n_in: int, odt: torch.dtype | None) -> _DirectLaunch | None:
+def _direct(kernel: Any, call: tuple, n_in: int, odt: torch.dtype | None, shape: torch.Size | None = None) -> _Direct | None:
     """What the launch of ``call`` just kept, for direct relaunches; None if nothing."""
     found = kernel.kept(call, {})
     if found is None:
         return None
     bound, cfg = found
-    return _DirectLaunch(bound, (*call[n_in + 2:], *bound.kept.tail), cfg["BLOCK"], odt, kernel.fn)
+    return _Direct(bound, (*call[n_in + 2:], *bound.kept.tail), cfg["BLOCK"], odt, kernel.fn, shape)
 
 
 _GIVEN = object()  # a general key's last item where the call gave ``out``
@@ -458,24 +460,6 @@ def _general_key(args: Sequence[Any], out: torch.Tensor | None, out_dtype: torch
         key += [(out.dtype, out.shape, out.stride()), _GIVEN]
         ptrs |= out.data_ptr()
     return None if ptrs & 15 else tuple(key)
-
-
-class _GeneralLaunch(NamedTuple):
-    bound: Any  # tuner.launch.Bound: the compiled kernel, its device
-    consts: tuple  # the arguments after numel: shape and strides, load casts, OUT_BOOL, INT64, the config's
-    numel: int
-    block: int
-    shape: torch.Size
-    odt: torch.dtype | None  # a new output's dtype (None: the call gives out)
-    fn: Any  # the jit function (tuner.launch.observer reports it)
-
-
-def _general_launch(kernel: Any, call: tuple, n_in: int, shape: torch.Size, odt: torch.dtype | None) -> _GeneralLaunch | None:
-    found = kernel.kept(call, {})
-    if found is None:
-        return None
-    bound, cfg = found
-    return _GeneralLaunch(bound, (*call[n_in + 2:], *bound.kept.tail), call[n_in + 1], cfg["BLOCK"], shape, odt, kernel.fn)
 
 
 @functools.lru_cache(maxsize=4096)  # a model repeats its few broadcast layouts every step
