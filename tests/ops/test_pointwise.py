@@ -7,6 +7,7 @@ import torch
 
 import flag_gems
 from flag_gems.utils import pointwise
+from tuner import launch as _launch
 from tests.helpers import DEVICE, FLOAT_DTYPES, assert_close, gems_ran, to_reference
 
 # masked-off lanes of the interpreter compute on zeros (x / 0 warnings): harmless
@@ -53,11 +54,13 @@ def test_collapse_merges_contiguous_dims_and_orders_by_output_strides():
 def test_broadcast_layout_is_computed_once_per_layout():
     """The general path's layout (rank, collapsed shape and strides, int64) is memoized on
     the operands' shapes and strides: a repeated broadcast reuses it; another layout gets
-    its own, and the results stay right."""
+    its own, and the results stay right. (On the GPU a repeat relaunches its kept kernel
+    directly, before any layout: forgotten here, the repeat takes the general path.)"""
     x, row = torch.randn(6, 5, device=DEVICE), torch.randn(1, 5, device=DEVICE)
     with flag_gems.use_gems():
         torch.add(x, row)
         before = pointwise._layout.cache_info()
+        _launch.forget_direct()
         y = torch.add(x, row)
         z = torch.add(x.t().contiguous().t(), row)  # the same shape, column-major: a new layout
         after = pointwise._layout.cache_info()
