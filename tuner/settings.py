@@ -58,6 +58,8 @@ class Settings:
     tunerd_token: str | None = None
     tunerd_timeout_s: float = 0.02  # tunerd's p99 goal: a healthy server answers within it
     interpret: bool = False
+    # count each config's host launch time in its score (eager); off for CUDA-graph replay
+    tune_host: bool = True
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -70,6 +72,7 @@ class Settings:
             tunerd_token=os.environ.get("FLAGGEMS_TUNERD_TOKEN") or None,
             tunerd_timeout_s=_float("FLAGGEMS_TUNERD_TIMEOUT_MS", 20.0) / 1000.0,
             interpret=_flag("TRITON_INTERPRET", False),
+            tune_host=_flag("FLAGGEMS_TUNE_HOST", True),
         )
 
 

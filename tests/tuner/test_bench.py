@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tuner import bench
+from tuner import bench, settings
 from tests.helpers import DEVICE
 
 
@@ -41,3 +41,51 @@ def test_graph_timer_times_a_captured_launch():
     med, p20, p80 = bench.graph_timer(req)
     assert 0 < p20 <= med <= p80 < 10
     torch.testing.assert_close(y, x * 2)
+
+
+class FakeClock:
+    """A clock that only the fake launches below move (in seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_launch_host_ms_is_the_median_host_time_of_one_call():
+    clock, costs = FakeClock(), iter([9.0, 1e-5, 3e-5, 2e-5])  # a slow first call is not timed
+
+    def launch():
+        clock.now += next(costs)
+
+    assert bench.launch_host_ms(launch, reps=3, clock=clock) == pytest.approx(0.02)
+
+
+def test_gpu_timer_charges_each_config_its_host_launch_time(monkeypatch):
+    """A split-K config a little faster on the device but with a second launch and a
+    workspace loses to the single launch once the host's part is counted."""
+    clock = FakeClock()
+    device = {"single": (0.010, 0.009, 0.011), "split": (0.007, 0.006, 0.008)}
+    host_s = {"single": 20e-6, "split": 32e-6}
+    monkeypatch.setattr(bench, "device_timer", lambda req: device[req.kernel])
+    real = bench.launch_host_ms
+    monkeypatch.setattr(bench, "launch_host_ms", lambda fn: real(fn, clock=clock))
+
+    def request(name):
+        def launch():
+            clock.now += host_s[name]
+        return bench.BenchRequest(launch, name, {}, (), 1, 1)
+
+    single, split = bench.gpu_timer(request("single")), bench.gpu_timer(request("split"))
+    assert single == pytest.approx((0.030, 0.029, 0.031))
+    assert split == pytest.approx((0.039, 0.038, 0.040))
+    assert min([("single", single), ("split", split)], key=lambda t: t[1][0])[0] == "single"
+    # for CUDA-graph replay, where launches cost the host nothing: the device time alone
+    monkeypatch.setenv("FLAGGEMS_TUNE_HOST", "0")
+    settings.reload()
+    try:
+        assert bench.gpu_timer(request("split")) == device["split"]
+    finally:
+        monkeypatch.delenv("FLAGGEMS_TUNE_HOST")
+        settings.reload()
