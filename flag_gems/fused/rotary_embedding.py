@@ -14,6 +14,7 @@ import triton.language as tl
 
 from flag_gems.utils import cdiv, next_power_of_2
 from tuner import libtuner
+from tuner.launch import launch
 
 
 def _prune_heads(configs: list[dict], named: dict) -> list[dict]:
@@ -136,3 +137,44 @@ def apply_rotary_pos_emb(
     q_out = _rotate(q, cos, sin, pos, seq_len, rot, rotary_interleaved, inplace)
     k_out = _rotate(k, cos, sin, pos, seq_len, rot, rotary_interleaved, inplace)
     return q_out, k_out
+
+
+# -- the angle tables --------------------------------------------------------------------
+@triton.jit
+def rope_cos_sin_kernel(Pos, InvFreq, Cos, Sin, n, HALF, scaling, BLOCK_N: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    j = tl.arange(0, BLOCK_HALF)
+    rm, jm = rows < n, j < HALF
+    # fp32 as HF computes it: position.float() * inv_freq, then cos / sin, then the scale
+    pos = tl.load(Pos + rows, mask=rm, other=0).to(tl.float32)
+    f = tl.load(InvFreq + j, mask=jm, other=0.0).to(tl.float32)
+    ang = pos[:, None] * f[None, :]
+    c = tl.cos(ang) * scaling
+    s = tl.sin(ang) * scaling
+    m = rm[:, None] & jm[None, :]
+    off = rows.to(tl.int64)[:, None] * (2 * HALF) + j[None, :]
+    tl.store(Cos + off, c, mask=m)
+    tl.store(Cos + off + HALF, c, mask=m)  # full width: cat(freqs, freqs)
+    tl.store(Sin + off, s, mask=m)
+    tl.store(Sin + off + HALF, s, mask=m)
+
+
+def rope_cos_sin(position_ids: torch.Tensor, inv_freq: torch.Tensor, scaling: float = 1.0, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full-width (neox) rotary tables of positions, as HF's rotary embeddings build
+    them: ``cat(f, f).cos() * scaling`` and ``.sin()``, ``f = position * inv_freq`` in
+    fp32, cast to ``dtype``; each ``[*position_ids.shape, 2 * len(inv_freq)]``. One
+    kernel instead of HF's eight (multiply, cat, cos, sin, two scales, two casts)."""
+    if inv_freq.dim() != 1 or position_ids.is_floating_point() or inv_freq.device != position_ids.device:
+        raise ValueError(f"rope_cos_sin: integer position_ids and a 1-D inv_freq on one device, got "
+                         f"{position_ids.dtype} on {position_ids.device}, {tuple(inv_freq.shape)} on {inv_freq.device}")
+    half = inv_freq.shape[0]
+    shape = (*position_ids.shape, 2 * half)
+    cos = torch.empty(shape, dtype=dtype, device=position_ids.device)
+    sin = torch.empty(shape, dtype=dtype, device=position_ids.device)
+    n = position_ids.numel()
+    if n and half:
+        block_half = next_power_of_2(half)
+        block_n = min(next_power_of_2(n), max(1, 2048 // block_half))
+        launch(rope_cos_sin_kernel, (cdiv(n, block_n),), position_ids.reshape(-1), inv_freq, cos, sin, n, half,
+               float(scaling), BLOCK_N=block_n, BLOCK_HALF=block_half)
+    return cos, sin

@@ -1,12 +1,15 @@
 """Patch HF transformers' Llama, Qwen2 and Mistral to run flag_gems' fused kernels.
 
-For each model family (``transformers.models.<m>.modeling_<m>``) three things change,
+For each model family (``transformers.models.<m>.modeling_<m>``) four things change,
 on the classes / the module, so existing and future model instances are covered:
 
 - ``<M>RMSNorm.forward``: the one-pass ``rms_norm`` kernel.
 - the module's ``apply_rotary_pos_emb`` (looked up by name by ``<M>Attention.forward``):
   the rotary kernel, reading q/k ``[batch, heads, seq, head_dim]`` through strides and
   the ``cos``/``sin`` HF passes (``[batch or 1, seq, head_dim]``, full width, neox).
+- ``<M>RotaryEmbedding.forward``: the cos/sin tables of the positions in one kernel
+  (``fused.rope_cos_sin``) instead of eight; rope types that update their frequencies
+  per call (dynamic, longrope) keep the original.
 - ``<M>MLP.forward``: gate and up projections as one GEMM over a fused ``[2I, H]``
   weight, then one ``silu_and_mul`` (or ``gelu_and_mul``) kernel, then down_proj. The
   fused weight is built on first use and gate_proj/up_proj's parameters are re-pointed
@@ -76,6 +79,19 @@ def make_apply_rotary_pos_emb(original):
     return apply_rotary_pos_emb
 
 
+def make_rotary_embedding_forward(original):
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args, **kwargs):
+        rope_type, inv_freq = getattr(self, "rope_type", None), getattr(self, "inv_freq", None)
+        if (args or kwargs or not isinstance(rope_type, str) or "dynamic" in rope_type or rope_type == "longrope"
+                or not isinstance(inv_freq, torch.Tensor) or inv_freq.dim() != 1 or inv_freq.device != x.device
+                or position_ids.device != x.device or position_ids.is_floating_point()):
+            return original(self, x, position_ids, *args, **kwargs)
+        return fused.rope_cos_sin(position_ids, inv_freq, self.attention_scaling, x.dtype)
+
+    forward.__qualname__ = "gems_rotary_embedding_forward"
+    return forward
+
+
 def _gate_up_weight(mlp) -> torch.Tensor | None:
     """One ``[2I, H]`` weight whose halves are gate_proj's and up_proj's parameters."""
     g, u = mlp.gate_proj.weight, mlp.up_proj.weight
@@ -123,7 +139,8 @@ def apply(verbose: bool = False) -> None:
         except ImportError as e:
             log.debug("transformers has no %s model (%s): not patched", family, e)
             continue
-        for cls_name, make in ((f"{prefix}RMSNorm", make_rms_norm_forward), (f"{prefix}MLP", make_mlp_forward)):
+        for cls_name, make in ((f"{prefix}RMSNorm", make_rms_norm_forward), (f"{prefix}MLP", make_mlp_forward),
+                               (f"{prefix}RotaryEmbedding", make_rotary_embedding_forward)):
             cls = getattr(mod, cls_name, None)
             if cls is not None:
                 PATCHES.patch(cls, "forward", make(cls.forward), verbose)

@@ -64,16 +64,16 @@ def test_llama_plain_enable(tmp_path):
 def test_llama_patches_and_revert():
     from transformers.models.llama import modeling_llama as ml
 
-    originals = (ml.LlamaRMSNorm.forward, ml.LlamaMLP.forward, ml.apply_rotary_pos_emb)
+    originals = (ml.LlamaRMSNorm.forward, ml.LlamaMLP.forward, ml.apply_rotary_pos_emb, ml.LlamaRotaryEmbedding.forward)
     model = _model()
     ids, nxt = _ids()
     ref = _prefill_decode(model, ids, nxt)
     flag_gems.apply_gems_patches_to_transformers()
     try:
-        assert ml.LlamaRMSNorm.forward is not originals[0] and ml.apply_rotary_pos_emb is not originals[2]
+        assert all(new is not old for new, old in zip((ml.LlamaRMSNorm.forward, ml.LlamaMLP.forward, ml.apply_rotary_pos_emb, ml.LlamaRotaryEmbedding.forward), originals))
         with count_kernels() as k:
             got = _prefill_decode(model, ids, nxt)  # the patches alone: aten GEMMs
-        for name in ("rms_norm_fwd_kernel", "rotary_kernel", "gated_act_kernel"):
+        for name in ("rms_norm_fwd_kernel", "rotary_kernel", "gated_act_kernel", "rope_cos_sin_kernel"):
             assert k[name] > 0, dict(k)
         for a, b in zip(got, ref):
             _close(a, b)
@@ -88,7 +88,7 @@ def test_llama_patches_and_revert():
         assert model.model.layers[0].mlp.gate_proj.weight.grad is not None
     finally:
         flag_gems.revert_transformers_patches()
-    assert (ml.LlamaRMSNorm.forward, ml.LlamaMLP.forward, ml.apply_rotary_pos_emb) == originals
+    assert (ml.LlamaRMSNorm.forward, ml.LlamaMLP.forward, ml.apply_rotary_pos_emb, ml.LlamaRotaryEmbedding.forward) == originals
 
 
 @pytest.mark.parametrize("arch", ["Qwen2", "Mistral"])
@@ -100,9 +100,34 @@ def test_other_families_patched(arch):
     try:
         with count_kernels() as k:
             got = _prefill_decode(model, ids, nxt)
-        for name in ("rms_norm_fwd_kernel", "rotary_kernel", "gated_act_kernel"):
+        for name in ("rms_norm_fwd_kernel", "rotary_kernel", "gated_act_kernel", "rope_cos_sin_kernel"):
             assert k[name] > 0, dict(k)
     finally:
         flag_gems.revert_transformers_patches()
     for a, b in zip(got, ref):
         _close(a, b)
+
+
+@pytest.mark.parametrize("rope", [None, {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+                                  {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}])
+def test_rotary_embedding_tables(rope):
+    """The patched rotary embedding builds HF's cos/sin in one kernel, for rope types that
+    fix their frequencies at init (scaled ones included); dynamic types keep HF's."""
+    from transformers.models.llama import modeling_llama as ml
+
+    cfg = _config(**({} if rope is None else {"rope_parameters": rope}))
+    emb = ml.LlamaRotaryEmbedding(cfg).to(DEVICE)
+    x = torch.randn(2, 3, 64, device=DEVICE, dtype=torch.bfloat16)
+    pos = torch.randint(0, 60, (2, 3), device=DEVICE)
+    ref = emb(x, pos)
+    flag_gems.apply_gems_patches_to_transformers()
+    try:
+        with count_kernels() as k:
+            got = emb(x, pos)
+    finally:
+        flag_gems.revert_transformers_patches()
+    dynamic = rope is not None and "dynamic" in rope["rope_type"]
+    assert (k["rope_cos_sin_kernel"] == 0) == dynamic, dict(k)
+    for a, b in zip(got, ref):
+        assert a.dtype == b.dtype == torch.bfloat16
+        torch.testing.assert_close(a, b, rtol=1.6e-2, atol=1e-2)

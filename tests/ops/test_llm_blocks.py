@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from flag_gems.fused import apply_rotary_pos_emb, fused_add_rms_norm, gelu_and_mul, rms_norm, silu_and_mul
+from flag_gems.fused import apply_rotary_pos_emb, fused_add_rms_norm, gelu_and_mul, rms_norm, rope_cos_sin, silu_and_mul
 from tests.helpers import DEVICE, FLOAT_DTYPES, TOLERANCES, assert_close, count_kernels, to_reference
 
 
@@ -181,3 +181,30 @@ def test_rotary_strided_q_from_packed_qkv():
     apply_rotary_pos_emb(q, k, cos, sin, rotary_interleaved=True, inplace=True)
     assert_close(q, rq, torch.float32)
     assert_close(k, rk, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape,half,scaling", [((2, 5), 8, 1.0), ((1, 1), 12, 0.7), ((3, 40), 64, 1.3)])
+def test_rope_cos_sin(dtype, shape, half, scaling):
+    """HF's tables: cat(f, f).cos() * scaling with f = position.float() * inv_freq (the
+    angle rounded to fp32, as HF computes it; the rest in float64 for the reference)."""
+    pos = torch.randint(0, 3000, shape, device=DEVICE)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 2 * half, 2, dtype=torch.float32, device=DEVICE) / (2 * half)))
+    with count_kernels() as kc:
+        cos, sin = rope_cos_sin(pos, inv_freq, scaling, dtype)
+    _ran(kc, "rope_cos_sin_kernel")
+    f = (pos[..., None].float() * inv_freq).double()
+    ang = torch.cat((f, f), -1)
+    assert cos.shape == sin.shape == (*shape, 2 * half) and cos.dtype == sin.dtype == dtype
+    assert_close(cos, ang.cos() * scaling, dtype)
+    assert_close(sin, ang.sin() * scaling, dtype)
+
+
+def test_rope_cos_sin_edges():
+    inv_freq = torch.rand(4, device=DEVICE)
+    cos, sin = rope_cos_sin(torch.zeros(0, 3, dtype=torch.long, device=DEVICE), inv_freq)
+    assert cos.shape == sin.shape == (0, 3, 8)
+    with pytest.raises(ValueError, match="integer position_ids"):
+        rope_cos_sin(torch.rand(2, 3, device=DEVICE), inv_freq)
+    with pytest.raises(ValueError, match="1-D inv_freq"):
+        rope_cos_sin(torch.zeros(2, 3, dtype=torch.long, device=DEVICE), inv_freq[None])
