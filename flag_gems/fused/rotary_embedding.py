@@ -134,9 +134,30 @@ def apply_rotary_pos_emb(
     if position_ids is not None:
         pos = position_ids.expand(q.shape[:-2]).reshape(-1).contiguous()
     seq_len = q.shape[-3] if q.dim() >= 3 else 1
+    both = _adjacent_heads(q, k)
+    if both is not None:  # q's and k's heads in one launch
+        hq = q.shape[-2]
+        out = _rotate(both, cos, sin, pos, seq_len, rot, rotary_interleaved, inplace)
+        return (q, k) if inplace else (out[..., :hq, :], out[..., hq:, :])
     q_out = _rotate(q, cos, sin, pos, seq_len, rot, rotary_interleaved, inplace)
     k_out = _rotate(k, cos, sin, pos, seq_len, rot, rotary_interleaved, inplace)
     return q_out, k_out
+
+
+def _adjacent_heads(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+    """One view of q's and k's heads where k's continue q's in one buffer (blocks of a
+    merged qkv projection's output: same strides, k right after q's last head)."""
+    if q.dim() < 2 or q.dtype != k.dtype or q.device != k.device:
+        return None
+    hq, hk, sh = q.shape[-2], k.shape[-2], q.stride(-2)
+    # strides must agree where a dim has more than one index (a size-1 dim's is arbitrary)
+    dims = [i for i in range(q.dim()) if i != q.dim() - 2]
+    same = all(q.stride(i) == k.stride(i) or q.shape[i] == 1 for i in dims) and (hk == 1 or k.stride(-2) == sh)
+    if (not same or q.untyped_storage().data_ptr() != k.untyped_storage().data_ptr()
+            or k.storage_offset() != q.storage_offset() + hq * sh):
+        return None
+    stride = (*q.stride()[:-2], sh, q.stride(-1))
+    return q.as_strided((*q.shape[:-2], hq + hk, q.shape[-1]), stride)
 
 
 # -- the angle tables --------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Patch HF transformers' Llama, Qwen2 and Mistral to run flag_gems' fused kernels.
 
-For each model family (``transformers.models.<m>.modeling_<m>``) four things change,
+For each model family (``transformers.models.<m>.modeling_<m>``) five things change,
 on the classes / the module, so existing and future model instances are covered:
 
 - ``<M>RMSNorm.forward``: the one-pass ``rms_norm`` kernel.
@@ -10,6 +10,11 @@ on the classes / the module, so existing and future model instances are covered:
 - ``<M>RotaryEmbedding.forward``: the cos/sin tables of the positions in one kernel
   (``fused.rope_cos_sin``) instead of eight; rope types that update their frequencies
   per call (dynamic, longrope) keep the original.
+- ``<M>Attention.forward``: q, k and v projections as one GEMM over a merged weight
+  (and bias), built and re-pointed as the MLP's below; HF's forward then receives each
+  projection's block of the output from its ``q_proj``/``k_proj``/``v_proj`` call (for
+  that call only, and only for plain ``nn.Linear`` layers). Calls of up to
+  ``MERGE_QKV_MAX_TOKENS`` tokens.
 - ``<M>MLP.forward``: gate and up projections as one GEMM over a fused ``[2I, H]``
   weight, then one ``silu_and_mul`` (or ``gelu_and_mul``) kernel, then down_proj. The
   fused weight is built on first use and gate_proj/up_proj's parameters are re-pointed
@@ -92,23 +97,85 @@ def make_rotary_embedding_forward(original):
     return forward
 
 
-def _gate_up_weight(mlp) -> torch.Tensor | None:
-    """One ``[2I, H]`` weight whose halves are gate_proj's and up_proj's parameters."""
-    g, u = mlp.gate_proj.weight, mlp.up_proj.weight
-    fused_w = mlp.__dict__.get("_gems_gate_up")
-    n = g.shape[0]
-    if (fused_w is not None and fused_w.device == g.device and fused_w.dtype == g.dtype
-            and g.data_ptr() == fused_w.data_ptr() and u.data_ptr() == fused_w[n:].data_ptr()
-            and g.shape == fused_w[:n].shape and u.shape == fused_w[n:].shape):
-        return fused_w
-    if g.dtype != u.dtype or g.device != u.device or g.shape[1] != u.shape[1] or g.is_meta:
+# Calls of up to this many tokens merge q/k/v: an empty DynamicCache keeps the first
+# step's k and v, views into the merged output, so its q part stays allocated until the
+# next step; past this the separate GEMMs are long enough to hide their host cost anyway.
+MERGE_QKV_MAX_TOKENS = 1024
+
+
+def _merged(owner: torch.nn.Module, name: str, linears: tuple) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias) of one ``F.linear`` that computes ``linears`` side by side: a
+    ``[sum of N, K]`` weight (and bias) whose row blocks are the linears' own parameters,
+    re-pointed to it on first use (same Parameter objects and values, no extra memory;
+    the storage change stays after ``revert()``). None where they cannot share one
+    (dtypes, devices, widths, a bias on some only, meta tensors)."""
+    params = [(lin.weight, lin.bias) for lin in linears]
+    found = owner.__dict__.get(name)
+    if found is not None and found[2] == _addresses(params):
+        return found[:2]
+    w0 = params[0][0]
+    biased = [b is not None for _, b in params]
+    if (any(w.dtype != w0.dtype or w.device != w0.device or w.dim() != 2 or w.shape[1] != w0.shape[1] or w.is_meta for w, _ in params)
+            or (any(biased) and not all(biased))
+            or any(b is not None and (b.dtype != w0.dtype or b.device != w0.device or b.dim() != 1) for _, b in params)):
         return None
     with torch.no_grad():
-        fused_w = torch.cat([g.detach(), u.detach()], 0)
-        g.data = fused_w[:n]
-        u.data = fused_w[n:]
-    mlp.__dict__["_gems_gate_up"] = fused_w
-    return fused_w
+        weight = torch.cat([w.detach() for w, _ in params], 0)
+        bias = torch.cat([b.detach() for _, b in params], 0) if all(biased) else None
+        lo = 0
+        for w, b in params:
+            hi = lo + w.shape[0]
+            w.data = weight[lo:hi]
+            if b is not None:
+                b.data = bias[lo:hi]
+            lo = hi
+    # the parameters' addresses now: another address later means a parameter was replaced
+    # (a load, .to(), a new tensor assigned), and the merge is redone
+    owner.__dict__[name] = (weight, bias, _addresses(params))
+    return weight, bias
+
+
+def _addresses(params: list) -> tuple:
+    return tuple((w.data_ptr(), w.shape, 0 if b is None else b.data_ptr()) for w, b in params)
+
+
+def _plain_linears(owner: torch.nn.Module, names: tuple[str, ...]) -> tuple | None:
+    """The owner's submodules ``names`` if each is a plain ``nn.Linear`` (not a LoRA,
+    quantized or parametrized layer, whose forward is not ``F.linear`` of its weight)."""
+    mods = tuple(owner.__dict__["_modules"].get(n) for n in names)
+    return mods if all(type(m) is torch.nn.Linear for m in mods) else None
+
+
+def _serving(linear: torch.nn.Linear, x: torch.Tensor, out: torch.Tensor):
+    """A forward for ``linear`` that returns its precomputed ``out`` for ``x`` (anything
+    else it computes)."""
+    def forward(inp: torch.Tensor) -> torch.Tensor:
+        return out if inp is x else F.linear(inp, linear.weight, linear.bias)
+
+    return forward
+
+
+def make_attention_forward(original):
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        lins = _plain_linears(self, ("q_proj", "k_proj", "v_proj"))
+        if (lins is None or hidden_states.numel() > MERGE_QKV_MAX_TOKENS * hidden_states.shape[-1]
+                or needs_grad(hidden_states, *(p for lin in lins for p in (lin.weight, lin.bias)))):
+            return original(self, hidden_states, *args, **kwargs)
+        merged = _merged(self, "_gems_qkv", lins)
+        if merged is None or merged[0].dtype != hidden_states.dtype:
+            return original(self, hidden_states, *args, **kwargs)
+        # one GEMM for q, k and v; HF's forward then gets each projection's block of it
+        outs = F.linear(hidden_states, *merged).split([lin.out_features for lin in lins], -1)
+        for lin, out in zip(lins, outs):
+            lin.__dict__["forward"] = _serving(lin, hidden_states, out)
+        try:
+            return original(self, hidden_states, *args, **kwargs)
+        finally:
+            for lin in lins:
+                lin.__dict__.pop("forward", None)
+
+    forward.__qualname__ = "gems_attention_forward"
+    return forward
 
 
 def make_mlp_forward(original):
@@ -117,10 +184,11 @@ def make_mlp_forward(original):
         if (act is None or self.gate_proj.bias is not None or self.up_proj.bias is not None
                 or needs_grad(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)):
             return original(self, x)
-        w = _gate_up_weight(self)
-        if w is None or w.dtype != x.dtype:
+        lins = _plain_linears(self, ("gate_proj", "up_proj"))
+        merged = None if lins is None else _merged(self, "_gems_gate_up", lins)
+        if merged is None or merged[0].dtype != x.dtype:
             return original(self, x)
-        gu = F.linear(x, w)
+        gu = F.linear(x, merged[0])
         h = fused.silu_and_mul(gu) if act[0] == "silu" else fused.gelu_and_mul(gu, act[1])
         return self.down_proj(h)
 
@@ -140,7 +208,8 @@ def apply(verbose: bool = False) -> None:
             log.debug("transformers has no %s model (%s): not patched", family, e)
             continue
         for cls_name, make in ((f"{prefix}RMSNorm", make_rms_norm_forward), (f"{prefix}MLP", make_mlp_forward),
-                               (f"{prefix}RotaryEmbedding", make_rotary_embedding_forward)):
+                               (f"{prefix}RotaryEmbedding", make_rotary_embedding_forward),
+                               (f"{prefix}Attention", make_attention_forward)):
             cls = getattr(mod, cls_name, None)
             if cls is not None:
                 PATCHES.patch(cls, "forward", make(cls.forward), verbose)

@@ -131,3 +131,81 @@ def test_rotary_embedding_tables(rope):
     for a, b in zip(got, ref):
         assert a.dtype == b.dtype == torch.bfloat16
         torch.testing.assert_close(a, b, rtol=1.6e-2, atol=1e-2)
+
+
+def _linear_weights(monkeypatch) -> list:
+    """The weight shapes of every F.linear call from here on (nn.Linear's included)."""
+    seen, real = [], torch.nn.functional.linear
+
+    def spy(x, w, b=None):
+        seen.append(tuple(w.shape))
+        return real(x, w, b)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    return seen
+
+
+def test_attention_merges_qkv_projections(monkeypatch):
+    """With the patches, q/k/v run as one GEMM over a merged weight whose row blocks are
+    the projections' own parameters; the serving forwards last one call only; a replaced
+    parameter is merged anew; non-plain linears and long calls keep HF's projections."""
+    from flag_gems.patches import transformers as tp
+
+    model = _model()
+    attn = model.model.layers[0].self_attn
+    ids, nxt = _ids()
+    flag_gems.apply_gems_patches_to_transformers()
+    try:
+        seen = _linear_weights(monkeypatch)
+        with count_kernels() as k:
+            got = _prefill_decode(model, ids, nxt)
+        assert seen.count((128, 64)) == 2 and (32, 64) not in seen, seen  # q 64 + k 32 + v 32 rows, twice
+        assert k["rotary_kernel"] == 2, dict(k)  # q and k, blocks of one output, rotate in one launch
+        weight, bias = attn.__dict__["_gems_qkv"][:2]
+        assert bias is None and weight.shape == (128, 64)
+        assert attn.q_proj.weight.data_ptr() == weight.data_ptr()
+        assert attn.v_proj.weight.data_ptr() == weight[96:].data_ptr()
+        assert all("forward" not in lin.__dict__ for lin in (attn.q_proj, attn.k_proj, attn.v_proj))
+        with torch.no_grad(), pytest.raises(TypeError):  # HF's forward fails: no position embeddings
+            attn(torch.randn(1, 2, 64, device=DEVICE), None, None)
+        assert all("forward" not in lin.__dict__ for lin in (attn.q_proj, attn.k_proj, attn.v_proj))
+        flag_gems.revert_transformers_patches()
+        for a, b in zip(got, _prefill_decode(model, ids, nxt)):  # HF's own, on the re-pointed parameters
+            _close(a, b)
+
+        # new k weights (as a load would assign them): merged anew, and they count
+        with torch.no_grad():
+            attn.k_proj.weight = torch.nn.Parameter(torch.randn_like(attn.k_proj.weight) * 0.1)
+        ref = _prefill_decode(model, ids, nxt)
+        flag_gems.apply_gems_patches_to_transformers()
+        got = _prefill_decode(model, ids, nxt)
+        assert attn.__dict__["_gems_qkv"][0].data_ptr() != weight.data_ptr()
+        for a, b in zip(got, ref):
+            _close(a, b)
+
+        # a call of more than MERGE_QKV_MAX_TOKENS tokens: HF's three projections
+        monkeypatch.setattr(tp, "MERGE_QKV_MAX_TOKENS", 4)
+        seen.clear()
+        _prefill_decode(model, ids, nxt)  # prefill 2 x 5 tokens: separate; decode 2 x 1: merged
+        assert seen.count((32, 64)) == 2 and seen.count((128, 64)) == 1, seen
+        monkeypatch.setattr(tp, "MERGE_QKV_MAX_TOKENS", 1024)
+
+        # a layer that is not a plain nn.Linear (a LoRA-like subclass): HF's projections
+        class Shifted(torch.nn.Linear):
+            def forward(self, x):
+                return super().forward(x) + 1.0
+
+        shifted = Shifted(64, 32, bias=False).to(DEVICE)
+        with torch.no_grad():
+            shifted.weight.copy_(attn.v_proj.weight)
+        attn.v_proj = shifted
+        flag_gems.revert_transformers_patches()
+        ref = _prefill_decode(model, ids, nxt)
+        flag_gems.apply_gems_patches_to_transformers()
+        seen.clear()
+        got = _prefill_decode(model, ids, nxt)
+        assert (128, 64) not in seen, seen
+        for a, b in zip(got, ref):
+            _close(a, b)
+    finally:
+        flag_gems.revert_transformers_patches()

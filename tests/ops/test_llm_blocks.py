@@ -178,9 +178,33 @@ def test_rotary_strided_q_from_packed_qkv():
     cos, sin, (rc, rs) = _cache(8, D, False, True, torch.float32)
     pos = torch.arange(S, device=DEVICE)
     rq, rk = _rope_ref(to_reference(q), rc, rs, pos, D, True), _rope_ref(to_reference(k), rc, rs, pos, D, True)
-    apply_rotary_pos_emb(q, k, cos, sin, rotary_interleaved=True, inplace=True)
+    v = qkv[:, 2 * H * D:].clone()
+    with count_kernels() as kc:
+        apply_rotary_pos_emb(q, k, cos, sin, rotary_interleaved=True, inplace=True)
+    assert kc["rotary_kernel"] == 1, dict(kc)  # k's heads continue q's: one launch for both
     assert_close(q, rq, torch.float32)
     assert_close(k, rk, torch.float32)
+    assert torch.equal(qkv[:, 2 * H * D:], v)  # v untouched
+
+
+@pytest.mark.parametrize("dtype,S,Hk", [(torch.float32, 3, 2), (torch.float16, 1, 2), (torch.bfloat16, 3, 1)])
+def test_rotary_merged_qkv_blocks_out_of_place(dtype, S, Hk):
+    """HF's layout after a merged qkv GEMM (GQA: fewer k heads): q and k are blocks of one
+    [B, S, Hq*D + 2*Hk*D] output; one launch rotates both into one new buffer. (Decode's
+    S = 1 and MQA's Hk = 1 give dims whose strides differ between q and k: size 1.)"""
+    B, Hq, D = 2, 4, 16
+    qkv = torch.randn(B, S, (Hq + 2 * Hk) * D, dtype=dtype, device=DEVICE)
+    q, k, _ = qkv.split([Hq * D, Hk * D, Hk * D], -1)
+    q, k = q.view(B, S, Hq, D), k.view(B, S, Hk, D)
+    cos, sin, (rc, rs) = _cache(8, D, True, False, dtype)
+    pos = torch.randint(0, 8, (B, S), device=DEVICE)
+    before = qkv.clone()
+    with count_kernels() as kc:
+        qo, ko = apply_rotary_pos_emb(q, k, cos, sin, position_ids=pos)
+    assert kc["rotary_kernel"] == 1, dict(kc)
+    assert qo.shape == q.shape and ko.shape == k.shape and torch.equal(qkv, before)
+    assert_close(qo, _rope_ref(to_reference(q), rc, rs, pos, D, False), dtype)
+    assert_close(ko, _rope_ref(to_reference(k), rc, rs, pos, D, False), dtype)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
