@@ -85,21 +85,26 @@ def cat_kernel(
 def _launch(out: torch.Tensor, out_row: int, rows: int, parts: list[tuple[torch.Tensor, int, int, int]]) -> None:
     """parts: (input, width w, row stride, column offset), at most GROUP of them."""
     args: list = []
-    widths = []
     ptrs = out.data_ptr()
-    for x, w, st, c in parts:
-        args += [x, w, st, c]
-        widths.append(w)
-        ptrs |= x.data_ptr()
-    for _ in range(GROUP - len(parts)):  # unused slots: never reached (K)
-        args += [parts[0][0], 1, 0, 0]
-    total = rows * sum(widths)
+    width = 0
     # direct relaunch key: each int argument's specialization (as tuner.launch keys it), so
     # a KV cache growing by a row a step keeps hitting; none for 64-bit ints or misalignment
-    ints = (out_row, rows, total, *(v for x, w, st, c in parts for v in (w, st, c)))
-    direct = None if ptrs & 15 or max(ints) >= _I32 else tuple("one" if v == 1 else not v & 15 for v in ints)
+    spec = ["one" if out_row == 1 else not out_row & 15, "one" if rows == 1 else not rows & 15]
+    largest = max(out_row, rows)
+    dtypes = []
+    for x, w, st, c in parts:
+        args += (x, w, st, c)
+        width += w
+        ptrs |= x.data_ptr()
+        spec += ("one" if w == 1 else not w & 15, "one" if st == 1 else not st & 15, "one" if c == 1 else not c & 15)
+        largest = max(largest, w, st, c)
+        dtypes.append(x.dtype)
+    for _ in range(GROUP - len(parts)):  # unused slots: never reached (K)
+        args += (parts[0][0], 1, 0, 0)
+    total = rows * width
+    direct = None if ptrs & 15 or largest >= _I32 or total >= _I32 else ("one" if total == 1 else not total & 15, *spec)
     # the tuner key is (bucketed total, dtypes): one cached Launch per such key
-    key = (next_power_of_2(total), out.dtype, len(parts)) + tuple(x.dtype for x, _, _, _ in parts)
+    key = (next_power_of_2(total), out.dtype, *dtypes)
     lc = _LAUNCH.get(key)
     if lc is None:
         if len(_LAUNCH) > 4096:
@@ -108,9 +113,9 @@ def _launch(out: torch.Tensor, out_row: int, rows: int, parts: list[tuple[torch.
     cfg = lc.tuner.cache.get(lc.key) if lc.key is not None else None
     if cfg is not None:
         b = cfg["BLOCK"]
-        grid = (rows * sum((w + b - 1) // b for w in widths),)
+        grid = (rows * sum([(w + b - 1) // b for _, w, _, _ in parts]),)
     else:
-        grid = lambda META: (rows * sum(cdiv(w, META["BLOCK"]) for w in widths),)
+        grid = lambda META: (rows * sum(cdiv(w, META["BLOCK"]) for _, w, _, _ in parts),)
     lc.fixed(grid, out, out_row, rows, total, *args, direct=direct, K=len(parts))
 
 
@@ -130,7 +135,33 @@ def _as_rows(t: torch.Tensor, dim: int, w: int) -> tuple[torch.Tensor, int]:
     return t.contiguous(), w
 
 
+def _cat_pair(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor | None:
+    """The KV-cache append (and rotate_half's cat): two contiguous, non-empty tensors of
+    one dtype and rank, sizes matching off ``dim``. None for anything else, which
+    ``_cat_into`` handles (and checks)."""
+    shape = a.shape
+    nd = len(shape)
+    if (a.dtype != b.dtype or not nd or len(b.shape) != nd or not -nd <= dim < nd
+            or not a.is_contiguous() or not b.is_contiguous()):
+        return None
+    dim %= nd
+    bshape = b.shape
+    if shape[:dim] != bshape[:dim] or shape[dim + 1:] != bshape[dim + 1:]:
+        return None
+    tail = math.prod(shape[dim + 1:])
+    wa, wb = shape[dim] * tail, bshape[dim] * tail
+    if not wa or not wb or not tail:
+        return None
+    buf = torch.empty((*shape[:dim], shape[dim] + bshape[dim], *shape[dim + 1:]), dtype=a.dtype, device=a.device)
+    _launch(buf, wa + wb, math.prod(shape[:dim]), [(a, wa, wa, 0), (b, wb, wb, wa)])
+    return buf
+
+
 def _cat_into(tensors: Sequence[torch.Tensor], dim: int, out: torch.Tensor | None) -> torch.Tensor:
+    if out is None and len(tensors) == 2:
+        done = _cat_pair(tensors[0], tensors[1], dim)
+        if done is not None:
+            return done
     if len(tensors) == 0:
         raise RuntimeError("torch.cat(): expected a non-empty list of Tensors")
     t0 = tensors[0]

@@ -36,6 +36,24 @@ def test_cat_kv_cache_one_launch(dtype):
     same(out, torch.cat([to_reference(cache), to_reference(new)], dim=-2))
 
 
+@pytest.mark.parametrize("dim", [0, 1, -1, -3])
+def test_cat_contiguous_pair(dim):
+    """Two contiguous inputs (the KV-cache append, rotate_half): the lean pair path, one
+    launch; mismatched sizes and bad dims still raise torch's errors."""
+    shape_a, shape_b = [3, 4, 5], [3, 4, 5]
+    shape_b[dim] = 2
+    a, b = rand(shape_a, torch.bfloat16), rand(shape_b, torch.bfloat16)
+    with gems_ran("cat_kernel") as launched:
+        out = torch.cat([a, b], dim=dim)
+    assert launched["cat_kernel"] == 1
+    same(out, torch.cat([a, b], dim=dim))
+    with flag_gems.use_gems():
+        with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+            torch.cat([a, rand([3, 9, 9], torch.bfloat16)], dim=dim)
+        with pytest.raises(IndexError, match="Dimension out of range"):
+            torch.cat([a, b], dim=3)
+
+
 def test_cat_strided_inputs_read_in_place():
     """Views whose trailing dims are contiguous (a sliced cache, a transposed new token)
     are read through their row stride: one launch, no copies; others are still right."""
