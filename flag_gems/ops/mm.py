@@ -418,9 +418,11 @@ class _GemmDirect(NamedTuple):
     bound: Any  # tuner.launch.Bound of the first: the device they were compiled for
 
 
-def _plan_key(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None, alpha: float, beta: float) -> tuple:
-    key = (a.dtype, a.shape, a.stride(), b.dtype, b.shape, b.stride(), out.dtype, out.shape, out.stride(), alpha, beta, _precision(a.dtype))
-    return key if bias is None else (*key, bias.dtype, bias.stride())
+def _plan_key(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None, strides: tuple, alpha: float, beta: float) -> tuple:
+    """``strides``: (a's, b's, out's, bias's or None), as the call has them."""
+    sa, sb, so, sbias = strides
+    key = (a.dtype, a.shape, sa, b.dtype, b.shape, sb, out.dtype, out.shape, so, alpha, beta, _precision(a.dtype))
+    return key if bias is None else (*key, bias.dtype, sbias)
 
 
 def _direct_plan(args: tuple, kwargs: dict) -> _GemmDirect | None:
@@ -498,10 +500,9 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def _as3d(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    if t.dim() == 2:
-        return t, (0, t.stride(0), t.stride(1))
-    return t, (t.stride(0), t.stride(1), t.stride(2))
+def _as3d(stride: tuple[int, ...]) -> tuple[int, int, int]:
+    """(batch, row, column) strides of a 2-D (batch stride 0) or 3-D operand."""
+    return (0, *stride) if len(stride) == 2 else stride
 
 
 GEMM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -543,15 +544,16 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor
         # an outer product (HF's rotary angles: inv_freq x positions): one broadcast multiply,
         # keyed by its size, instead of a GEMM key per sequence length with nothing to tune
         return MUL(a, b, out=out)
-    _, (s_ab, s_am, s_ak) = _as3d(a)
-    _, (s_bb, s_bk, s_bn) = _as3d(b)
-    _, (s_cb, s_cm, s_cn) = _as3d(out)
+    strides = (a.stride(), b.stride(), out.stride(), None if bias is None else bias.stride())
+    s_ab, s_am, s_ak = _as3d(strides[0])
+    s_bb, s_bk, s_bn = _as3d(strides[1])
+    s_cb, s_cm, s_cn = _as3d(strides[2])
     has_bias = bias is not None
-    s_bias = _as3d(bias)[1] if has_bias else (0, 0, 0)
+    s_bias = _as3d(strides[3]) if has_bias else (0, 0, 0)
     bias_arg = bias if has_bias else out
     plan_key = None
     if not (a.data_ptr() | b.data_ptr() | out.data_ptr() | bias_arg.data_ptr()) & 15:
-        plan_key = _plan_key(a, b, out, bias, alpha, beta)
+        plan_key = _plan_key(a, b, out, bias, strides, alpha, beta)
         plan = _DIRECT.get(plan_key)
         if plan is not None and _launch_direct(plan, a, b, out, bias_arg):
             return out
