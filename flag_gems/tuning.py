@@ -144,11 +144,19 @@ def _gelu_and_mul(job: Job) -> Any:
 
 
 def _rotary(job: Job) -> Any:
-    """q (T, heads, head_dim), k (T, kv_heads, head_dim), a (T, head_dim/2) cos/sin cache."""
+    """q (T, heads, head_dim), k (T, kv_heads, head_dim), a (T, head_dim/2) cos/sin cache.
+    q and k are blocks of one merged qkv output, as vLLM and the transformers patches pass
+    them: one launch rotates heads + kv_heads; with ``layout: "separate"``, two tensors,
+    one launch each (a replayed miss of one of them)."""
     from flag_gems.fused import apply_rotary_pos_emb
 
-    q, k = _inputs(job)[:2]
-    t, hd = q.shape[-3], q.shape[-1]
+    (t, hq, hd), (_, hk, _) = job.shapes[:2]
+    dtype = _dtype(job.dtypes[0] if job.dtypes else job.dtype)
+    if job.kwargs.get("layout") == "separate":
+        q, k = _tensor((t, hq, hd), dtype), _tensor((t, hk, hd), dtype)
+    else:
+        both = _tensor((t, hq + hk, hd), dtype)
+        q, k = both[:, :hq], both[:, hq:]
     cos = _tensor((t, hd // 2), q.dtype)
     sin = _tensor((t, hd // 2), q.dtype)
     return apply_rotary_pos_emb(q, k, cos, sin)
@@ -553,7 +561,7 @@ def _replay_rotary(raw: dict) -> Job | None:
     h, half, d = raw["H"], raw["HALF"], raw["D"]
     if 2 * half != d:  # partial rotary: the provider's rotary job rotates the whole head
         return None
-    return Job("rotary", ((1, h, d), (1, h, d)), raw["dtypes"][0])
+    return Job("rotary", ((1, h, d), (1, h, d)), raw["dtypes"][0], (("layout", json.dumps("separate")),))
 
 
 def _aten_call(op: str, shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str], argv: list, kwargs: dict | None = None) -> Job:
