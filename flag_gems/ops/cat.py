@@ -5,7 +5,9 @@ col_k. Each program copies BLOCK contiguous elements of one row of one input (ve
 loads and stores, no per-element division); the programs of one launch are split between
 the inputs by block counts, so the KV-cache append ``torch.cat([cache, new], dim=-2)`` is
 a single kernel launch. Inputs whose trailing dims are one contiguous run are read in
-place through their row stride (no ``.contiguous()`` copy).
+place through two row strides (the dim before ``dim`` and the dims before that, collapsed),
+so a transposed KV block of a merged qkv output or HF rotate_half's slices need no
+``.contiguous()`` copy.
 """
 from __future__ import annotations
 
@@ -32,13 +34,15 @@ _I32 = 2**31
 
 
 @triton.jit
-def _copy_rows(src, s_row, out, blk, nb, w, col, out_row, BLOCK: tl.constexpr):
+def _copy_rows(src, s_o, s_i, R1, out, blk, nb, w, col, out_row, BLOCK: tl.constexpr):
     # block blk of a (rows, w) input: row blk // nb, columns (blk % nb) * BLOCK + [0, BLOCK);
-    # contiguous on both sides, so loads and stores vectorize
+    # contiguous on both sides, so loads and stores vectorize. The input's row r is at
+    # (r // R1) * s_o + (r % R1) * s_i: its rows need not be one strided axis (a head
+    # block of a merged qkv output, a slice of the last dim)
     row = (blk // nb).to(tl.int64)
     cols = (blk % nb) * BLOCK + tl.arange(0, BLOCK)
     m = cols < w
-    v = tl.load(src + row * s_row + cols, mask=m)
+    v = tl.load(src + (row // R1) * s_o + (row % R1) * s_i + cols, mask=m)
     ot: tl.constexpr = out.dtype.element_ty
     if v.dtype != ot and ot.is_floating() and ot.primitive_bitwidth < 64:
         v = v.to(tl.float32)  # mixed dtypes: int -> bf16 directly is wrong in the interpreter
@@ -53,14 +57,15 @@ def _copy_rows(src, s_row, out, blk, nb, w, col, out_row, BLOCK: tl.constexpr):
 )
 @triton.jit
 def cat_kernel(
-    out, out_row, rows, total,
-    X0, w0, s0, c0,
-    X1, w1, s1, c1,
-    X2, w2, s2, c2,
-    X3, w3, s3, c3,
+    out, out_row, rows, R1, total,
+    X0, w0, so0, si0, c0,
+    X1, w1, so1, si1, c1,
+    X2, w2, so2, si2, c2,
+    X3, w3, so3, si3, c3,
     K: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # input k is a (rows, w_k) block with row stride s_k, at column c_k of (rows, out_row)
+    # input k is a (rows, w_k) block at column c_k of (rows, out_row); its rows are
+    # (rows / R1, R1) with strides (so_k, si_k)
     pid = tl.program_id(0)
     nb0 = tl.cdiv(w0, BLOCK)
     nb1 = tl.cdiv(w1, BLOCK)
@@ -70,37 +75,39 @@ def cat_kernel(
     e2 = e1 + rows * nb1
     e3 = e2 + rows * nb2
     if pid < e1:
-        _copy_rows(X0, s0, out, pid, nb0, w0, c0, out_row, BLOCK)
+        _copy_rows(X0, so0, si0, R1, out, pid, nb0, w0, c0, out_row, BLOCK)
     if K > 1:
         if (pid >= e1) & (pid < e2):
-            _copy_rows(X1, s1, out, pid - e1, nb1, w1, c1, out_row, BLOCK)
+            _copy_rows(X1, so1, si1, R1, out, pid - e1, nb1, w1, c1, out_row, BLOCK)
     if K > 2:
         if (pid >= e2) & (pid < e3):
-            _copy_rows(X2, s2, out, pid - e2, nb2, w2, c2, out_row, BLOCK)
+            _copy_rows(X2, so2, si2, R1, out, pid - e2, nb2, w2, c2, out_row, BLOCK)
     if K > 3:
         if pid >= e3:
-            _copy_rows(X3, s3, out, pid - e3, nb3, w3, c3, out_row, BLOCK)
+            _copy_rows(X3, so3, si3, R1, out, pid - e3, nb3, w3, c3, out_row, BLOCK)
 
 
-def _launch(out: torch.Tensor, out_row: int, rows: int, parts: list[tuple[torch.Tensor, int, int, int]]) -> None:
-    """parts: (input, width w, row stride, column offset), at most GROUP of them."""
+def _launch(out: torch.Tensor, out_row: int, rows: int, r1: int, parts: list[tuple[torch.Tensor, int, int, int, int]]) -> None:
+    """parts: (input, width w, outer row stride, inner row stride, column offset), at most
+    GROUP of them; ``r1``: the rows' inner count (see _copy_rows)."""
     args: list = []
     ptrs = out.data_ptr()
     width = 0
     # direct relaunch key: each int argument's specialization (as tuner.launch keys it), so
     # a KV cache growing by a row a step keeps hitting; none for 64-bit ints or misalignment
-    spec = ["one" if out_row == 1 else not out_row & 15, "one" if rows == 1 else not rows & 15]
+    spec = ["one" if out_row == 1 else not out_row & 15, "one" if rows == 1 else not rows & 15, "one" if r1 == 1 else not r1 & 15]
     largest = max(out_row, rows)
     dtypes = []
-    for x, w, st, c in parts:
-        args += (x, w, st, c)
+    for x, w, so, si, c in parts:
+        args += (x, w, so, si, c)
         width += w
         ptrs |= x.data_ptr()
-        spec += ("one" if w == 1 else not w & 15, "one" if st == 1 else not st & 15, "one" if c == 1 else not c & 15)
-        largest = max(largest, w, st, c)
+        spec += ("one" if w == 1 else not w & 15, "one" if so == 1 else not so & 15, "one" if si == 1 else not si & 15,
+                 "one" if c == 1 else not c & 15)
+        largest = max(largest, w, so, si, c)
         dtypes.append(x.dtype)
     for _ in range(GROUP - len(parts)):  # unused slots: never reached (K)
-        args += (parts[0][0], 1, 0, 0)
+        args += (parts[0][0], 1, 0, 0, 0)
     total = rows * width
     direct = None if ptrs & 15 or largest >= _I32 or total >= _I32 else ("one" if total == 1 else not total & 15, *spec)
     # the tuner key is (bucketed total, dtypes): one cached Launch per such key
@@ -113,36 +120,40 @@ def _launch(out: torch.Tensor, out_row: int, rows: int, parts: list[tuple[torch.
     cfg = lc.tuner.cache.get(lc.key) if lc.key is not None else None
     if cfg is not None:
         b = cfg["BLOCK"]
-        grid = (rows * sum([(w + b - 1) // b for _, w, _, _ in parts]),)
+        grid = (rows * sum([(p[1] + b - 1) // b for p in parts]),)
     else:
-        grid = lambda META: (rows * sum(cdiv(w, META["BLOCK"]) for _, w, _, _ in parts),)
-    lc.fixed(grid, out, out_row, rows, total, *args, direct=direct, K=len(parts))
+        grid = lambda META: (rows * sum(cdiv(p[1], META["BLOCK"]) for p in parts),)
+    lc.fixed(grid, out, out_row, rows, r1, total, *args, direct=direct, K=len(parts))
 
 
 _LAUNCH: dict = {}
 
 
-def _as_rows(t: torch.Tensor, dim: int, w: int) -> tuple[torch.Tensor, int]:
-    """``t`` as (rows, w) with unit column stride: (tensor, row stride); a copy only when
-    the dims from ``dim`` on are not one contiguous run or the outer dims do not collapse."""
+def _row_strides(t: torch.Tensor, dim: int, w: int, r1: int) -> tuple[int, int] | None:
+    """``t``'s rows as (outer, inner) strides (see _copy_rows; inner: dim - 1, outer: the
+    dims before it, which must collapse to one stride), when the dims from ``dim`` on are
+    one contiguous run of ``w``; else None."""
     if t.is_contiguous():
-        return t, w
+        return r1 * w, w
     shape, stride = t.shape, t.stride()
     tail = _collapse(shape[dim:], stride[dim:])
-    head = _collapse(shape[:dim], stride[:dim])
-    if tail is not None and head is not None and (tail[1] == 1 or tail[0] <= 1):
-        return t, head[1] if head[0] > 1 else w
-    return t.contiguous(), w
+    if tail is None or (tail[1] != 1 and tail[0] > 1):
+        return None
+    if dim == 0:
+        return 0, 0
+    head = _collapse(shape[:dim - 1], stride[:dim - 1])
+    if head is None:
+        return None
+    return head[1], stride[dim - 1] if r1 > 1 else 0
 
 
 def _cat_pair(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor | None:
-    """The KV-cache append (and rotate_half's cat): two contiguous, non-empty tensors of
-    one dtype and rank, sizes matching off ``dim``. None for anything else, which
-    ``_cat_into`` handles (and checks)."""
+    """The KV-cache append (and rotate_half's cat): two non-empty tensors of one dtype and
+    rank, sizes matching off ``dim``, each read in place (``_row_strides``). None for
+    anything else, which ``_cat_into`` handles (and checks)."""
     shape = a.shape
     nd = len(shape)
-    if (a.dtype != b.dtype or not nd or len(b.shape) != nd or not -nd <= dim < nd
-            or not a.is_contiguous() or not b.is_contiguous()):
+    if a.dtype != b.dtype or not nd or len(b.shape) != nd or not -nd <= dim < nd:
         return None
     dim %= nd
     bshape = b.shape
@@ -150,10 +161,14 @@ def _cat_pair(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor | None
         return None
     tail = math.prod(shape[dim + 1:])
     wa, wb = shape[dim] * tail, bshape[dim] * tail
-    if not wa or not wb or not tail:
+    if not wa or not wb:
+        return None
+    r1 = shape[dim - 1] if dim else 1
+    sa, sb = _row_strides(a, dim, wa, r1), _row_strides(b, dim, wb, r1)
+    if sa is None or sb is None:
         return None
     buf = torch.empty((*shape[:dim], shape[dim] + bshape[dim], *shape[dim + 1:]), dtype=a.dtype, device=a.device)
-    _launch(buf, wa + wb, math.prod(shape[:dim]), [(a, wa, wa, 0), (b, wb, wb, wa)])
+    _launch(buf, wa + wb, math.prod(shape[:dim]), r1, [(a, wa, *sa, 0), (b, wb, *sb, wa)])
     return buf
 
 
@@ -199,16 +214,20 @@ def _cat_into(tensors: Sequence[torch.Tensor], dim: int, out: torch.Tensor | Non
         tail = math.prod(shape[dim + 1:])
         out_row = shape[dim] * tail
         rows = math.prod(shape[:dim])
+        r1 = shape[dim - 1] if dim else 1
         col = 0
         items = []
         for t in live:
             w = t.shape[dim] * tail
             if t.numel() > 0:
-                x, st = _as_rows(t, dim, w)
-                items.append((x, w, st, col))
+                strides = _row_strides(t, dim, w, r1)
+                if strides is None:  # not readable in place: a contiguous copy
+                    t = t.contiguous()
+                    strides = r1 * w, w
+                items.append((t, w, *strides, col))
             col += w
         for g in range(0, len(items), GROUP):
-            _launch(buf, out_row, rows, items[g:g + GROUP])
+            _launch(buf, out_row, rows, r1, items[g:g + GROUP])
     return buf if out is None else finish_out(out, buf)
 
 

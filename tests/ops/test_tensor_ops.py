@@ -54,6 +54,27 @@ def test_cat_contiguous_pair(dim):
             torch.cat([a, b], dim=3)
 
 
+@pytest.mark.parametrize("seq", [1, 3])
+def test_cat_reads_two_level_rows_in_place(seq):
+    """A KV append whose new k is a head block of a merged qkv output (transposed: its
+    rows are (batch, head) at two unrelated strides), and HF rotate_half's cat of two
+    slices of the last dim: one launch each, no copies, bit-exact."""
+    B, Hq, Hk, D = 2, 4, 2, 8
+    qkv = torch.randn(B, seq, (Hq + 2 * Hk) * D, device=DEVICE)
+    k = qkv[..., Hq * D:(Hq + Hk) * D].view(B, seq, Hk, D).transpose(1, 2)  # [B, Hk, seq, D]
+    cache = torch.randn(B, Hk, 5, D, device=DEVICE)
+    x = torch.randn(B, seq, Hq, D, device=DEVICE).transpose(1, 2)  # [B, Hq, seq, D], HF's q
+    x1, x2 = x[..., : D // 2], x[..., D // 2:]
+    with gems_ran("cat_kernel") as launched:
+        kv = torch.cat([cache, k], dim=-2)
+        rot = torch.cat((x2, x1), dim=-1)
+        three = torch.cat((x2, x1, x2), dim=-1)  # the general path reads them in place too
+    assert dict(launched) == {"cat_kernel": 3}
+    same(kv, torch.cat([cache, k.contiguous()], dim=-2))
+    same(rot, torch.cat((x2.contiguous(), x1.contiguous()), dim=-1))
+    same(three, torch.cat((x2.contiguous(), x1.contiguous(), x2.contiguous()), dim=-1))
+
+
 def test_cat_strided_inputs_read_in_place():
     """Views whose trailing dims are contiguous (a sliced cache, a transposed new token)
     are read through their row stride: one launch, no copies; others are still right."""
