@@ -12,9 +12,10 @@ import torch
 import triton
 import triton.language as tl
 
+from flag_gems.ops._reduce_common import cached_launch
 from flag_gems.utils import cdiv, next_power_of_2
 from tuner import libtuner
-from tuner.launch import launch
+from tuner.launch import int_spec, launch
 
 
 def _prune_heads(configs: list[dict], named: dict) -> list[dict]:
@@ -69,6 +70,9 @@ def rotary_kernel(
         tl.store(oh + r[None, :] * so_d, v, mask=rm)
 
 
+_LAUNCH: dict = {}  # (H, rotary dim, D, dtypes, constexprs) -> its Launch
+
+
 def _half_cache(t: torch.Tensor, rot: int, full: bool, interleaved: bool) -> torch.Tensor:
     if not full:
         return t
@@ -92,14 +96,17 @@ def _rotate(x, cos, sin, pos, seq_len, rot, interleaved, inplace) -> torch.Tenso
     if T and H:
         rest = D - rot
         copy_rest = not inplace and rest > 0
-        grid = lambda META: (T, cdiv(H, META["BLOCK_H"]))
-        rotary_kernel[grid](
-            x3, *x3.stride(), out3, *out3.stride(), cos, *cos.stride(), sin, *sin.stride(),
-            pos if pos is not None else x3, seq_len, H, rot // 2, D,
-            HAS_POS=pos is not None, INTERLEAVED=interleaved, COPY_REST=copy_rest,
-            BLOCK_HALF=next_power_of_2(max(rot // 2, 1)),
-            BLOCK_REST=next_power_of_2(max(rest, 1)),
-        )
+        p = pos if pos is not None else x3
+        consts = dict(HAS_POS=pos is not None, INTERLEAVED=interleaved, COPY_REST=copy_rest,
+                      BLOCK_HALF=next_power_of_2(max(rot // 2, 1)), BLOCK_REST=next_power_of_2(max(rest, 1)))
+        lc = cached_launch(rotary_kernel, _LAUNCH, (H, rot, D, x.dtype, out3.dtype, cos.dtype, sin.dtype, p.dtype, *consts.values()))
+        cfg = lc.tuner.cache.get(lc.key) if lc.key is not None else None
+        grid = (T, cdiv(H, cfg["BLOCK_H"])) if cfg is not None else lambda META: (T, cdiv(H, META["BLOCK_H"]))
+        ints = (*x3.stride(), *out3.stride(), *cos.stride(), *sin.stride(), seq_len)
+        # direct relaunch key: H, HALF and D are the Launch's; every other int's specialization
+        aligned = not (x3.data_ptr() | out3.data_ptr() | cos.data_ptr() | sin.data_ptr() | p.data_ptr()) & 15
+        lc.fixed(grid, x3, *ints[:3], out3, *ints[3:6], cos, *ints[6:8], sin, *ints[8:10], p, seq_len, H, rot // 2, D,
+                 direct=tuple(int_spec(v) for v in ints) if aligned else None, **consts)
     if inplace:
         if x3.data_ptr() != x.data_ptr():
             x.copy_(x3.view(x.shape))

@@ -7,8 +7,10 @@ import torch
 import triton
 import triton.language as tl
 
+from flag_gems.ops._reduce_common import cached_launch
 from flag_gems.utils import cdiv
 from tuner import libtuner
+from tuner.launch import int_spec
 
 SILU, GELU, GELU_TANH = 0, 1, 2
 
@@ -49,9 +51,17 @@ def gated_act(x: torch.Tensor, act: int) -> torch.Tensor:
         x2 = x2.view(-1, 2 * d)
     except RuntimeError:
         x2 = x2.contiguous().view(-1, 2 * d)
-    grid = lambda META: (x2.shape[0], cdiv(d, META["BLOCK"]))
-    gated_act_kernel[grid](x2, x2.stride(0), out, d, ACT=act)
+    rows, xs = x2.shape[0], x2.stride(0)
+    lc = cached_launch(gated_act_kernel, _LAUNCH, (d, act, x2.dtype, out.dtype))
+    cfg = lc.tuner.cache.get(lc.key) if lc.key is not None else None
+    grid = (rows, cdiv(d, cfg["BLOCK"])) if cfg is not None else lambda META: (rows, cdiv(d, META["BLOCK"]))
+    # direct relaunch key: d is the Launch's; the row stride's specialization (as Triton's)
+    aligned = not (x2.data_ptr() | out.data_ptr()) & 15
+    lc.fixed(grid, x2, xs, out, d, direct=int_spec(xs) if aligned else None, ACT=act)
     return out
+
+
+_LAUNCH: dict = {}  # (d, ACT, dtypes) -> its Launch
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

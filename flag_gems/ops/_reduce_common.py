@@ -246,6 +246,18 @@ class Launch:
         _DIRECT[(self, direct)] = (bound, None if fixed_grid else (*self.grid_fn(cfg), 1, 1)[:3])
 
 
+def cached_launch(tuner: LibTuner, cache: dict, key: Any) -> Launch:
+    """The ``Launch`` of ``tuner`` cached in ``cache`` under ``key``, made on first use;
+    ``key`` must determine every input of the tuner's key, dtypes included (a ``Launch``
+    computes that key once)."""
+    lc = cache.get(key)
+    if lc is None:
+        if len(cache) > 4096:
+            cache.clear()
+        lc = cache[key] = Launch(tuner, None)
+    return lc
+
+
 # (Launch, the caller's key) -> (tuner.launch.Bound, its grid (None: the call's)), or None
 # where nothing was kept (the interpreter): see Launch.fixed
 _DIRECT: dict = launching.direct_cache()
@@ -292,14 +304,8 @@ class SizeClassed(LibTuner):
         return cfg
 
     def launcher(self, n: int, cache: dict, key: Any) -> "Launch":
-        """The cached ``Launch`` of ``key`` (which must determine every key input of the
-        tuner, dtypes included), made on first use."""
-        lc = cache.get(key)
-        if lc is None:
-            if len(cache) > 4096:
-                cache.clear()
-            lc = cache[key] = Launch(self, None)
-        return lc
+        """The cached ``Launch`` of ``key`` (see ``cached_launch``)."""
+        return cached_launch(self, cache, key)
 
     def pick(self, n: int) -> "SizeClassed":
         return self

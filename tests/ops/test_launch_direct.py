@@ -1,6 +1,7 @@
-"""Direct relaunches of a plan's ``Launch`` (norms, softmax, reductions, embedding): a call
-whose caller-given ``direct`` key repeats relaunches the kept kernel without the
-launcher's key; a new key, or a new device, goes through it.
+"""Direct relaunches of a plan's ``Launch`` (norms, softmax, reductions, embedding, cat,
+the gated activations, rotary): a call whose caller-given ``direct`` key repeats
+relaunches the kept kernel without the launcher's key; a new key, or a new device, goes
+through it.
 
 The interpreter compiles nothing, so the compiled kernel is a stand-in that records its
 launches (see tests/tuner/test_launch.py); the op tests check the results."""
@@ -130,11 +131,15 @@ def _shape_of(v):
 def _ops():
     import torch.nn.functional as F
 
+    from flag_gems import fused
+
     x = torch.randn(6, 48, dtype=torch.bfloat16)
     w, b = torch.randn(48, dtype=torch.bfloat16), torch.randn(48, dtype=torch.bfloat16)
     table = torch.randn(20, 48)
     ids = torch.randint(0, 20, (2, 3))
     cache, new = torch.randn(2, 4, 5, 16), torch.randn(2, 4, 1, 16)
+    q, k, qkv = torch.randn(3, 2, 8), torch.randn(3, 1, 8), torch.randn(3, 32)
+    cos, sin, pos = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([2, 0, 1])
     return {
         "rms_norm": lambda: F.rms_norm(x, (48,), w, 1e-6),
         "layer_norm": lambda: F.layer_norm(x, (48,), w, b, 1e-5),
@@ -144,6 +149,10 @@ def _ops():
         "mean 2-stage": lambda: torch.randn(4, 70000).mean(0),
         "cat kv": lambda: torch.cat([cache, new], dim=-2),
         "cat rotate_half": lambda: torch.cat((-cache[..., 8:], cache[..., :8]), dim=-1),
+        "silu_and_mul": lambda: fused.silu_and_mul(x),
+        "rotary": lambda: fused.apply_rotary_pos_emb(q, k, cos, sin),
+        "rotary merged qkv": lambda: fused.apply_rotary_pos_emb(qkv[..., :16].view(3, 2, 8), qkv[..., 16:24].view(3, 1, 8),
+                                                              cos, sin, position_ids=pos),
     }
 
 
