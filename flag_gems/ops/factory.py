@@ -14,9 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
+from flag_gems.ops._reduce_common import cached_launch
 from flag_gems.registry import aten_fallback, register
 from flag_gems.utils import cdiv
 from flag_gems.utils.pointwise import CONFIGS, DEFAULT, HALF, INT32_MAX, TL_DTYPES, Pointwise, compute_dtype
+from tuner.launch import int_spec
 from tuner.libtuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,9 @@ def full_like(self: torch.Tensor, fill_value: Scalar, *, dtype: Any = None, layo
 
 
 # -- arange ----------------------------------------------------------------------------
+_LAUNCH: dict = {}  # (n's log bucket, dtypes, INT64) -> its Launch
+
+
 @libtuner(configs=CONFIGS, key=["n"], strategy=["log"], default=DEFAULT)
 @triton.jit
 def arange_kernel(out, start_hi, start_lo, step_hi, step_lo, n, COMPUTE: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
@@ -202,8 +207,14 @@ def arange_out(start: Scalar, end: Scalar, step: Scalar = 1, *, out: torch.Tenso
     compute = torch.int64 if integral else (torch.float64 if out.dtype == torch.float64 else torch.float32)
     target = out if out.is_contiguous() else torch.empty(n, dtype=out.dtype, device=out.device)
     (s_hi, s_lo), (t_hi, t_lo) = _split(start, integral), _split(step, integral)
-    grid = lambda meta: (cdiv(n, meta["BLOCK"]),)  # noqa: E731
-    arange_kernel[grid](target, s_hi, s_lo, t_hi, t_lo, n, TL_DTYPES[compute], n > INT32_MAX)
+    int64 = n > INT32_MAX
+    lc = cached_launch(arange_kernel, _LAUNCH, ((n - 1).bit_length(), target.dtype, compute, int64))  # the tuner's log bucket of n
+    cfg = lc.tuner.cache.get(lc.key) if lc.key is not None else None
+    grid = (cdiv(n, cfg["BLOCK"]),) if cfg is not None else lambda meta: (cdiv(n, meta["BLOCK"]),)
+    scalars = (s_hi, s_lo, t_hi, t_lo, n)
+    # direct relaunch key: each scalar's type, an int's specialization (as Triton's)
+    direct = None if target.data_ptr() & 15 else tuple(int_spec(v) if type(v) is int else type(v) for v in scalars)
+    lc.fixed(grid, target, *scalars, direct=direct, COMPUTE=TL_DTYPES[compute], INT64=int64)
     if target is not out:
         out.copy_(target)
     return out

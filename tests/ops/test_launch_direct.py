@@ -150,6 +150,8 @@ def _ops():
         "cat kv": lambda: torch.cat([cache, new], dim=-2),
         "cat rotate_half": lambda: torch.cat((-cache[..., 8:], cache[..., :8]), dim=-1),
         "silu_and_mul": lambda: fused.silu_and_mul(x),
+        "arange": lambda: torch.arange(5, 13),
+        "arange float": lambda: torch.arange(0.5, 3.0, 0.25),
         "rotary": lambda: fused.apply_rotary_pos_emb(q, k, cos, sin),
         "rotary merged qkv": lambda: fused.apply_rotary_pos_emb(qkv[..., :16].view(3, 2, 8), qkv[..., 16:24].view(3, 1, 8),
                                                               cos, sin, position_ids=pos),
