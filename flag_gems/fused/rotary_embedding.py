@@ -89,29 +89,29 @@ def _rotary_dim(cache_dim: int, head_dim: int, rotary_dim: int | None) -> tuple[
 
 
 def _rotate(x, cos, sin, pos, seq_len, rot, interleaved, inplace) -> torch.Tensor:
-    H, D = x.shape[-2], x.shape[-1]
+    shape = x.shape
+    H, D = shape[-2], shape[-1]
     x3 = x.reshape(-1, H, D)  # a view when the token dims merge, else a copy
     T = x3.shape[0]
     out3 = x3 if inplace else torch.empty((T, H, D), dtype=x.dtype, device=x.device)
     if T and H:
         rest = D - rot
-        copy_rest = not inplace and rest > 0
         p = pos if pos is not None else x3
-        consts = dict(HAS_POS=pos is not None, INTERLEAVED=interleaved, COPY_REST=copy_rest,
-                      BLOCK_HALF=next_power_of_2(max(rot // 2, 1)), BLOCK_REST=next_power_of_2(max(rest, 1)))
-        lc = cached_launch(rotary_kernel, _LAUNCH, (H, rot, D, x.dtype, out3.dtype, cos.dtype, sin.dtype, p.dtype, *consts.values()))
+        consts = {"HAS_POS": pos is not None, "INTERLEAVED": interleaved, "COPY_REST": not inplace and rest > 0,
+                  "BLOCK_HALF": next_power_of_2(max(rot // 2, 1)), "BLOCK_REST": next_power_of_2(max(rest, 1))}
+        lc = cached_launch(rotary_kernel, _LAUNCH, (H, rot, D, x.dtype, cos.dtype, sin.dtype, p.dtype, *consts.values()))
         cfg = lc.tuner.cache.get(lc.key) if lc.key is not None else None
         grid = (T, cdiv(H, cfg["BLOCK_H"])) if cfg is not None else lambda META: (T, cdiv(H, META["BLOCK_H"]))
-        ints = (*x3.stride(), *out3.stride(), *cos.stride(), *sin.stride(), seq_len)
+        sx, so, sc, ss = x3.stride(), out3.stride(), cos.stride(), sin.stride()
         # direct relaunch key: H, HALF and D are the Launch's; every other int's specialization
         aligned = not (x3.data_ptr() | out3.data_ptr() | cos.data_ptr() | sin.data_ptr() | p.data_ptr()) & 15
-        lc.fixed(grid, x3, *ints[:3], out3, *ints[3:6], cos, *ints[6:8], sin, *ints[8:10], p, seq_len, H, rot // 2, D,
-                 direct=tuple(int_spec(v) for v in ints) if aligned else None, **consts)
+        direct = (*[int_spec(v) for v in (*sx, *so, *sc, *ss, seq_len)],) if aligned else None
+        lc.fixed(grid, x3, *sx, out3, *so, cos, *sc, sin, *ss, p, seq_len, H, rot // 2, D, direct=direct, **consts)
     if inplace:
         if x3.data_ptr() != x.data_ptr():
-            x.copy_(x3.view(x.shape))
+            x.copy_(x3.view(shape))
         return x
-    return out3.view(x.shape)
+    return out3.view(shape)
 
 
 def apply_rotary_pos_emb(
@@ -143,9 +143,8 @@ def apply_rotary_pos_emb(
     seq_len = q.shape[-3] if q.dim() >= 3 else 1
     both = _adjacent_heads(q, k)
     if both is not None:  # q's and k's heads in one launch
-        hq = q.shape[-2]
         out = _rotate(both, cos, sin, pos, seq_len, rot, rotary_interleaved, inplace)
-        return (q, k) if inplace else (out[..., :hq, :], out[..., hq:, :])
+        return (q, k) if inplace else out.split((q.shape[-2], k.shape[-2]), -2)
     q_out = _rotate(q, cos, sin, pos, seq_len, rot, rotary_interleaved, inplace)
     k_out = _rotate(k, cos, sin, pos, seq_len, rot, rotary_interleaved, inplace)
     return q_out, k_out
@@ -154,17 +153,22 @@ def apply_rotary_pos_emb(
 def _adjacent_heads(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
     """One view of q's and k's heads where k's continue q's in one buffer (blocks of a
     merged qkv projection's output: same strides, k right after q's last head)."""
-    if q.dim() < 2 or q.dtype != k.dtype or q.device != k.device:
+    nd = q.dim()
+    if nd < 2 or q.dtype != k.dtype:
         return None
-    hq, hk, sh = q.shape[-2], k.shape[-2], q.stride(-2)
-    # strides must agree where a dim has more than one index (a size-1 dim's is arbitrary)
-    dims = [i for i in range(q.dim()) if i != q.dim() - 2]
-    same = all(q.stride(i) == k.stride(i) or q.shape[i] == 1 for i in dims) and (hk == 1 or k.stride(-2) == sh)
-    if (not same or q.untyped_storage().data_ptr() != k.untyped_storage().data_ptr()
-            or k.storage_offset() != q.storage_offset() + hq * sh):
+    qs, ks, shape = q.stride(), k.stride(), q.shape
+    hq, sh, off = shape[-2], qs[-2], q.storage_offset()
+    # one storage (addresses and offsets differ alike), k's first head where q's next would be
+    if k.storage_offset() != off + hq * sh or k.data_ptr() - q.data_ptr() != hq * sh * q.element_size():
         return None
-    stride = (*q.stride()[:-2], sh, q.stride(-1))
-    return q.as_strided((*q.shape[:-2], hq + hk, q.shape[-1]), stride)
+    # strides agree where a dim has more than one index (a size-1 dim's is arbitrary)
+    for i in range(nd):
+        if qs[i] != ks[i] and shape[i] != 1 and i != nd - 2:
+            return None
+    hk = k.shape[-2]
+    if hk != 1 and ks[-2] != sh:
+        return None
+    return q.as_strided((*shape[:-2], hq + hk, shape[-1]), (*qs[:-2], sh, qs[-1]))
 
 
 # -- the angle tables --------------------------------------------------------------------
