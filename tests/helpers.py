@@ -9,6 +9,8 @@ from typing import Iterator
 
 import torch
 
+from tuner.launch import jit_classes
+
 DEVICE = os.environ.get("FLAGGEMS_TEST_DEVICE", "cpu")
 
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -65,20 +67,6 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=equal_nan, check_dtype=False)
 
 
-def _jit_classes():
-    classes = []
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        classes.append(InterpretedFunction)
-    except ImportError:
-        pass
-    from triton.runtime.jit import JITFunction
-
-    classes.append(JITFunction)
-    return classes
-
-
 @contextlib.contextmanager
 def count_kernels() -> Iterator[Counter]:
     """Count Triton kernel launches by kernel function name inside the block.
@@ -91,7 +79,7 @@ def count_kernels() -> Iterator[Counter]:
         launched[getattr(getattr(jit, "fn", None), "__name__", "?")] += 1
 
     patched = []
-    for cls in _jit_classes():
+    for cls in jit_classes():
         orig = cls.run
 
         def run(self, *args, __orig=orig, **kwargs):

@@ -248,6 +248,19 @@ def forget_direct() -> None:
         cache.clear()
 
 
+def jit_classes() -> list[type]:
+    """Triton's kernel classes whose ``run`` launches (what a launch stub or counter
+    patches): ``JITFunction``, and ``InterpretedFunction`` where Triton has it."""
+    from triton.runtime.jit import JITFunction
+
+    classes: list[type] = [JITFunction]
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:
+        return classes
+    return [*classes, InterpretedFunction]
+
+
 def _is_plain_jit(fn: Any) -> bool:
     from triton.runtime import JITFunction
 

@@ -442,18 +442,9 @@ def no_launches() -> Iterator[None]:
     """Every Triton kernel launch (a LibTuner's, a plain ``triton.jit`` kernel's, compiled
     or interpreted) returns without running: Triton's launch entry is stubbed, so nothing
     needs a GPU, compiles or computes."""
-    from triton.runtime.jit import JITFunction
-
     from tuner import launch
 
-    classes: list[Any] = [JITFunction]
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        classes.append(InterpretedFunction)
-    except ImportError:
-        pass
-    saved = [(c, c.__dict__["run"]) for c in classes if "run" in c.__dict__]
+    saved = [(c, c.__dict__["run"]) for c in launch.jit_classes() if "run" in c.__dict__]
     for c, _ in saved:
         c.run = lambda self, *args, **kwargs: None
     try:
