@@ -147,34 +147,50 @@ def _row_strides(t: torch.Tensor, dim: int, w: int, r1: int) -> tuple[int, int] 
     return head[1], stride[dim - 1] if r1 > 1 else 0
 
 
-def _cat_pair(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor | None:
-    """The KV-cache append (and rotate_half's cat): two non-empty tensors of one dtype and
-    rank, sizes matching off ``dim``, each read in place (``_row_strides``). None for
-    anything else, which ``_cat_into`` handles (and checks)."""
-    shape = a.shape
+def _cat_lean(tensors: Sequence[torch.Tensor], dim: int) -> torch.Tensor | None:
+    """The common cats in one launch with little Python: the KV-cache append (and HF's
+    first one, ``cat([tensor([]), k])``), rotate_half's: up to GROUP non-empty tensors of
+    one dtype and rank (legacy 1-D empty ones of that dtype skipped), sizes matching off
+    ``dim``, each read in place (``_row_strides``). None for anything else, which
+    ``_cat_into`` handles (and checks)."""
+    if not 0 < len(tensors) <= GROUP + 1:
+        return None
+    dtype = tensors[0].dtype
+    live = []
+    for t in tensors:
+        if t.dtype != dtype:
+            return None
+        if t.numel() or t.dim() != 1:
+            live.append(t)
+    if not 0 < len(live) <= GROUP:
+        return None
+    shape = live[0].shape
     nd = len(shape)
-    if a.dtype != b.dtype or not nd or len(b.shape) != nd or not -nd <= dim < nd:
+    if not nd or not -nd <= dim < nd:
         return None
     dim %= nd
-    bshape = b.shape
-    if shape[:dim] != bshape[:dim] or shape[dim + 1:] != bshape[dim + 1:]:
-        return None
-    tail = math.prod(shape[dim + 1:])
-    wa, wb = shape[dim] * tail, bshape[dim] * tail
-    if not wa or not wb:
-        return None
+    head, rest = shape[:dim], shape[dim + 1:]
+    tail = math.prod(rest)
     r1 = shape[dim - 1] if dim else 1
-    sa, sb = _row_strides(a, dim, wa, r1), _row_strides(b, dim, wb, r1)
-    if sa is None or sb is None:
-        return None
-    buf = torch.empty((*shape[:dim], shape[dim] + bshape[dim], *shape[dim + 1:]), dtype=a.dtype, device=a.device)
-    _launch(buf, wa + wb, math.prod(shape[:dim]), r1, [(a, wa, *sa, 0), (b, wb, *sb, wa)])
+    parts, size = [], 0
+    for t in live:
+        ts = t.shape
+        w = ts[dim] * tail if len(ts) == nd else 0
+        if not w or ts[:dim] != head or ts[dim + 1:] != rest:
+            return None
+        strides = _row_strides(t, dim, w, r1)
+        if strides is None:
+            return None
+        parts.append((t, w, *strides, size * tail))
+        size += ts[dim]
+    buf = torch.empty((*head, size, *rest), dtype=dtype, device=live[0].device)
+    _launch(buf, size * tail, math.prod(head), r1, parts)
     return buf
 
 
 def _cat_into(tensors: Sequence[torch.Tensor], dim: int, out: torch.Tensor | None) -> torch.Tensor:
-    if out is None and len(tensors) == 2:
-        done = _cat_pair(tensors[0], tensors[1], dim)
+    if out is None:
+        done = _cat_lean(tensors, dim)
         if done is not None:
             return done
     if len(tensors) == 0:

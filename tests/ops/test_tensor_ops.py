@@ -75,6 +75,22 @@ def test_cat_reads_two_level_rows_in_place(seq):
     same(three, torch.cat((x2.contiguous(), x1.contiguous(), x2.contiguous()), dim=-1))
 
 
+def test_cat_hf_first_cache_update():
+    """HF's DynamicLayer starts from ``tensor([])`` of the cache dtype: the legacy empty
+    input is skipped, the new k is copied in one launch; an empty of another dtype still
+    takes part in type promotion, as torch's."""
+    k = torch.randn(2, 1, 3, 4, device=DEVICE).transpose(1, 2)  # [B, H, S, D] view
+    empty = torch.tensor([], device=DEVICE)
+    with gems_ran("cat_kernel") as launched:
+        out = torch.cat([empty, k], dim=-2)
+    assert dict(launched) == {"cat_kernel": 1}
+    same(out, k.contiguous())
+    with flag_gems.use_gems():
+        wide = torch.cat([empty.double(), k], dim=-2)
+    assert wide.dtype == torch.float64
+    same(wide, k.double())
+
+
 def test_cat_strided_inputs_read_in_place():
     """Views whose trailing dims are contiguous (a sliced cache, a transposed new token)
     are read through their row stride: one launch, no copies; others are still right."""
