@@ -128,6 +128,15 @@ def launch_host_ms(fn: Callable[[], object], reps: int = 15, clock: Callable[[],
     return statistics.median(samples) * 1e3
 
 
+OBJECTIVES = ("device+host", "device")
+
+
+def objective() -> str:
+    """What a tuned config minimizes (part of its kernel version: a DB shared by eager
+    nodes and CUDA-graph nodes keeps their choices apart)."""
+    return OBJECTIVES[0] if settings.get().tune_host else OBJECTIVES[1]
+
+
 def gpu_timer(req: BenchRequest) -> Timing3:
     """The device time (``device_timer``) plus the host's launch time, per call; the
     device time alone with ``FLAGGEMS_TUNE_HOST=0`` (for kernels replayed in CUDA graphs,

@@ -123,13 +123,17 @@ def _walk_host(fn: types.FunctionType, seen: dict[str, str]) -> None:
             _visit(qualname, name, value, seen)
 
 
-def kernel_hash(kernel: Any, configs: Iterable[Any] = (), launcher: Any = None) -> str:
+def kernel_hash(kernel: Any, configs: Iterable[Any] = (), launcher: Any = None, objective: str | None = None) -> str:
     """sha256 of the kernel's source closure and config space (and of its config
-    launcher's, when it has one), hex, 32 chars."""
+    launcher's, when it has one, and the tuning objective, when given: a config chosen
+    for another objective answers another question), hex, 32 chars."""
     sources: dict[str, str] = {}
     _walk(kernel, sources)
     if isinstance(launcher, types.FunctionType):
         _walk_host(launcher, sources)
     space = [config_repr(c) for c in configs]
-    blob = json.dumps({"src": sources, "configs": space}, sort_keys=True, default=repr)
+    parts = {"src": sources, "configs": space}
+    if objective is not None:
+        parts["objective"] = objective
+    blob = json.dumps(parts, sort_keys=True, default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

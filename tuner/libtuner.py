@@ -164,8 +164,13 @@ class LibTuner:
     @property
     def kernel_hash(self) -> str:
         if self._hash is None:
-            self._hash = kernel_hash(self.fn, self.configs, self.config_launcher)
+            self._hash = kernel_hash(self.fn, self.configs, self.config_launcher, bench.objective())
         return self._hash
+
+    def kernel_hashes(self) -> set[str]:
+        """This kernel's version under every tuning objective: the rows current code can
+        serve, in some process (``FLAGGEMS_TUNE_HOST``)."""
+        return {kernel_hash(self.fn, self.configs, self.config_launcher, o) for o in bench.OBJECTIVES}
 
     # -- the hot path ------------------------------------------------------------------
     def key_of(self, args: tuple, kwargs: dict) -> tuple:

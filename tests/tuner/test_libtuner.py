@@ -340,13 +340,30 @@ def test_kernel_hash_covers_the_config_launcher(monkeypatch):
     from tuner.kernel_hash import kernel_hash
 
     t = mm._mm_kernel
+    a = kernel_hash(t.fn, t.configs, t.config_launcher, bench.objective())
+    assert a == t.kernel_hash and a != kernel_hash(t.fn, t.configs, objective=bench.objective())
     a = kernel_hash(t.fn, t.configs, t.config_launcher)
-    assert a == t.kernel_hash and a != kernel_hash(t.fn, t.configs)
     monkeypatch.setattr(mm, "_mm_tma_kernel", _calls_module_helper)  # another kernel behind TMA configs
     assert kernel_hash(t.fn, t.configs, t.config_launcher) != a
     monkeypatch.undo()
     monkeypatch.setattr(mm, "_WS", 5)  # a constant the launcher reads
     assert kernel_hash(t.fn, t.configs, t.config_launcher) != a
+
+
+def test_kernel_hash_covers_the_tuning_objective(monkeypatch):
+    """A config tuned for device time alone (CUDA-graph replay) is another answer than one
+    tuned with its host launch time counted: rows of the two never serve each other."""
+    eager = scale_kernel.kernel_hash
+    monkeypatch.setenv("FLAGGEMS_TUNE_HOST", "0")
+    settings.reload()
+    monkeypatch.setattr(scale_kernel, "_hash", None)
+    try:
+        assert bench.objective() == "device" and scale_kernel.kernel_hash != eager
+    finally:
+        monkeypatch.delenv("FLAGGEMS_TUNE_HOST")
+        settings.reload()
+    monkeypatch.setattr(scale_kernel, "_hash", None)
+    assert scale_kernel.kernel_hash == eager
 
 
 def test_wall_timer_reports_real_percentiles(monkeypatch):

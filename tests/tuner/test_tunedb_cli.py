@@ -492,6 +492,8 @@ def test_prune(tmp_path, capsys):
             rec(128, 1.0, kernel="tests.prune_probe"), rec(256, 1.0, kernel="tests.prune_probe", fp=other_fp()),
         ])
         _save(db, "tests.prune_probe", '[128,"float16"]', 1.0)  # the current version: kept
+        other_objective = (probe.kernel_hashes() - {probe.kernel_hash}).pop()  # FLAGGEMS_TUNE_HOST flipped
+        _save(db, "tests.prune_probe", '[64,"float16"]', 1.0, config=probe.configs[0], kernel_hash=other_objective)  # kept too
         before = sha(db)
 
         def left():
@@ -519,7 +521,7 @@ def test_prune(tmp_path, capsys):
         assert main(["prune", "--db", db, "--other-envs"]) == 0
         assert {r.identity.env_id for r in all_records(db)} == {current().env_id}
         assert main(["prune", "--db", db, "--older-than", "36500"]) == 0
-        assert len(all_records(db)) == 4  # rows of 2025 are younger than 100 years
+        assert len(all_records(db)) == 5  # rows of 2025 are younger than 100 years
         assert main(["prune", "--db", db, "--older-than", "0"]) == 0
         assert all_records(db) == []
     finally:

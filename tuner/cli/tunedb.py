@@ -371,7 +371,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         i = r.identity
         diffs = []
         if kernel_hash is not None and i.kernel_hash != kernel_hash:
-            diffs.append(f"kernel_hash: stored {i.kernel_hash[:12]}, current {kernel_hash[:12]} (kernel or config list edited)")
+            diffs.append(f"kernel_hash: stored {i.kernel_hash[:12]}, current {kernel_hash[:12]} (kernel, config list or tuning objective changed)")
         stored_key = json.loads(i.key)
         kd = _key_diffs(key, stored_key)
         diffs += kd
@@ -452,8 +452,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         _, problems = _load_flag_gems_kernels()
         for p in problems:
             print(f"gems-tunedb: warning: could not import {p}; its rows are not judged stale", file=sys.stderr)
-        for t in _REGISTRY:
-            current.setdefault(t.name, set()).add(t.kernel_hash)
+        for t in _REGISTRY:  # either tuning objective's rows are current
+            current.setdefault(t.name, set()).update(t.kernel_hashes())
     models = (TuningRecord, ConfigTiming, TuningMiss)
     store = _open_existing(args.db)
     try:
