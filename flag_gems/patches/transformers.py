@@ -119,7 +119,9 @@ def _merged(owner: torch.nn.Module, name: str, linears: tuple) -> tuple[torch.Te
             or (any(biased) and not all(biased))
             or any(b is not None and (b.dtype != w0.dtype or b.device != w0.device or b.dim() != 1) for _, b in params)):
         return None
-    with torch.no_grad():
+    # outside inference mode: under it the parameters would become inference tensors,
+    # which a later backward (fine-tuning the same model) cannot use
+    with torch.inference_mode(False), torch.no_grad():
         weight = torch.cat([w.detach() for w, _ in params], 0)
         bias = torch.cat([b.detach() for _, b in params], 0) if all(biased) else None
         lo = 0

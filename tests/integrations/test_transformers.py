@@ -209,3 +209,23 @@ def test_attention_merges_qkv_projections(monkeypatch):
             _close(a, b)
     finally:
         flag_gems.revert_transformers_patches()
+
+
+def test_merging_under_inference_mode_keeps_the_model_trainable():
+    """A first call under torch.inference_mode() merges the projections' weights; the
+    parameters must stay normal tensors, so training the model afterwards works."""
+    model = _model()
+    ids, nxt = _ids()
+    flag_gems.apply_gems_patches_to_transformers()
+    try:
+        with torch.inference_mode():
+            model(input_ids=ids)
+        attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+        assert "_gems_qkv" in attn.__dict__ and "_gems_gate_up" in mlp.__dict__
+        params = [attn.q_proj.weight, attn.v_proj.weight, mlp.gate_proj.weight, mlp.up_proj.weight]
+        assert not any(p.is_inference() for p in params)
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        assert all(p.grad is not None for p in params)
+    finally:
+        flag_gems.revert_transformers_patches()
