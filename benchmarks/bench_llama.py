@@ -18,7 +18,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 

@@ -52,7 +52,7 @@ def layer(m, w, t: int) -> torch.Tensor:
         x = timed("embedding", lambda: F.embedding(ids, w["emb"]))
         h = timed("rms_norm", lambda: rms_norm(x, w["norm"], m.rms_eps))
         q = timed("linear", lambda: F.linear(h, w["wq"]))
-        k, v = F.linear(h, w["wk"]), F.linear(h, w["wv"])
+        k, _ = F.linear(h, w["wk"]), F.linear(h, w["wv"])  # v: its GEMM key
         q, k = timed("rotary", lambda: apply_rotary_pos_emb(q.view(t, H, hd), k.view(t, KV, hd), w["cos"][:t], w["sin"][:t]))
         o = F.linear(q.reshape(t, H * hd), w["wo"])
         x2 = timed("add", lambda: x + o)

@@ -235,7 +235,7 @@ def test_non_contiguous_inputs_are_read_in_place():
     with ran("mul_tt_rank2"):
         out = a * b
     assert_close(out, to_reference(a) * to_reference(b), torch.float32)
-    with ran("add_tt_flat") as launched:
+    with ran("add_tt_flat"):
         out = b + b  # transposed, same layout: one flat kernel, transposed output
     assert out.stride() == b.stride()
     assert_close(out, to_reference(b) * 2, torch.float32)

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.tunerd.conftest import MAX_BODY, TOKEN
 from tests.tunerd.upsert_worker import FP as WORKER_FP, median as worker_median

@@ -10,7 +10,7 @@ import pytest
 
 from tests.tunerd.conftest import TOKEN, Server
 from tuner.fingerprint import Fingerprint
-from tuner.store.base import Identity, LayeredStore, MemoryStore, Miss, Record, Timing
+from tuner.store.base import Identity, MemoryStore, Miss, Record, Timing
 from tuner.store.remote import RemoteStore, record_json
 
 FP = Fingerprint("nvidia", "NVIDIA H100", "9.0", 132, "3.1.0", "2.5.1")
