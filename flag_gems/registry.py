@@ -129,12 +129,13 @@ def entries() -> dict[str, OpEntry]:
 
 
 def aten_fallback(name: str) -> Callable[..., Any]:
-    """Call the original aten kernel of ``name`` (for inputs a kernel does not cover)."""
-    entry = _ENTRIES[name]
+    """Call the original aten kernel of ``name`` (for inputs a kernel does not cover; or
+    aten's own op where flag_gems has not registered ``name``, e.g. nothing imported yet)."""
+    entry = _ENTRIES.get(name)
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        if entry.original is None:
-            return getattr(torch.ops.aten, entry.base).__getattr__(_overload(entry.name))(*args, **kwargs)
+        if entry is None or entry.original is None:
+            return getattr(torch.ops.aten, name.split(".", 1)[0]).__getattr__(_overload(name))(*args, **kwargs)
         return entry.call_original(args, kwargs)
 
     return call

@@ -21,14 +21,14 @@ from tuner.store import set_default_store
 transformers = pytest.importorskip("transformers")
 
 
-def workload(dtype: str, attention: str, kv_heads: int, backward: bool = False) -> wl.Workload:
+def workload(dtype: str, attention: str, kv_heads: int, backward: bool = False, style: str = "[hf]") -> wl.Workload:
     # every token count of the ranges is some step's batch * seq (so the derived token-wise
     # keys are all reachable); batch 1 and 2 reach both layouts of HF's [batch, heads, seq, d]
     decode = "" if backward else "decode: [1, 2], "
     return wl.load_text(f"""
 name: hf-tiny
 model: {{hidden: 64, intermediate: 96, heads: 4, kv_heads: {kv_heads}, head_dim: 16, vocab: 128, dtype: {dtype},
-        style: [hf], attention: {attention}}}
+        style: {style}, attention: {attention}}}
 tokens: {{prefill: [3, 6], {decode}attention_seq: [1, 5], batch: [1, 2]}}
 backward: {str(backward).lower()}
 """, "hf-tiny.yaml")
@@ -155,3 +155,26 @@ def test_dry_run_keys_equal_model_keys(dtype, attention, kv_heads, train):
     derived = set(dry.distinct())
     assert requested - derived == set(), "requested but not derived"
     assert derived - requested == set(), "derived but never requested"
+
+
+@pytest.mark.parametrize("dtype,kv_heads", [("bfloat16", 2), ("float32", 4)])
+def test_patched_model_keys_within_hf_and_vllm_styles(dtype, kv_heads):
+    """With the transformers patches (merged q/k/v and gate/up, one-pass norm, one-launch
+    rotary and rotary tables) every key the model requests is one the union of the hf and
+    vllm styles derives: pretuning ``style: [hf, vllm]`` covers a patched model with SDPA
+    attention. (Eager attention also copies q, a block of the merged rotary output, for its
+    matmul: a pointwise copy key no style derives.)"""
+    attention = "sdpa"
+    w = workload(dtype, attention, kv_heads, style="[hf, vllm]")
+    dry = pt.dry_run(wl.expand(w))
+    assert all(j.error is None for j in dry.jobs), [j.error for j in dry.jobs if j.error]
+    model = hf_model(w.model)
+    flag_gems.apply_gems_patches_to_transformers()
+    try:
+        with pt.no_launches():
+            requested = requested_keys(model, w.model, all_steps(w.tokens), False, resolve=False)
+    finally:
+        flag_gems.revert_transformers_patches()
+    kernels = {k for k, _ in requested}
+    assert any("rotary_kernel" in k for k in kernels) and any("gated_act" in k for k in kernels)
+    assert requested - set(dry.distinct()) == set(), "requested but not derived"

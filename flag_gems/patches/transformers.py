@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from flag_gems import fused
 from flag_gems.modules._util import needs_grad
 from flag_gems.patches import PatchSet, import_or_raise
+from flag_gems.registry import aten_fallback
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,12 @@ def _merged(owner: torch.nn.Module, name: str, linears: tuple) -> tuple[torch.Te
             or any(b is not None and (b.dtype != w0.dtype or b.device != w0.device or b.dim() != 1) for _, b in params)):
         return None
     # outside inference mode: under it the parameters would become inference tensors,
-    # which a later backward (fine-tuning the same model) cannot use
+    # which a later backward (fine-tuning the same model) cannot use. aten's cat, even
+    # under enable(): a one-time setup, not a model step (its sizes are no workload's keys)
+    cat = aten_fallback("cat")
     with torch.inference_mode(False), torch.no_grad():
-        weight = torch.cat([w.detach() for w, _ in params], 0)
-        bias = torch.cat([b.detach() for _, b in params], 0) if all(biased) else None
+        weight = cat([w.detach() for w, _ in params], 0)
+        bias = cat([b.detach() for _, b in params], 0) if all(biased) else None
         lo = 0
         for w, b in params:
             hi = lo + w.shape[0]
