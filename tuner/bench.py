@@ -116,6 +116,9 @@ def device_timer(req: BenchRequest) -> Timing3:
         return float(med), float(p20), float(p80)
 
 
+LONG_MS = 0.1  # device time from which a launch's host part is timed briefly
+
+
 def launch_host_ms(fn: Callable[[], object], reps: int = 15, clock: Callable[[], float] = time.perf_counter) -> float:
     """Median host time of one call of ``fn``, in ms: the launch path up to the driver's
     enqueue (the device runs on meanwhile; ``reps`` launches cannot fill its queue)."""
@@ -144,7 +147,9 @@ def gpu_timer(req: BenchRequest) -> Timing3:
     med, p20, p80 = device_timer(req)
     if not settings.get().tune_host:
         return med, p20, p80
-    host = launch_host_ms(req.fn)
+    # a long kernel's host part is a few percent at most: fewer launches time it (each
+    # queues device work the next timing waits for)
+    host = launch_host_ms(req.fn, reps=15 if med < LONG_MS else 3)
     return med + host, p20 + host, p80 + host
 
 

@@ -70,7 +70,8 @@ def test_gpu_timer_charges_each_config_its_host_launch_time(monkeypatch):
     host_s = {"single": 20e-6, "split": 32e-6}
     monkeypatch.setattr(bench, "device_timer", lambda req: device[req.kernel])
     real = bench.launch_host_ms
-    monkeypatch.setattr(bench, "launch_host_ms", lambda fn: real(fn, clock=clock))
+    calls = []
+    monkeypatch.setattr(bench, "launch_host_ms", lambda fn, reps: calls.append(reps) or real(fn, reps=reps, clock=clock))
 
     def request(name):
         def launch():
@@ -78,9 +79,12 @@ def test_gpu_timer_charges_each_config_its_host_launch_time(monkeypatch):
         return bench.BenchRequest(launch, name, {}, (), 1, 1)
 
     single, split = bench.gpu_timer(request("single")), bench.gpu_timer(request("split"))
+    assert calls == [15, 15]
     assert single == pytest.approx((0.030, 0.029, 0.031))
     assert split == pytest.approx((0.039, 0.038, 0.040))
     assert min([("single", single), ("split", split)], key=lambda t: t[1][0])[0] == "single"
+    device["long"], host_s["long"] = (2.0, 1.9, 2.1), 30e-6  # a long kernel: its host part timed briefly
+    assert bench.gpu_timer(request("long")) == pytest.approx((2.03, 1.93, 2.13)) and calls[-1] == 3
     # for CUDA-graph replay, where launches cost the host nothing: the device time alone
     monkeypatch.setenv("FLAGGEMS_TUNE_HOST", "0")
     settings.reload()
