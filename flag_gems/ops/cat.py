@@ -92,26 +92,18 @@ def _launch(out: torch.Tensor, out_row: int, rows: int, r1: int, parts: list[tup
     GROUP of them; ``r1``: the rows' inner count (see _copy_rows)."""
     args: list = []
     ptrs = out.data_ptr()
-    width = 0
-    # direct relaunch key: each int argument's specialization (as tuner.launch keys it), so
-    # a KV cache growing by a row a step keeps hitting; none for 64-bit ints or misalignment
-    spec = ["one" if out_row == 1 else not out_row & 15, "one" if rows == 1 else not rows & 15, "one" if r1 == 1 else not r1 & 15]
-    largest = max(out_row, rows)
-    dtypes = []
-    for x, w, so, si, c in parts:
-        args += (x, w, so, si, c)
-        width += w
-        ptrs |= x.data_ptr()
-        spec += ("one" if w == 1 else not w & 15, "one" if so == 1 else not so & 15, "one" if si == 1 else not si & 15,
-                 "one" if c == 1 else not c & 15)
-        largest = max(largest, w, so, si, c)
-        dtypes.append(x.dtype)
+    for p in parts:
+        args += p
+        ptrs |= p[0].data_ptr()
     for _ in range(GROUP - len(parts)):  # unused slots: never reached (K)
         args += (parts[0][0], 1, 0, 0, 0)
-    total = rows * width
-    direct = None if ptrs & 15 or largest >= _I32 or total >= _I32 else ("one" if total == 1 else not total & 15, *spec)
+    total = rows * sum([p[1] for p in parts])
+    # direct relaunch key: each int argument's specialization (as tuner.launch keys it), so
+    # a KV cache growing by a row a step keeps hitting; none for 64-bit ints or misalignment
+    ints = (total, out_row, rows, r1, *[v for p in parts for v in p[1:]])
+    direct = None if ptrs & 15 or max(ints) >= _I32 else tuple(["one" if v == 1 else not v & 15 for v in ints])  # int_spec, inlined
     # the tuner key is (bucketed total, dtypes): one cached Launch per such key
-    key = (next_power_of_2(total), out.dtype, *dtypes)
+    key = (next_power_of_2(total), out.dtype, *[p[0].dtype for p in parts])
     lc = _LAUNCH.get(key)
     if lc is None:
         if len(_LAUNCH) > 4096:
