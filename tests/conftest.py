@@ -26,6 +26,18 @@ def _seeded(request):
 
 
 @pytest.fixture
+def stand_in_kernels():
+    """For tests that launch through stand-in compiled kernels (tests.tuner.test_launch.
+    FakeJit): afterwards every direct-launch cache is emptied, so no later test in the
+    process relaunches a stand-in that computes nothing."""
+    from tuner import launch
+
+    launch.forget_direct()
+    yield
+    launch.forget_direct()
+
+
+@pytest.fixture
 def isolated_store(tmp_path, monkeypatch):
     """A fresh tuning DB and cache dir for one test; restores the process store after."""
     import tuner

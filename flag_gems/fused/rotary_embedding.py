@@ -100,13 +100,11 @@ def _rotate(x, cos, sin, pos, seq_len, rot, interleaved, inplace) -> torch.Tenso
         consts = {"HAS_POS": pos is not None, "INTERLEAVED": interleaved, "COPY_REST": not inplace and rest > 0,
                   "BLOCK_HALF": next_power_of_2(max(rot // 2, 1)), "BLOCK_REST": next_power_of_2(max(rest, 1))}
         lc = cached_launch(rotary_kernel, _LAUNCH, (H, rot, D, x.dtype, cos.dtype, sin.dtype, p.dtype, *consts.values()))
-        cfg = lc.tuner.cache.get(lc.key) if lc.key is not None else None
-        grid = (T, cdiv(H, cfg["BLOCK_H"])) if cfg is not None else lambda META: (T, cdiv(H, META["BLOCK_H"]))
         sx, so, sc, ss = x3.stride(), out3.stride(), cos.stride(), sin.stride()
         # direct relaunch key: H, HALF and D are the Launch's; every other int's specialization
         aligned = not (x3.data_ptr() | out3.data_ptr() | cos.data_ptr() | sin.data_ptr() | p.data_ptr()) & 15
         direct = (*[int_spec(v) for v in (*sx, *so, *sc, *ss, seq_len)],) if aligned else None
-        lc.fixed(grid, x3, *sx, out3, *so, cos, *sc, sin, *ss, p, seq_len, H, rot // 2, D, direct=direct, **consts)
+        lc.fixed(lambda META: (T, cdiv(H, META["BLOCK_H"])), x3, *sx, out3, *so, cos, *sc, sin, *ss, p, seq_len, H, rot // 2, D, direct=direct, **consts)
     if inplace:
         if x3.data_ptr() != x.data_ptr():
             x.copy_(x3.view(shape))

@@ -53,11 +53,9 @@ def gated_act(x: torch.Tensor, act: int) -> torch.Tensor:
         x2 = x2.contiguous().view(-1, 2 * d)
     rows, xs = x2.shape[0], x2.stride(0)
     lc = cached_launch(gated_act_kernel, _LAUNCH, (d, act, x2.dtype, out.dtype))
-    cfg = lc.tuner.cache.get(lc.key) if lc.key is not None else None
-    grid = (rows, cdiv(d, cfg["BLOCK"])) if cfg is not None else lambda META: (rows, cdiv(d, META["BLOCK"]))
     # direct relaunch key: d is the Launch's; the row stride's specialization (as Triton's)
     aligned = not (x2.data_ptr() | out.data_ptr()) & 15
-    lc.fixed(grid, x2, xs, out, d, direct=int_spec(xs) if aligned else None, ACT=act)
+    lc.fixed(lambda META: (rows, cdiv(d, META["BLOCK"])), x2, xs, out, d, direct=int_spec(xs) if aligned else None, ACT=act)
     return out
 
 

@@ -193,16 +193,21 @@ class Launch:
         if direct is not None:
             self._file(direct, args, kw, fixed_grid=False)
 
-    def fixed(self, grid: tuple, *args: Any, direct: Any = None, **kw: Any) -> None:
-        """Launch on a grid that does not depend on the config.
+    def fixed(self, grid: Any, *args: Any, direct: Any = None, **kw: Any) -> None:
+        """Launch on this call's grid: a tuple, or a function of the config (as Triton's
+        grid functions), evaluated here once this Launch's config is resolved.
 
         ``direct``: the caller's key of this call, or None. With this ``Launch``'s own key
         it must fix everything ``tuner.launch`` keys (each tensor's 16-byte alignment, each
         int argument's value or specialization, the scalars' types); for ``fixed`` the
         grid may differ. A repeat then relaunches the kept kernel without the launcher's key."""
+        t = self.tuner
+        if callable(grid) and self.key is not None:
+            cfg = t.cache.get(self.key)
+            if cfg is not None:
+                grid = grid(cfg)
         if direct is not None and self._relaunch(direct, grid, args):
             return
-        t = self.tuner
         if self.key is None:
             self.key = t.key_of(args, kw)
         cfg = t.cache.get(self.key)

@@ -109,13 +109,8 @@ def _launch(out: torch.Tensor, out_row: int, rows: int, r1: int, parts: list[tup
         if len(_LAUNCH) > 4096:
             _LAUNCH.clear()
         lc = _LAUNCH[key] = Launch(cat_kernel, None)
-    cfg = lc.tuner.cache.get(lc.key) if lc.key is not None else None
-    if cfg is not None:
-        b = cfg["BLOCK"]
-        grid = (rows * sum([(p[1] + b - 1) // b for p in parts]),)
-    else:
-        grid = lambda META: (rows * sum(cdiv(p[1], META["BLOCK"]) for p in parts),)
-    lc.fixed(grid, out, out_row, rows, r1, total, *args, direct=direct, K=len(parts))
+    lc.fixed(lambda META: (rows * sum([cdiv(p[1], META["BLOCK"]) for p in parts]),), out, out_row, rows, r1, total, *args,
+             direct=direct, K=len(parts))
 
 
 _LAUNCH: dict = {}

@@ -70,11 +70,9 @@ def embedding(weight: torch.Tensor, indices: torch.Tensor, padding_idx: int = -1
     n = idx.numel()
     if n and D:
         lc = embedding_fwd_kernel.launcher(D, _FWD, (D, weight.dtype, idx.dtype))
-        cfg = lc.tuner.cache.get(lc.key) if lc.key is not None else None
-        grid = (n, cdiv(D, cfg["BLOCK"])) if cfg is not None else lambda META: (n, cdiv(D, META["BLOCK"]))
         s0, s1 = weight.stride()
         aligned = not (weight.data_ptr() | idx.data_ptr() | out.data_ptr()) & 15
-        lc.fixed(grid, weight, s0, s1, idx, out, D, direct=(s0, s1) if aligned else None)
+        lc.fixed(lambda META: (n, cdiv(D, META["BLOCK"])), weight, s0, s1, idx, out, D, direct=(s0, s1) if aligned else None)
     return out
 
 

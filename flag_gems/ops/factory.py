@@ -209,12 +209,10 @@ def arange_out(start: Scalar, end: Scalar, step: Scalar = 1, *, out: torch.Tenso
     (s_hi, s_lo), (t_hi, t_lo) = _split(start, integral), _split(step, integral)
     int64 = n > INT32_MAX
     lc = cached_launch(arange_kernel, _LAUNCH, ((n - 1).bit_length(), target.dtype, compute, int64))  # the tuner's log bucket of n
-    cfg = lc.tuner.cache.get(lc.key) if lc.key is not None else None
-    grid = (cdiv(n, cfg["BLOCK"]),) if cfg is not None else lambda meta: (cdiv(n, meta["BLOCK"]),)
     scalars = (s_hi, s_lo, t_hi, t_lo, n)
     # direct relaunch key: each scalar's type, an int's specialization (as Triton's)
     direct = None if target.data_ptr() & 15 else tuple(int_spec(v) if type(v) is int else type(v) for v in scalars)
-    lc.fixed(grid, target, *scalars, direct=direct, COMPUTE=TL_DTYPES[compute], INT64=int64)
+    lc.fixed(lambda META: (cdiv(n, META["BLOCK"]),), target, *scalars, direct=direct, COMPUTE=TL_DTYPES[compute], INT64=int64)
     if target is not out:
         out.copy_(target)
     return out

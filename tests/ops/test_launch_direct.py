@@ -18,6 +18,8 @@ from tests.tuner.test_launch import FakeJit
 from tuner import libtuner
 from tuner.libtuner import clear_caches
 
+pytestmark = pytest.mark.usefixtures("stand_in_kernels")  # stand-ins must not outlive a test
+
 
 @libtuner(configs=[triton.Config({"BLOCK": 32}, num_warps=1)], key=["n"], strategy=["log"])
 @triton.jit

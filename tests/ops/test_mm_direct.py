@@ -19,6 +19,8 @@ from tests.tuner.test_launch import FakeJit
 from tuner.launch import launcher
 from tuner.libtuner import clear_caches, resolve_hook
 
+pytestmark = pytest.mark.usefixtures("stand_in_kernels")  # stand-ins must not outlive a test
+
 
 class _Log(list):
     device: list  # the current device, as the stand-in driver reports it

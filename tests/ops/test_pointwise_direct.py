@@ -19,6 +19,8 @@ from tests.tuner.test_launch import FakeJit
 from tuner import launch
 from tuner.libtuner import clear_caches
 
+pytestmark = pytest.mark.usefixtures("stand_in_kernels")  # stand-ins must not outlive a test
+
 
 @pytest.fixture
 def op(monkeypatch):

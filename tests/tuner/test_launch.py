@@ -14,6 +14,8 @@ from tests.helpers import DEVICE
 from tuner import launch
 from tuner.launch import Launcher
 
+pytestmark = pytest.mark.usefixtures("stand_in_kernels")  # stand-ins must not outlive a test
+
 
 @triton.jit
 def copy_scaled(X, Y, n, alpha, flag, BLOCK: tl.constexpr, EXTRA: tl.constexpr = 3):
