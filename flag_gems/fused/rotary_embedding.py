@@ -103,7 +103,7 @@ def _rotate(x, cos, sin, pos, seq_len, rot, interleaved, inplace) -> torch.Tenso
         sx, so, sc, ss = x3.stride(), out3.stride(), cos.stride(), sin.stride()
         # direct relaunch key: H, HALF and D are the Launch's; every other int's specialization
         aligned = not (x3.data_ptr() | out3.data_ptr() | cos.data_ptr() | sin.data_ptr() | p.data_ptr()) & 15
-        direct = (*[int_spec(v) for v in (*sx, *so, *sc, *ss, seq_len)],) if aligned else None
+        direct = tuple([int_spec(v) for v in (*sx, *so, *sc, *ss, seq_len)]) if aligned else None
         lc.fixed(lambda META: (T, cdiv(H, META["BLOCK_H"])), x3, *sx, out3, *so, cos, *sc, sin, *ss, p, seq_len, H, rot // 2, D, direct=direct, **consts)
     if inplace:
         if x3.data_ptr() != x.data_ptr():
