@@ -4,6 +4,11 @@
 bandwidth at LLM sizes in bf16 (flag_gems ops called through torch.* under
 ``use_gems()``, so dispatch is included), then host microseconds per call on a tiny
 tensor. Configs come from the tuning DB (FLAGGEMS_AUTOTUNE=miss tunes once, untimed).
+
+Two device times per side: ``do_bench`` (a cache flush, then the call between two
+events: a call whose host part outlasts the flush's device time shows its host time too)
+and ``do_bench_cudagraph`` (the call captured once in a CUDA graph and replayed: the
+kernels' device time alone). Where they differ, the op is host-bound at that size.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ os.environ.setdefault("FLAGGEMS_TUNING_DB", os.path.join(tempfile.mkdtemp(prefix
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
-from triton.testing import do_bench  # noqa: E402
+from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 
 import flag_gems  # noqa: E402
 import tuner  # noqa: E402
@@ -97,31 +102,41 @@ def spin_up(seconds: float = 2.0) -> None:
         torch.cuda.synchronize()
 
 
+def _graph_us(fn) -> float | None:
+    """Device time of ``fn`` replayed from a CUDA graph (us); None where it cannot be
+    captured (a host sync inside)."""
+    try:
+        return do_bench_cudagraph(fn, rep=25) * 1e3
+    except Exception:  # not capturable: the do_bench column stands alone
+        return None
+
+
 def main() -> None:
     if os.environ.get("BENCH_SPIN_UP", "1") == "1":
         spin_up()
     picked: list[str] = []
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
-    print("| op | size (bf16) | torch us | flag_gems us | speedup | flag_gems GB/s |")
-    print("|---|---|---|---|---|---|")
+    print("| op | size (bf16) | torch us | flag_gems us | speedup | flag_gems GB/s | torch us, graph | flag_gems us, graph | speedup, graph |")
+    print("|---|---|---|---|---|---|---|---|---|")
     flag_gems.enable()
     flag_gems.disable()
     for name, size, torch_fn, gems_fn, moved in cases():
         before = tuner.resolved_configs()
         try:
-            t_torch = do_bench(torch_fn, warmup=25, rep=100)
+            t_torch, g_torch = do_bench(torch_fn, warmup=25, rep=100), _graph_us(torch_fn)
             if gems_fn is None:
                 with flag_gems.use_gems():
                     with count_kernels() as ran:
                         torch_fn()  # tune once, untimed; and prove a flag_gems kernel ran
-                    t_gems = do_bench(torch_fn, warmup=25, rep=100)
+                    t_gems, g_gems = do_bench(torch_fn, warmup=25, rep=100), _graph_us(torch_fn)
             else:
                 with count_kernels() as ran:
                     gems_fn()
-                t_gems = do_bench(gems_fn, warmup=25, rep=100)
+                t_gems, g_gems = do_bench(gems_fn, warmup=25, rep=100), _graph_us(gems_fn)
             if not ran:
                 raise RuntimeError("no Triton kernel ran: the op fell back to aten")
-            print(f"| {name} | {size} | {t_torch * 1e3:.1f} | {t_gems * 1e3:.1f} | {t_torch / t_gems:.2f}x | {moved / t_gems / 1e6:.0f} |")
+            graph = f"{g_torch:.1f} | {g_gems:.1f} | {g_torch / g_gems:.2f}x" if g_torch and g_gems else "n/a | n/a | "
+            print(f"| {name} | {size} | {t_torch * 1e3:.1f} | {t_gems * 1e3:.1f} | {t_torch / t_gems:.2f}x | {moved / t_gems / 1e6:.0f} | {graph} |")
             picked += [f"{name}: {k[0].rsplit('.', 1)[-1]} {c}" for k, c in tuner.resolved_configs().items() if k not in before]
         except Exception as e:  # report and go on: one broken op must not hide the rest
             print(f"| {name} | {size} | error: {type(e).__name__}: {str(e)[:120]} | | | |")
