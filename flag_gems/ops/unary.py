@@ -94,8 +94,10 @@ def _gelu(x):
 
 @triton.jit
 def _gelu_tanh(x):
-    inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-    r = 0.5 * x * (1.0 + _tanh_of(inner))
+    # 0.5 * (1 + tanh(z)) == sigmoid(2z): one exp and one division, no sign juggling
+    # (the exp overflows to inf for very negative x, which the where covers)
+    z2 = 1.5957691216057308 * (x + 0.044715 * x * x * x)
+    r = x / (1.0 + tl.exp(-z2))
     return tl.where(x < -20.0, 0.0, r)
 
 

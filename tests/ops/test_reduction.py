@@ -128,6 +128,25 @@ def test_max_nan_and_empty():
         torch.max(torch.empty(0, device=DEVICE))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_extremes_nan_anywhere_in_long_rows(dtype):
+    # rows longer than one block, a NaN at a different column of each row (a late block,
+    # a last lane), infinities beside it: NaN must win wherever the reduction tree meets it
+    x = torch.randn(4, 5000, device=DEVICE).to(dtype)
+    x[0, 4999] = math.nan
+    x[1, 0] = math.nan
+    x[2, 2048] = math.nan
+    x[:3, 7] = math.inf
+    x[:3, 9] = -math.inf
+    x[3, 11] = math.inf
+    with gems_ran(RK):
+        hi, lo = x.amax(1), x.amin(1)
+        col_hi = x.t().amax(0)  # the strided (inner) form of the same rows
+    for r in range(3):
+        assert torch.isnan(hi[r]) and torch.isnan(lo[r]) and torch.isnan(col_hi[r])
+    assert hi[3] == math.inf and lo[3] == x[3].float().min().to(dtype) and col_hi[3] == math.inf
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES + [torch.int64])
 def test_prod(dtype):
     if dtype.is_floating_point:
