@@ -130,18 +130,22 @@ def _finish(acc, OP: tl.constexpr, ACC: tl.constexpr, AXIS: tl.constexpr):
         return tl.sum(acc, AXIS)
     elif OP == 10:
         return tl.reduce(acc, AXIS, _mul)
-    elif OP < 30:
+    elif OP < 30:  # one assignment per constexpr branch: Triton types every return it sees
         if ACC == 2:
-            return tl.max(acc, AXIS)
+            res = tl.max(acc, AXIS)
         elif _ONE_PASS_NAN:
-            return tl.reduce(acc, AXIS, _max_nan)
-        return _nan_if_any(tl.max(acc, AXIS), acc, AXIS)
+            res = tl.reduce(acc, AXIS, _max_nan)
+        else:
+            res = _nan_if_any(tl.max(acc, AXIS), acc, AXIS)
+        return res
     else:
         if ACC == 2:
-            return tl.min(acc, AXIS)
+            res = tl.min(acc, AXIS)
         elif _ONE_PASS_NAN:
-            return tl.reduce(acc, AXIS, _min_nan)
-        return _nan_if_any(tl.min(acc, AXIS), acc, AXIS)
+            res = tl.reduce(acc, AXIS, _min_nan)
+        else:
+            res = _nan_if_any(tl.min(acc, AXIS), acc, AXIS)
+        return res
 
 
 @triton.jit
