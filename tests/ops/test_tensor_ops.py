@@ -85,6 +85,15 @@ def test_cat_hf_first_cache_update():
         out = torch.cat([empty, k], dim=-2)
     assert dict(launched) == {"cat_kernel": 1}
     same(out, k.contiguous())
+    # a prefill's k or v as a head block of a merged projection: its (seq, head_dim) rows
+    # are not one run, so the one live input is copied by one strided copy launch
+    qkv = torch.randn(2, 5, 3 * 2 * 4, device=DEVICE)
+    v = qkv[..., 16:].view(2, 5, 2, 4).transpose(1, 2)  # [B, H, S, D], S stride 24
+    with gems_ran() as launched:
+        out = torch.cat([empty, v], dim=-2)
+    assert sum(launched.values()) == 1 and "cat_kernel" not in launched, dict(launched)
+    same(out, v.contiguous())
+    assert out.is_contiguous()
     with flag_gems.use_gems():
         wide = torch.cat([empty.double(), k], dim=-2)
     assert wide.dtype == torch.float64
