@@ -227,10 +227,10 @@ def _cat_into(tensors: Sequence[torch.Tensor], dim: int, out: torch.Tensor | Non
             w = t.shape[dim] * tail
             if t.numel() > 0:
                 strides = _row_strides(t, dim, w, r1)
-                if strides is None:  # not readable in place: a contiguous copy
-                    t = t.contiguous()
-                    strides = r1 * w, w
-                items.append((t, w, *strides, col))
+                if strides is None:  # not readable in place: a strided copy into its slice
+                    COPY(t, out=buf.narrow(dim, col // tail, t.shape[dim]))
+                else:
+                    items.append((t, w, *strides, col))
             col += w
         for g in range(0, len(items), GROUP):
             _launch(buf, out_row, rows, r1, items[g:g + GROUP])

@@ -58,7 +58,9 @@ def test_cat_contiguous_pair(dim):
 def test_cat_reads_two_level_rows_in_place(seq):
     """A KV append whose new k is a head block of a merged qkv output (transposed: its
     rows are (batch, head) at two unrelated strides), and HF rotate_half's cat of two
-    slices of the last dim: one launch each, no copies, bit-exact."""
+    slices of the last dim: for one token, one launch each, no copies, bit-exact. For
+    several tokens the rows take three levels (batch, head, seq): those inputs are copied
+    into their slices of the output (one strided copy launch each), the rest read in place."""
     B, Hq, Hk, D = 2, 4, 2, 8
     qkv = torch.randn(B, seq, (Hq + 2 * Hk) * D, device=DEVICE)
     k = qkv[..., Hq * D:(Hq + Hk) * D].view(B, seq, Hk, D).transpose(1, 2)  # [B, Hk, seq, D]
@@ -69,7 +71,10 @@ def test_cat_reads_two_level_rows_in_place(seq):
         kv = torch.cat([cache, k], dim=-2)
         rot = torch.cat((x2, x1), dim=-1)
         three = torch.cat((x2, x1, x2), dim=-1)  # the general path reads them in place too
-    assert dict(launched) == {"cat_kernel": 3}
+    if seq == 1:
+        assert dict(launched) == {"cat_kernel": 3}
+    else:  # the cache in place; k, and every rotate_half slice, copied
+        assert launched.pop("cat_kernel") == 1 and sum(launched.values()) == 1 + 2 + 3, dict(launched)
     same(kv, torch.cat([cache, k.contiguous()], dim=-2))
     same(rot, torch.cat((x2.contiguous(), x1.contiguous()), dim=-1))
     same(three, torch.cat((x2.contiguous(), x1.contiguous(), x2.contiguous()), dim=-1))
@@ -110,17 +115,25 @@ def test_cat_strided_inputs_read_in_place():
         out = torch.cat([cache, new], dim=2)
     assert dict(launched) == {"cat_kernel": 1}
     same(out, torch.cat([cache.contiguous(), new.contiguous()], dim=2))
-    odd = base[:, ::2]  # outer dims do not collapse: copied first
-    with flag_gems.use_gems():
+    odd = base[:, ::2]  # outer dims do not collapse: a strided copy into its slice
+    freqs = torch.randn(1, 8, 6, device=DEVICE).transpose(1, 2)  # HF rotary's cat((freqs, freqs), -1)
+    with gems_ran() as launched:
         out2 = torch.cat([odd, odd], dim=-1)
+        out3 = torch.cat([odd, base[:, :2]], dim=-1)
+        out4 = torch.cat((freqs, freqs), dim=-1)
+    # no input here is readable in place (outer dims that do not collapse, a strided last
+    # dim): six strided copies into the outputs' slices, no cat launch, no aten copy
+    assert "cat_kernel" not in launched and sum(launched.values()) == 6, dict(launched)
     same(out2, torch.cat([odd.contiguous(), odd.contiguous()], dim=-1))
+    same(out3, torch.cat([odd.contiguous(), base[:, :2]], dim=-1))
+    same(out4, torch.cat((freqs.contiguous(), freqs.contiguous()), dim=-1))
 
 
 @pytest.mark.parametrize("dim", [0, 1, -1])
 def test_cat_many_and_legacy_empty(dim):
     # six inputs (two launches), sizes differing along dim, non-contiguous through movedim
     ts = [rand((2 + i, 4, 5), torch.float32).movedim(0, dim) for i in range(6)]
-    with gems_ran("cat_kernel"):
+    with gems_ran():  # the ones cat cannot read in place are copied into their slices
         out = torch.cat(ts + [torch.empty(0, device=DEVICE)], dim=dim)
     same(out, torch.cat(ts, dim=dim))
 
