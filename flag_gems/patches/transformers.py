@@ -1,6 +1,6 @@
 """Patch HF transformers' Llama, Qwen2 and Mistral to run flag_gems' fused kernels.
 
-For each model family (``transformers.models.<m>.modeling_<m>``) five things change,
+For each model family (``transformers.models.<m>.modeling_<m>``) six things change,
 on the classes / the module, so existing and future model instances are covered:
 
 - ``<M>RMSNorm.forward``: the one-pass ``rms_norm`` kernel.
@@ -20,6 +20,8 @@ on the classes / the module, so existing and future model instances are covered:
   fused weight is built on first use and gate_proj/up_proj's parameters are re-pointed
   to its two halves (same Parameter objects and values, no extra memory); that storage
   change stays after ``revert()``.
+- ``<M>DecoderLayer.forward`` (transformers 5's layers, which return a tensor): the
+  residual add after attention happens inside the ``post_attention_layernorm`` kernel.
 
 The patched functions are inference paths: when autograd records (an input or weight
 requires grad), or an input is outside what a kernel covers (another dtype for the
@@ -36,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from flag_gems import fused
+from flag_gems.fused.rms_norm import as_rows, rms_norm_rows
 from flag_gems.modules._util import needs_grad
 from flag_gems.patches import PatchSet, import_or_raise
 from flag_gems.registry import aten_fallback
@@ -201,6 +204,44 @@ def make_mlp_forward(original):
     return forward
 
 
+def _hooked(*mods: torch.nn.Module) -> bool:
+    """Whether a forward hook could see (and keep) these modules' outputs."""
+    from torch.nn.modules import module as nn_module
+
+    return bool(nn_module._global_forward_hooks) or any(m._forward_hooks for m in mods)
+
+
+def make_decoder_layer_forward(original, norm_cls):
+    """``<M>DecoderLayer.forward`` with the post-attention residual add done by the
+    ``post_attention_layernorm`` kernel (``z = residual + attn`` rounded as HF's add, then
+    normalized): one launch instead of two per layer. Only for layers that return a tensor
+    and hand every keyword to ``self_attn`` (transformers 5); the sum is written over the
+    attention output, so not when a hook could hold that tensor."""
+    import inspect
+
+    ann = inspect.signature(original).return_annotation
+    if ann not in (torch.Tensor, "torch.Tensor"):  # another HF layout (4.x returns tuples)
+        return None
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        norm = self.post_attention_layernorm
+        if (args or type(norm) is not norm_cls or norm.weight.dtype != hidden_states.dtype
+                or _hooked(self.self_attn, self.self_attn.o_proj) or needs_grad(hidden_states, norm.weight)):
+            return original(self, hidden_states, *args, **kwargs)
+        attn, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **kwargs)
+        n = attn.shape[-1]
+        if attn.shape != hidden_states.shape or attn.dtype != hidden_states.dtype or not attn.is_contiguous() or needs_grad(attn):
+            hidden_states = hidden_states + attn  # HF's own steps from here
+            return hidden_states + self.mlp(norm(hidden_states))
+        normed = torch.empty_like(attn)
+        rms_norm_rows(as_rows(hidden_states, n), normed.view(-1, n), norm.weight, norm.variance_epsilon,
+                      residual2=attn.view(-1, n))  # attn now holds hidden_states + attn
+        return attn + self.mlp(normed)
+
+    forward.__qualname__ = "gems_decoder_layer_forward"
+    return forward
+
+
 def apply(verbose: bool = False) -> None:
     """Patch every installed model family of ``MODELS``; a second call does nothing."""
     import_or_raise("transformers", "HF transformers", TransformersNotInstalledError)
@@ -218,6 +259,10 @@ def apply(verbose: bool = False) -> None:
             cls = getattr(mod, cls_name, None)
             if cls is not None:
                 PATCHES.patch(cls, "forward", make(cls.forward), verbose)
+        layer, norm = getattr(mod, f"{prefix}DecoderLayer", None), getattr(mod, f"{prefix}RMSNorm", None)
+        fused_layer = None if layer is None or norm is None else make_decoder_layer_forward(layer.forward, norm)
+        if fused_layer is not None:
+            PATCHES.patch(layer, "forward", fused_layer, verbose)
         if hasattr(mod, "apply_rotary_pos_emb"):
             PATCHES.patch(mod, "apply_rotary_pos_emb", make_apply_rotary_pos_emb(mod.apply_rotary_pos_emb), verbose)
 
