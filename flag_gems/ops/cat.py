@@ -137,7 +137,7 @@ def _row_strides(t: torch.Tensor, dim: int, w: int, r1: int) -> tuple[int, int] 
 
 def _cat_lean(tensors: Sequence[torch.Tensor], dim: int) -> torch.Tensor | None:
     """The common cats in one launch with little Python: the KV-cache append (and HF's
-    first one, ``cat([tensor([]), k])``, also of a strided k), rotate_half's: up to GROUP non-empty tensors of
+    first one, ``cat([tensor([]), k])``), rotate_half's: up to GROUP non-empty tensors of
     one dtype and rank (legacy 1-D empty ones of that dtype skipped), sizes matching off
     ``dim``, each read in place (``_row_strides``). None for anything else, which
     ``_cat_into`` handles (and checks)."""
@@ -168,8 +168,6 @@ def _cat_lean(tensors: Sequence[torch.Tensor], dim: int) -> torch.Tensor | None:
             return None
         strides = _row_strides(t, dim, w, r1)
         if strides is None:
-            if len(live) == 1:  # HF's first cache update of a strided k/v: one strided copy
-                return COPY(t, out=torch.empty(ts, dtype=dtype, device=t.device))
             return None
         parts.append((t, w, *strides, size * tail))
         size += ts[dim]

@@ -32,10 +32,12 @@ softmax, embedding and the rest.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules import module as nn_module
 
 from flag_gems import fused
 from flag_gems.fused.rms_norm import as_rows, rms_norm_rows
@@ -206,8 +208,6 @@ def make_mlp_forward(original):
 
 def _hooked(*mods: torch.nn.Module) -> bool:
     """Whether a forward hook could see (and keep) these modules' outputs."""
-    from torch.nn.modules import module as nn_module
-
     return bool(nn_module._global_forward_hooks) or any(m._forward_hooks for m in mods)
 
 
@@ -217,8 +217,6 @@ def make_decoder_layer_forward(original, norm_cls):
     normalized): one launch instead of two per layer. Only for layers that return a tensor
     and hand every keyword to ``self_attn`` (transformers 5); the sum is written over the
     attention output, so not when a hook could hold that tensor."""
-    import inspect
-
     ann = inspect.signature(original).return_annotation
     if ann not in (torch.Tensor, "torch.Tensor"):  # another HF layout (4.x returns tuples)
         return None
@@ -229,10 +227,10 @@ def make_decoder_layer_forward(original, norm_cls):
                 or _hooked(self.self_attn, self.self_attn.o_proj) or needs_grad(hidden_states, norm.weight)):
             return original(self, hidden_states, *args, **kwargs)
         attn, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **kwargs)
-        n = attn.shape[-1]
         if attn.shape != hidden_states.shape or attn.dtype != hidden_states.dtype or not attn.is_contiguous() or needs_grad(attn):
             hidden_states = hidden_states + attn  # HF's own steps from here
             return hidden_states + self.mlp(norm(hidden_states))
+        n = attn.shape[-1]
         normed = torch.empty_like(attn)
         rms_norm_rows(as_rows(hidden_states, n), normed.view(-1, n), norm.weight, norm.variance_epsilon,
                       residual2=attn.view(-1, n))  # attn now holds hidden_states + attn
