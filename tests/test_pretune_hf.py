@@ -157,13 +157,18 @@ def test_dry_run_keys_equal_model_keys(dtype, attention, kv_heads, train):
     assert derived - requested == set(), "derived but never requested"
 
 
-@pytest.mark.parametrize("dtype,kv_heads", [("bfloat16", 2), ("float32", 4)])
-def test_patched_model_keys_within_hf_and_vllm_styles(dtype, kv_heads):
+@pytest.mark.parametrize("dtype,kv_heads,merge_max", [("bfloat16", 2, 1024), ("float32", 4, 1024), ("bfloat16", 2, 4)])
+def test_patched_model_keys_within_hf_and_vllm_styles(dtype, kv_heads, merge_max, monkeypatch):
     """With the transformers patches (merged q/k/v and gate/up, one-pass norm, one-launch
-    rotary and rotary tables) every key the model requests is one the union of the hf and
-    vllm styles derives: pretuning ``style: [hf, vllm]`` covers a patched model with SDPA
-    attention. (Eager attention also copies q, a block of the merged rotary output, for its
-    matmul: a pointwise copy key no style derives.)"""
+    rotary and rotary tables, the fused post-attention add) every key the model requests is
+    one the union of the hf and vllm styles derives: pretuning ``style: [hf, vllm]`` covers
+    a patched model with SDPA attention, also for prefills too long to merge q/k/v
+    (``merge_max`` 4 makes the workload's longer prefills such: q and k rotate apart).
+    (Eager attention also copies q, a block of the merged rotary output, for its matmul:
+    a pointwise copy key no style derives.)"""
+    from flag_gems.patches import transformers as hf_patches
+
+    monkeypatch.setattr(hf_patches, "MERGE_QKV_MAX_TOKENS", merge_max)
     attention = "sdpa"
     w = workload(dtype, attention, kv_heads, style="[hf, vllm]")
     dry = pt.dry_run(wl.expand(w))

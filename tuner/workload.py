@@ -610,6 +610,12 @@ def _model_jobs(out: _Jobs, w: Workload) -> None:
             _token_wise(out, m, phase, rng, build, rng.lo)
             if m.experts is not None:  # a routed expert sees between 1 and t tokens
                 _token_wise(out, m, phase, rng, lambda t, st=style: expert_ops(m, t, st), 1)
+    if {"hf", "vllm"} <= set(m.style) and tk.prefill is not None:
+        # HF with flag_gems' transformers patches, which [hf, vllm] covers: a prefill the
+        # patches leave unmerged (over MERGE_QKV_MAX_TOKENS tokens) rotates q and k in a
+        # launch each. The rotary key has no token count: one job, at the longest prefill
+        t = tk.prefill.hi
+        out.add("rotary", [[t, m.heads, m.head_dim], [t, m.kv_heads, m.head_dim]], {"layout": "separate"}, m.dtype, "prefill")
     if "hf" not in m.style:
         return
     terms = attention_terms(m)

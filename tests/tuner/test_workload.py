@@ -56,7 +56,10 @@ def test_style_restricts_the_derived_calls():
     ops = lambda jobs: {j.op for j in jobs}  # noqa: E731
     assert ops(hf) >= {"hf_rms_norm", "silu", "mul", "add", "hf_attention"} and not ops(hf) & {"rms_norm", "silu_and_mul", "rotary"}
     assert ops(vllm) >= {"rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary"} and not ops(vllm) & {"hf_rms_norm", "hf_attention"}
-    assert set(both) == set(hf) | set(vllm)
+    # both: the union, and for HF with the transformers patches the rotary of q and k apart
+    # (prefills too long to merge q/k/v), one job at the longest prefill
+    extra = set(both) - (set(hf) | set(vllm))
+    assert set(hf) | set(vllm) <= set(both) and [(j.op, j.kwargs) for j in extra] == [("rotary", {"layout": "separate"})]
     gemms = lambda jobs: {j.shapes[1] for j in jobs if j.op == "linear"}  # noqa: E731
     # vLLM: qkv (4 + 2*2) * 16 and lm_head (vocab 128), o, gate_up 2 * 96, down
     assert gemms(vllm) == {(128, 64), (64, 64), (192, 64), (64, 96)}
