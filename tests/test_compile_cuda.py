@@ -47,7 +47,12 @@ def _calls():
     tg = torch.randn(30, 24, requires_grad=True)
     yield lambda: (F.rms_norm(xf, (40,), wg).sum() + F.silu(xf).sum() + F.gelu(xf).sum()).backward()
     yield lambda: F.embedding(ids, tg).sum().backward()
-    yield lambda: (F.dropout(xf, 0.5, training=True), F.pad(torch.randn(2, 3, 9), (2, 3), mode="reflect"), x.max(-1))
+    yield lambda: (x.max(-1), torch.sort(torch.randn(5000)), fused.rope_cos_sin(torch.arange(5)[None], torch.rand(8), 1.0, bf16))
+    out, mask = torch.ops.aten.native_dropout(x, 0.5, True)
+    yield lambda: torch.ops.aten.native_dropout_backward(out, mask, 2.0)
+    pg, gg = torch.randn(2, 3, 9, requires_grad=True), torch.randn(2, 4, 6, requires_grad=True)
+    yield lambda: (F.pad(pg, (2, 3), mode="reflect").sum() + F.group_norm(gg, 2, torch.ones(4, requires_grad=True)).sum()).backward()
+    yield lambda: F.embedding(ids, tg, scale_grad_by_freq=True).sum().backward()
 
 
 def test_kernels_compile_for_cuda(tmp_path):
