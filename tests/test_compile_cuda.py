@@ -30,7 +30,7 @@ def _calls():
     ids = torch.randint(0, 30, (7,))
     table = torch.randn(30, 24, dtype=bf16)
     yield lambda: (x + x, x * 2.0, x.exp(), F.gelu(x, approximate="tanh"), F.silu(x), x.to(f32), torch.where(x > 0, x, 0.0))
-    yield lambda: (x.sum(-1), x.float().amax(-1), xi.amax(0), xi.max(), x.float().argmax(-1), torch.var_mean(x.float(), -1),
+    yield lambda: (x.sum(-1), x.float().amax(-1), x.float().amin(0), xi.amax(0), xi.max(), x.float().argmax(-1), torch.var_mean(x.float(), -1),
                    xi.cumsum(-1), x.prod(0), (x > 0).all(-1), torch.linalg.vector_norm(x.float(), dim=-1))
     yield lambda: torch.softmax(xf, -1).sum().backward()
     yield lambda: F.cross_entropy(xf, torch.randint(0, 40, (6,))).backward()
