@@ -12,6 +12,7 @@ for ``sm_90`` (ptxas ships with Triton) and prints a JSON report.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import importlib
 import json
@@ -85,6 +86,7 @@ def _spec(jit: Any, args: tuple, kwargs: dict) -> dict | None:
 _GENERATED = "flag_gems.generated.pointwise_"  # the pointwise generator's kernels: built, not imported
 
 
+@functools.lru_cache(maxsize=None)  # one scan of the heap per kernel, not per specialization
 def _find(module: str, name: str) -> Any:
     """The ``JITFunction`` of a recorded kernel (a tuner's ``.fn`` unwrapped)."""
     from triton.runtime.jit import JITFunction
