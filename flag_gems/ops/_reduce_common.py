@@ -218,6 +218,16 @@ class Launch:
         if direct is not None:
             self._file(direct, args, kw, fixed_grid=True)
 
+    def kept(self, direct: Any) -> Any:
+        """The kept kernel (a ``tuner.launch.Bound``) filed for the caller's key ``direct``,
+        or None."""
+        hit = None if direct is None else _DIRECT.get((self, direct))
+        return None if hit is None else hit[0]
+
+    def config(self) -> dict | None:
+        """The resolved config, once a call has resolved it."""
+        return None if self.key is None else self.tuner.cache.get(self.key)
+
     def _relaunch(self, direct: Any, grid: tuple | None, args: tuple) -> bool:
         hit = _DIRECT.get((self, direct))
         if hit is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import triton
@@ -25,7 +25,9 @@ from flag_gems.ops._tensor_nd import finish_out, out_buffer
 from flag_gems.ops.factory import COPY
 from flag_gems.registry import register
 from flag_gems.utils import cdiv
+from tuner import launch as launching
 from tuner import libtuner
+from tuner.launch import direct_cache
 from tuner.keys import next_power_of_2
 
 log = logging.getLogger(__name__)
@@ -88,17 +90,19 @@ def cat_kernel(
             _copy_rows(X3, so3, si3, R1, out, pid - e3, nb3, w3, c3, out_row, BLOCK)
 
 
-def _launch(out: torch.Tensor, out_row: int, rows: int, r1: int, parts: list[tuple[torch.Tensor, int, int, int, int]]) -> None:
+def _launch(out: torch.Tensor, out_row: int, rows: int, r1: int, parts: list[tuple[torch.Tensor, int, int, int, int]]) -> tuple | None:
     """parts: (input, width w, outer row stride, inner row stride, column offset), at most
-    GROUP of them; ``r1``: the rows' inner count (see _copy_rows)."""
-    args: list = []
+    GROUP of them; ``r1``: the rows' inner count (see _copy_rows). Returns what a repeat
+    of this call may relaunch (see _Plan): (the kept kernel, its grid, the arguments), or
+    None."""
+    args: list = [out, out_row, rows, r1, 0]
     ptrs = out.data_ptr()
     for p in parts:
         args += p
         ptrs |= p[0].data_ptr()
     for _ in range(GROUP - len(parts)):  # unused slots: never reached (K)
         args += (parts[0][0], 1, 0, 0, 0)
-    total = rows * sum([p[1] for p in parts])
+    total = args[4] = rows * sum([p[1] for p in parts])
     # direct relaunch key: each int argument's specialization (as tuner.launch keys it), so
     # a KV cache growing by a row a step keeps hitting; none for 64-bit ints or misalignment
     ints = (total, out_row, rows, r1, *[v for p in parts for v in p[1:]])
@@ -110,8 +114,11 @@ def _launch(out: torch.Tensor, out_row: int, rows: int, r1: int, parts: list[tup
         if len(_LAUNCH) > 4096:
             _LAUNCH.clear()
         lc = _LAUNCH[key] = Launch(cat_kernel, None)
-    lc.fixed(lambda META: (rows * sum([cdiv(p[1], META["BLOCK"]) for p in parts]),), out, out_row, rows, r1, total, *args,
-             direct=direct, K=len(parts))
+    lc.fixed(lambda META: (rows * sum([cdiv(p[1], META["BLOCK"]) for p in parts]),), *args, direct=direct, K=len(parts))
+    kept, cfg = lc.kept(direct), lc.config()
+    if kept is None or cfg is None:
+        return None
+    return kept, (rows * sum([cdiv(p[1], cfg["BLOCK"]) for p in parts]), 1, 1), args
 
 
 _LAUNCH: dict = {}
@@ -135,21 +142,81 @@ def _row_strides(t: torch.Tensor, dim: int, w: int, r1: int) -> tuple[int, int] 
     return head[1], stride[dim - 1] if r1 > 1 else 0
 
 
+class _Plan(NamedTuple):
+    """A lean cat's launch, for repeats of its signature (each input's dtype, shape and
+    strides, and ``dim``): the output's shape, the kept kernel and grid, and the launch's
+    arguments with its tensors' places (the inputs' indices; the output is argument 0)."""
+
+    shape: tuple
+    bound: Any  # tuner.launch.Bound
+    grid: tuple
+    template: tuple
+    tensor_args: tuple  # (argument position, input index)
+
+
+# (dim, (dtype, shape, strides) of each input) -> _Plan: a KV-cache append repeats its
+# signature in every layer, rotate_half's every step. Emptied with the direct caches.
+_PLANS: dict = direct_cache()
+
+
+def _signature(tensors: Sequence[torch.Tensor], dim: int) -> tuple:
+    return (dim, *[(t.dtype, t.shape, t.stride()) for t in tensors])
+
+
+def _relaunch(plan: _Plan, tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """The plan's launch for these inputs; None where it cannot (another device, an
+    input not 16-byte aligned)."""
+    stream = plan.bound.stream()
+    if stream is None:
+        return None
+    args = list(plan.template)
+    ptrs = 0
+    for pos, i in plan.tensor_args:
+        t = args[pos] = tensors[i]
+        ptrs |= t.data_ptr()
+    buf = args[0] = torch.empty(plan.shape, dtype=args[5].dtype, device=args[5].device)
+    if (ptrs | buf.data_ptr()) & 15:
+        return None
+    plan.bound.runner(plan.grid)(*args, *plan.bound.kept.tail, stream=stream)
+    if launching.observer is not None:
+        launching.observer(cat_kernel.fn)
+    return buf
+
+
+def _file(sig: tuple, inputs: list[int], found: tuple | None) -> None:
+    """File the plan of a lean launch (``_launch``'s result) of the inputs at ``inputs``."""
+    if found is None:
+        return
+    bound, grid, args = found
+    # input k's tensor is argument 5 + 5k; the unused slots hold the first input's
+    slots = tuple((5 + 5 * k, inputs[k if k < len(inputs) else 0]) for k in range(GROUP))
+    if len(_PLANS) >= 4096:
+        _PLANS.clear()
+    _PLANS[sig] = _Plan(tuple(args[0].shape), bound, grid, tuple(args), slots)
+
+
 def _cat_lean(tensors: Sequence[torch.Tensor], dim: int) -> torch.Tensor | None:
     """The common cats in one launch with little Python: the KV-cache append (and HF's
     first one, ``cat([tensor([]), k])``), rotate_half's: up to GROUP non-empty tensors of
     one dtype and rank (legacy 1-D empty ones of that dtype skipped), sizes matching off
     ``dim``, each read in place (``_row_strides``). None for anything else, which
-    ``_cat_into`` handles (and checks)."""
+    ``_cat_into`` handles (and checks). A repeated signature relaunches its plan."""
     if not 0 < len(tensors) <= GROUP + 1:
         return None
+    sig = _signature(tensors, dim)
+    plan = _PLANS.get(sig)
+    if plan is not None:
+        done = _relaunch(plan, tensors)
+        if done is not None:
+            return done
     dtype = tensors[0].dtype
-    live = []
-    for t in tensors:
+    live, inputs = [], []
+    for i, t in enumerate(tensors):
         if t.dtype != dtype:
             return None
         if t.numel() or t.dim() != 1:
             live.append(t)
+            inputs.append(i)
     if not 0 < len(live) <= GROUP:
         return None
     shape = live[0].shape
@@ -172,7 +239,7 @@ def _cat_lean(tensors: Sequence[torch.Tensor], dim: int) -> torch.Tensor | None:
         parts.append((t, w, *strides, size * tail))
         size += ts[dim]
     buf = torch.empty((*head, size, *rest), dtype=dtype, device=live[0].device)
-    _launch(buf, size * tail, math.prod(head), r1, parts)
+    _file(sig, inputs, _launch(buf, size * tail, math.prod(head), r1, parts))
     return buf
 
 

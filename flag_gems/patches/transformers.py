@@ -61,8 +61,8 @@ class TransformersNotInstalledError(ImportError):
 
 def make_rms_norm_forward(original):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        if w.dtype != hidden_states.dtype or needs_grad(hidden_states, w):
+        w = self._parameters.get("weight")
+        if w is None or w.dtype != hidden_states.dtype or needs_grad(hidden_states, w):
             return original(self, hidden_states)
         return fused.rms_norm(hidden_states, w, self.variance_epsilon)
 
@@ -115,7 +115,7 @@ def _merged(owner: torch.nn.Module, name: str, linears: tuple) -> tuple[torch.Te
     re-pointed to it on first use (same Parameter objects and values, no extra memory;
     the storage change stays after ``revert()``). None where they cannot share one
     (dtypes, devices, widths, a bias on some only, meta tensors)."""
-    params = [(lin.weight, lin.bias) for lin in linears]
+    params = [(lin._parameters["weight"], lin._parameters.get("bias")) for lin in linears]  # (not Module.__getattr__: per call)
     found = owner.__dict__.get(name)
     if found is not None and found[2] == _addresses(params):
         return found[:2]
@@ -169,7 +169,7 @@ def make_attention_forward(original):
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         lins = _plain_linears(self, ("q_proj", "k_proj", "v_proj"))
         if (lins is None or hidden_states.numel() > MERGE_QKV_MAX_TOKENS * hidden_states.shape[-1]
-                or needs_grad(hidden_states, *(p for lin in lins for p in (lin.weight, lin.bias)))):
+                or (torch.is_grad_enabled() and needs_grad(hidden_states, *(p for lin in lins for p in (lin.weight, lin.bias))))):
             return original(self, hidden_states, *args, **kwargs)
         merged = _merged(self, "_gems_qkv", lins)
         if merged is None or merged[0].dtype != hidden_states.dtype:
@@ -190,20 +190,30 @@ def make_attention_forward(original):
 
 def make_mlp_forward(original):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = GATED_ACTS.get(getattr(getattr(self, "config", None), "hidden_act", None))
-        if (act is None or self.gate_proj.bias is not None or self.up_proj.bias is not None
-                or needs_grad(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)):
+        act = _activation(self)
+        if act is None or (torch.is_grad_enabled() and needs_grad(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)):
             return original(self, x)
         lins = _plain_linears(self, ("gate_proj", "up_proj"))
-        merged = None if lins is None else _merged(self, "_gems_gate_up", lins)
+        if lins is None or any(lin._parameters.get("bias") is not None for lin in lins):
+            return original(self, x)
+        merged = _merged(self, "_gems_gate_up", lins)
         if merged is None or merged[0].dtype != x.dtype:
             return original(self, x)
         gu = F.linear(x, merged[0])
         h = fused.silu_and_mul(gu) if act[0] == "silu" else fused.gelu_and_mul(gu, act[1])
-        return self.down_proj(h)
+        return self._modules["down_proj"](h)
 
     forward.__qualname__ = "gems_mlp_forward"
     return forward
+
+
+def _activation(mlp: torch.nn.Module) -> tuple[str, str | None] | None:
+    """The fused kernel for the MLP's ``config.hidden_act`` (None: none), read once per
+    module: HF binds its ``act_fn`` from the config at construction too."""
+    found = mlp.__dict__.get("_gems_act", False)
+    if found is False:
+        found = mlp.__dict__["_gems_act"] = GATED_ACTS.get(getattr(getattr(mlp, "config", None), "hidden_act", None))
+    return found
 
 
 def _hooked(*mods: torch.nn.Module) -> bool:
@@ -222,19 +232,22 @@ def make_decoder_layer_forward(original, norm_cls):
         return None
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        norm = self.post_attention_layernorm
-        if (args or type(norm) is not norm_cls or norm.weight.dtype != hidden_states.dtype
-                or _hooked(self.self_attn, self.self_attn.o_proj) or needs_grad(hidden_states, norm.weight)):
+        mods = self._modules  # (not Module.__getattr__: this runs per layer and step)
+        norm, attention = mods.get("post_attention_layernorm"), mods.get("self_attn")
+        weight = norm._parameters.get("weight") if type(norm) is norm_cls else None
+        if (args or weight is None or weight.dtype != hidden_states.dtype or attention is None
+                or _hooked(attention, attention._modules.get("o_proj", attention))
+                or (torch.is_grad_enabled() and needs_grad(hidden_states, weight))):
             return original(self, hidden_states, *args, **kwargs)
-        attn, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **kwargs)
+        attn, _ = attention(hidden_states=mods["input_layernorm"](hidden_states), **kwargs)
         if attn.shape != hidden_states.shape or attn.dtype != hidden_states.dtype or not attn.is_contiguous() or needs_grad(attn):
             hidden_states = hidden_states + attn  # HF's own steps from here
-            return hidden_states + self.mlp(norm(hidden_states))
+            return hidden_states + mods["mlp"](norm(hidden_states))
         n = attn.shape[-1]
         normed = torch.empty_like(attn)
-        rms_norm_rows(as_rows(hidden_states, n), normed.view(-1, n), norm.weight, norm.variance_epsilon,
+        rms_norm_rows(as_rows(hidden_states, n), normed.view(-1, n), weight, norm.variance_epsilon,
                       residual2=attn.view(-1, n))  # attn now holds hidden_states + attn
-        return attn + self.mlp(normed)
+        return attn + mods["mlp"](normed)
 
     forward.__qualname__ = "gems_decoder_layer_forward"
     return forward

@@ -288,7 +288,7 @@ class Pointwise:
                             dkey = (*dkey, out.dtype) if given else None
                         hit = self._direct.get(dkey) if dkey is not None else None
                         if hit is not None:
-                            bound, consts, block, odt, fn, _ = hit
+                            bound, consts, block, odt, fn, _, _ = hit
                             stream = bound.stream()
                             if stream is not None:
                                 dst = out if out is not None else _empty_like(t0) if odt is None else _empty_like(t0, dtype=odt)
@@ -353,12 +353,13 @@ class Pointwise:
     def _relaunch(self, hit: "_Direct", args: Sequence[Any], out: torch.Tensor | None) -> torch.Tensor | None:
         """The general path's direct relaunch of a filed call (see _general_key); None
         where it cannot (another device, an unaligned new output)."""
-        bound, consts, block, odt, fn, shape = hit
+        bound, consts, block, odt, fn, shape, like = hit
         stream = bound.stream()
         if stream is None:
             return None
         if out is None:  # as the first call made it (its layout follows from the key)
-            out = _new_output([a for a in args if isinstance(a, _Tensor)], shape, odt)
+            src = args[like]
+            out = _empty_like(src, dtype=odt) if src.shape == shape else torch.empty(shape, dtype=odt, device=src.device)
             if out.data_ptr() & 15:
                 return None
         numel = shape.numel()
@@ -422,6 +423,7 @@ class _Direct(NamedTuple):
     odt: torch.dtype | None  # a new output's dtype; None: the first tensor's (fast path) or out= given (general)
     fn: Any  # the jit function (tuner.launch.observer reports it)
     shape: torch.Size | None  # the general path's broadcast shape; None: the call's own (fast path)
+    like: int  # the general path's new output: empty_like of this argument where its shape is the output's, else torch.empty on its device (as _new_output)
 
 
 def _direct(kernel: Any, call: tuple, n_in: int, odt: torch.dtype | None, shape: torch.Size | None = None) -> _Direct | None:
@@ -430,7 +432,11 @@ def _direct(kernel: Any, call: tuple, n_in: int, odt: torch.dtype | None, shape:
     if found is None:
         return None
     bound, cfg = found
-    return _Direct(bound, (*call[n_in + 2:], *bound.kept.tail), cfg["BLOCK"], odt, kernel.fn, shape)
+    like = 0
+    if shape is not None:  # the general path: the argument _new_output allocates like
+        tensors = [i for i, a in enumerate(call[:n_in]) if isinstance(a, _Tensor)]
+        like = next((i for i in tensors if call[i].shape == shape), tensors[0])
+    return _Direct(bound, (*call[n_in + 2:], *bound.kept.tail), cfg["BLOCK"], odt, kernel.fn, shape, like)
 
 
 _GIVEN = object()  # a general key's last item where the call gave ``out``

@@ -13,9 +13,11 @@ import triton
 import triton.language as tl
 
 from flag_gems.ops import _reduce_common as rc
+from flag_gems.ops import cat as cat_ops
 from tests.helpers import DEVICE
 from tests.tuner.test_launch import FakeJit
 from tuner import libtuner
+from tuner.launch import forget_direct
 from tuner.libtuner import clear_caches
 
 pytestmark = pytest.mark.usefixtures("stand_in_kernels")  # stand-ins must not outlive a test
@@ -169,24 +171,48 @@ def test_a_call_sites_direct_relaunch_passes_what_the_launcher_would(monkeypatch
     rec = _Recording(monkeypatch)
     fn = _ops()[name]
     relaunched = []
-    relaunch = rc.Launch._relaunch
+    relaunch, cat_relaunch = rc.Launch._relaunch, cat_ops._relaunch
     monkeypatch.setattr(rc.Launch, "_relaunch", lambda *a: relaunched.append(relaunch(*a)) or relaunched[-1])
-    rc._DIRECT.clear()
+    # cat's repeated signatures relaunch their own plan (which a Launch filed)
+    monkeypatch.setattr(cat_ops, "_relaunch", lambda *a: relaunched.append(cat_relaunch(*a)) or relaunched[-1])
+    forget_direct()
     with flag_gems.use_gems():
         fn()  # compiles (the stand-in), files the direct relaunches
         start = len(rec.log)
         relaunched.clear()
         fn()
         direct = rec.log[start:]
-        assert relaunched and all(relaunched), f"not relaunched directly: {relaunched}"
+        assert relaunched and all(x is not None and x is not False for x in relaunched), f"not relaunched directly: {relaunched}"
         filed = dict(rc._DIRECT)
         monkeypatch.setattr(rc.Launch, "_file", lambda *a, **k: None)
-        rc._DIRECT.clear()
+        forget_direct()
         start = len(rec.log)
         fn()
         through_launcher = rec.log[start:]
-    rc._DIRECT.clear()
+    forget_direct()
     assert filed and all(v is not None for v in filed.values()), "nothing filed for a direct relaunch"
     assert direct and [e[0] for e in direct] == ["fast"] * len(direct)
     assert [(grid, [_shape_of(a) for a in args], stream) for _, grid, args, stream in direct] == \
         [(grid, [_shape_of(a) for a in args], stream) for _, grid, args, stream in through_launcher]
+
+
+def test_a_cat_plan_takes_each_calls_own_inputs(monkeypatch):
+    """A repeated cat signature relaunches its plan with this call's tensors in their
+    slots (a plan filed for ``cat([x, x])`` must not pass x twice for ``cat([a, b])``)."""
+    import flag_gems
+
+    if DEVICE != "cpu":
+        pytest.skip("the stand-ins take CPU tensors; the GPU suite runs the ops for real")
+    rec = _Recording(monkeypatch)
+    x = torch.randn(2, 3, 8)
+    a, b = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    forget_direct()
+    with flag_gems.use_gems():
+        torch.cat([x, x], dim=1)
+        start = len(rec.log)
+        out = torch.cat([a, b], dim=1)
+    forget_direct()
+    (kind, grid, passed, _), = rec.log[start:]
+    assert kind == "fast" and passed[0] is out and out.shape == (2, 6, 8)
+    tensors = [p for p in passed[1:] if isinstance(p, torch.Tensor)]
+    assert tensors[0] is a and tensors[1] is b and all(t is a for t in tensors[2:])
