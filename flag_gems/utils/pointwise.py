@@ -358,6 +358,8 @@ class Pointwise:
         if stream is None:
             return None
         if out is None:  # as the first call made it (its layout follows from the key)
+            if like < 0:  # no tensor to place it by (not filed by a call that needed one)
+                return None
             src = args[like]
             out = _empty_like(src, dtype=odt) if src.shape == shape else torch.empty(shape, dtype=odt, device=src.device)
             if out.data_ptr() & 15:
@@ -423,7 +425,7 @@ class _Direct(NamedTuple):
     odt: torch.dtype | None  # a new output's dtype; None: the first tensor's (fast path) or out= given (general)
     fn: Any  # the jit function (tuner.launch.observer reports it)
     shape: torch.Size | None  # the general path's broadcast shape; None: the call's own (fast path)
-    like: int  # the general path's new output: empty_like of this argument where its shape is the output's, else torch.empty on its device (as _new_output)
+    like: int  # the general path's new output: empty_like of this argument where its shape is the output's, else torch.empty on its device (as _new_output); -1: no tensor argument
 
 
 def _direct(kernel: Any, call: tuple, n_in: int, odt: torch.dtype | None, shape: torch.Size | None = None) -> _Direct | None:
@@ -433,9 +435,9 @@ def _direct(kernel: Any, call: tuple, n_in: int, odt: torch.dtype | None, shape:
         return None
     bound, cfg = found
     like = 0
-    if shape is not None:  # the general path: the argument _new_output allocates like
+    if shape is not None:  # the general path: the argument _new_output allocates like (-1: none, out= given)
         tensors = [i for i, a in enumerate(call[:n_in]) if isinstance(a, _Tensor)]
-        like = next((i for i in tensors if call[i].shape == shape), tensors[0])
+        like = next((i for i in tensors if call[i].shape == shape), tensors[0] if tensors else -1)
     return _Direct(bound, (*call[n_in + 2:], *bound.kept.tail), cfg["BLOCK"], odt, kernel.fn, shape, like)
 
 

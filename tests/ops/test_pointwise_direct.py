@@ -13,6 +13,7 @@ import torch
 import triton
 
 from flag_gems.ops.binary import ADD, CMP, _add, _add_alpha
+from flag_gems.ops.factory import FILL
 from flag_gems.utils.pointwise import Pointwise
 from tests.helpers import DEVICE, assert_close, count_kernels
 from tests.tuner.test_launch import FakeJit
@@ -132,7 +133,7 @@ def test_direct_launches_compute_the_op():
 
 
 # -- the general path (broadcasting, strided operands, out=): its own direct relaunch ----
-@pytest.mark.parametrize("case", ["broadcast", "transposed", "out", "scalar_first", "bool_out"])
+@pytest.mark.parametrize("case", ["broadcast", "transposed", "out", "scalar_first", "bool_out", "fill_out"])
 def test_the_general_path_relaunches_what_it_launched(case):
     """On stand-in compiled kernels: the second call of a general-path key relaunches
     with the grid, arguments and stream the launcher's kept path would pass."""
@@ -148,10 +149,11 @@ def test_the_general_path_relaunches_what_it_launched(case):
             "out": lambda: ADD(a, b, out=torch.empty(6, 8)),
             "scalar_first": lambda: ADD(2.0, a.t()),
             "bool_out": lambda: CMP["lt"](a, b),
+            "fill_out": lambda: FILL(1.5, out=torch.empty(6, 8), compute=torch.float32),  # no tensor argument
         }
         fn = calls[case]
         relaunched = []
-        op = ADD if case != "bool_out" else CMP["lt"]
+        op = {"bool_out": CMP["lt"], "fill_out": FILL}.get(case, ADD)
         orig = type(op)._relaunch
         mp.setattr(type(op), "_relaunch", lambda self, *x: relaunched.append(orig(self, *x)) or relaunched[-1])
         fn()
@@ -168,8 +170,8 @@ def test_the_general_path_relaunches_what_it_launched(case):
             [(g, [_shape_of(x) for x in args], st) for _, g, args, st in through_launcher]
     finally:
         mp.undo()
-        ADD._direct.clear()
-        CMP["lt"]._direct.clear()
+        for each in (ADD, CMP["lt"], FILL):
+            each._direct.clear()
 
 
 def test_general_calls_the_key_cannot_cover_are_not_filed():
