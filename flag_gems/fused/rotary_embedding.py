@@ -8,6 +8,8 @@ may be smaller than head_dim: the remaining dims pass through unchanged.
 """
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -15,7 +17,8 @@ import triton.language as tl
 from flag_gems.ops._reduce_common import cached_launch
 from flag_gems.utils import cdiv, next_power_of_2
 from tuner import libtuner
-from tuner.launch import int_spec, launch
+from tuner import launch as launching
+from tuner.launch import direct_cache, int_spec, launch
 
 
 def _prune_heads(configs: list[dict], named: dict) -> list[dict]:
@@ -88,7 +91,46 @@ def _rotary_dim(cache_dim: int, head_dim: int, rotary_dim: int | None) -> tuple[
     return rotary_dim, cache_dim == rotary_dim
 
 
-def _rotate(x, cos, sin, pos, seq_len, rot, interleaved, inplace) -> torch.Tensor:
+class _Plan(NamedTuple):
+    """A repeat of one ``apply_rotary_pos_emb`` signature whose q and k heads rotate in one
+    launch (no position ids, not in place): the output's shape (q's token dims, q's and
+    k's heads, head_dim), the head split, the kept kernel and grid, and the launch's
+    arguments (X and Pos are q, Out the new output, then cos and sin: see _SLOTS)."""
+
+    shape: tuple
+    heads: tuple
+    bound: Any  # tuner.launch.Bound
+    grid: tuple
+    template: tuple
+
+
+_SLOTS = (0, 4, 8, 11, 14)  # rotary_kernel's X, Out, Cos, Sin, Pos
+# (options, each tensor's dtype, shape and strides, k's address relative to q's) -> _Plan:
+# every layer of a model repeats its signature. Emptied with the direct caches.
+_PLANS: dict = direct_cache()
+
+
+def _relaunch(plan: _Plan, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The plan's launch for these tensors; None where it cannot (another device,
+    misalignment)."""
+    stream = plan.bound.stream()
+    if stream is None:
+        return None
+    out = torch.empty(plan.shape, dtype=q.dtype, device=q.device)
+    if (q.data_ptr() | out.data_ptr() | cos.data_ptr() | sin.data_ptr()) & 15:
+        return None
+    args = list(plan.template)
+    args[0] = args[14] = q
+    args[4], args[8], args[11] = out, cos, sin
+    plan.bound.runner(plan.grid)(*args, *plan.bound.kept.tail, stream=stream)
+    if launching.observer is not None:
+        launching.observer(rotary_kernel.fn)
+    return out.split(plan.heads, -2)
+
+
+def _rotate(x, cos, sin, pos, seq_len, rot, interleaved, inplace, kept: list | None = None) -> torch.Tensor:
+    """``kept``: receives (the kept kernel, its grid, the launch's arguments) where a
+    repeat could relaunch them with new tensors in the same places (see _Plan)."""
     shape = x.shape
     H, D = shape[-2], shape[-1]
     x3 = x.reshape(-1, H, D)  # a view when the token dims merge, else a copy
@@ -104,7 +146,11 @@ def _rotate(x, cos, sin, pos, seq_len, rot, interleaved, inplace) -> torch.Tenso
         # direct relaunch key: H, HALF and D are the Launch's; every other int's specialization
         aligned = not (x3.data_ptr() | out3.data_ptr() | cos.data_ptr() | sin.data_ptr() | p.data_ptr()) & 15
         direct = tuple([int_spec(v) for v in (*sx, *so, *sc, *ss, seq_len)]) if aligned else None
-        lc.fixed(lambda META: (T, cdiv(H, META["BLOCK_H"])), x3, *sx, out3, *so, cos, *sc, sin, *ss, p, seq_len, H, rot // 2, D, direct=direct, **consts)
+        args = (x3, *sx, out3, *so, cos, *sc, sin, *ss, p, seq_len, H, rot // 2, D)
+        lc.fixed(lambda META: (T, cdiv(H, META["BLOCK_H"])), *args, direct=direct, **consts)
+        bound, cfg = lc.kept(direct), lc.config()
+        if kept is not None and bound is not None and cfg is not None and x3.data_ptr() == x.data_ptr() and p is x3:
+            kept.append((bound, (T, cdiv(H, cfg["BLOCK_H"]), 1), args))
     if inplace:
         if x3.data_ptr() != x.data_ptr():
             x.copy_(x3.view(shape))
@@ -128,6 +174,15 @@ def apply_rotary_pos_emb(
     (``q.shape[-3]``). ``rotary_dim`` defaults to the cache width for a full-width
     cache wider than head_dim/2, else twice the cache width; pass it when a
     full-width cache is used for a partial rotary dim."""
+    sig = None
+    if position_ids is None and not inplace:
+        sig = (rotary_interleaved, rotary_dim, q.dtype, q.shape, q.stride(), k.dtype, k.shape, k.stride(), k.data_ptr() - q.data_ptr(),
+               cos.dtype, cos.shape, cos.stride(), sin.dtype, sin.shape, sin.stride())
+        plan = _PLANS.get(sig)
+        if plan is not None:
+            done = _relaunch(plan, q, cos, sin)
+            if done is not None:
+                return done
     if cos.dim() != 2 or sin.shape != cos.shape:
         raise ValueError(f"cos/sin must be 2-D [max_seq, dim] of one shape, got {tuple(cos.shape)}, {tuple(sin.shape)}")
     if q.shape[:-2] != k.shape[:-2] or q.shape[-1] != k.shape[-1]:
@@ -141,8 +196,18 @@ def apply_rotary_pos_emb(
     seq_len = q.shape[-3] if q.dim() >= 3 else 1
     both = _adjacent_heads(q, k)
     if both is not None:  # q's and k's heads in one launch
-        out = _rotate(both, cos, sin, pos, seq_len, rot, rotary_interleaved, inplace)
-        return (q, k) if inplace else out.split((q.shape[-2], k.shape[-2]), -2)
+        kept: list = []
+        out = _rotate(both, cos, sin, pos, seq_len, rot, rotary_interleaved, inplace, kept if sig is not None else None)
+        if inplace:
+            return q, k
+        heads = (q.shape[-2], k.shape[-2])
+        # a plan where the launch read q's, cos's and sin's own addresses (cos and sin are
+        # sliced from their start) and wrote a new contiguous output of ``out``'s shape
+        if kept and both.data_ptr() == q.data_ptr() and cos.data_ptr() == kept[0][2][8].data_ptr() and sin.data_ptr() == kept[0][2][11].data_ptr():
+            if len(_PLANS) >= 4096:
+                _PLANS.clear()
+            _PLANS[sig] = _Plan(tuple(out.shape), heads, *kept[0])
+        return out.split(heads, -2)
     q_out = _rotate(q, cos, sin, pos, seq_len, rot, rotary_interleaved, inplace)
     k_out = _rotate(k, cos, sin, pos, seq_len, rot, rotary_interleaved, inplace)
     return q_out, k_out

@@ -578,13 +578,40 @@ def _out_like(a: torch.Tensor, shape: tuple[int, ...], out: torch.Tensor | None)
 
 
 # -- aten-facing ----------------------------------------------------------------------
+# mm's repeats (every projection of every step): (each operand's dtype, shape and strides,
+# the precision) -> (the output's shape, the direct plan gemm() filed for that call). The
+# key fixes the new output's shape and strides, so gemm's own key would be the same.
+_MM_PLANS: dict = direct_cache()
+
+
 @register("mm", "mm.out")
 def mm(self: torch.Tensor, mat2: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    if out is None:
+        key = (self.dtype, self.shape, self.stride(), mat2.dtype, mat2.shape, mat2.stride(), self.dtype is torch.float32 and _precision(self.dtype))
+        hit = _MM_PLANS.get(key)
+        if hit is not None:
+            res = torch.empty(hit[0], device=self.device, dtype=self.dtype)
+            if not (self.data_ptr() | mat2.data_ptr() | res.data_ptr()) & 15 and _launch_direct(hit[1], self, mat2, res, res):
+                return res
     if not _on_kernel(self, mat2, out):
         return _on_aten("mm", out, self, mat2)
     _check(self, mat2, "mm")
     res = _out_like(self, (self.shape[0], mat2.shape[1]), out)
-    return gemm(self, mat2, res)
+    gemm(self, mat2, res)
+    if out is None and res.numel():
+        _file_mm(key, self, mat2, res)
+    return res
+
+
+def _file_mm(key: tuple, a: torch.Tensor, b: torch.Tensor, res: torch.Tensor) -> None:
+    """File what gemm() kept for ``mm(a, b)`` (nothing where it kept nothing)."""
+    if (a.data_ptr() | b.data_ptr() | res.data_ptr()) & 15 or key in _MM_PLANS:
+        return
+    plan = _DIRECT.get(_plan_key(a, b, res, None, (a.stride(), b.stride(), res.stride(), None), 1.0, 1.0))
+    if plan is not None:
+        if len(_MM_PLANS) >= 4096:
+            _MM_PLANS.clear()
+        _MM_PLANS[key] = (res.shape, plan)
 
 
 @register("addmm", "addmm.out")

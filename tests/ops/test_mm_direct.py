@@ -77,6 +77,18 @@ def test_the_second_call_of_a_shape_launches_directly(log):
     assert args[5:9] == (8, 48, 32, 1)  # M, N, K, BATCH
 
 
+def test_a_repeated_mm_relaunches_before_gemms_own_checks(log, monkeypatch):
+    """mm's repeats (a projection's weight, transposed as F.linear passes it) take the
+    plan gemm() filed straight from mm, with the new operands."""
+    w = mat(48, 32)
+    torch.mm(mat(8, 32), w.t())
+    monkeypatch.setattr(mm_ops, "gemm", lambda *a, **k: pytest.fail("went through gemm()"))
+    a = mat(8, 32)
+    out = torch.mm(a, w.t())
+    assert kinds(log) == ["tuner", "triton", "fast"] and out.shape == (8, 48)
+    assert log[-1][2][0] is a and log[-1][2][2] is out
+
+
 @pytest.mark.parametrize("change", ["M", "transposed_b", "misaligned", "dtype", "bias", "alpha", "device"])
 def test_what_the_keys_would_see_goes_through_them(log, change):
     a, b = mat(8, 32), mat(32, 48)
