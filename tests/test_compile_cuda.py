@@ -29,6 +29,7 @@ def _calls():
     cos, sin = torch.randn(5, 8, dtype=bf16), torch.randn(5, 8, dtype=bf16)
     ids = torch.randint(0, 30, (7,))
     table = torch.randn(30, 24, dtype=bf16)
+    wide = torch.randn(30, 136, dtype=bf16)  # rows of 128 or more: index_select_rows_kernel
     yield lambda: (x + x, x * 2.0, x.exp(), F.gelu(x, approximate="tanh"), F.silu(x), x.to(f32), torch.where(x > 0, x, 0.0))
     yield lambda: (x.sum(-1), x.float().amax(-1), x.float().amin(0), xi.amax(0), xi.max(), x.float().argmax(-1), torch.var_mean(x.float(), -1),
                    xi.cumsum(-1), x.prod(0), (x > 0).all(-1), torch.linalg.vector_norm(x.float(), dim=-1))
@@ -39,7 +40,7 @@ def _calls():
     yield lambda: F.group_norm(torch.randn(2, 4, 6), 2)
     yield lambda: (fused.silu_and_mul(x), fused.gelu_and_mul(x), fused.apply_rotary_pos_emb(q, k, cos, sin))
     yield lambda: (F.embedding(ids, table), torch.mm(a, b), torch.addmm(torch.randn(16, dtype=bf16), a, b), torch.bmm(a[None], b[None]))
-    yield lambda: (torch.cat([x, x], -1), torch.stack([x, x]), torch.index_select(x, 0, ids % 6), torch.gather(x, 1, xi.abs() % 40),
+    yield lambda: (torch.cat([x, x], -1), torch.stack([x, x]), torch.index_select(x, 0, ids % 6), torch.index_select(wide, 0, ids), torch.gather(x, 1, xi.abs() % 40),
                    x.flip(0), x.repeat(2, 1), F.pad(x, (1, 2)), x.triu(), torch.nonzero(xi), torch.unique(xi), torch.topk(x, 3), torch.sort(x))
     yield lambda: (torch.arange(11), torch.full((5,), 3.0), torch.zeros(4, 3))
     # backward kernels and the rest of the training step
@@ -60,7 +61,8 @@ def test_kernels_compile_for_cuda(tmp_path):
         for call in _calls():
             call()
     kernels = {s["name"] for s in specs}
-    for name in ("_reduce_kernel", "_mm_kernel", "cat_kernel", "rms_norm_fwd_kernel", "rotary_kernel", "embedding_fwd_kernel"):
+    for name in ("_reduce_kernel", "_mm_kernel", "cat_kernel", "rms_norm_fwd_kernel", "rotary_kernel", "embedding_fwd_kernel",
+                 "index_select_rows_kernel"):
         assert name in kernels, sorted(kernels)  # the recorder saw the launches
     path = tmp_path / "specs.json"
     path.write_text(json.dumps(specs))

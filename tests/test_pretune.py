@@ -260,13 +260,14 @@ def test_from_misses_replays_sort_unique_nonzero_pad_nll(env, tmp_path, monkeypa
             F.layer_norm(x, (40,), torch.randn(40, device=DEVICE, dtype=torch.bfloat16),
                          torch.randn(40, device=DEVICE, dtype=torch.bfloat16))
             torch.index_select(x, 0, torch.tensor([1, 2], device=DEVICE))
+            torch.index_select(torch.randn(4, 200, device=DEVICE), 0, torch.tensor([3, 1], device=DEVICE))
 
     run()
     run_dim_ops()
     kernels = {"sort_merge_kernel", "unique_count_kernel", "nonzero_count_kernel", "pad_kernel", "pad_backward_kernel",
                "_nll_fwd_kernel", "_nll_finish_kernel", "_nll_bwd_kernel", "_reduce_kernel:rows", "_reduce_kernel:inner",
                "_arg_reduce_kernel:rows_short", "_arg_reduce_kernel:inner", "_cumsum_kernel:rows_short", "cat_kernel",
-               "layer_norm_fwd_kernel", "index_select_kernel"}
+               "layer_norm_fwd_kernel", "index_select_kernel", "index_select_rows_kernel"}
     assert kernels <= {m.identity.kernel.rsplit(".", 1)[-1] for m in sql().misses()}
     jobs, unreplayable = pt.jobs_from_misses()
     assert not [u for u in unreplayable if u["kernel"].rsplit(".", 1)[-1] in kernels], unreplayable

@@ -33,6 +33,26 @@ def _norm_dim(dim: int, ndim: int) -> int:
 
 
 # -- index_select ------------------------------------------------------------------------
+# Rows of at least _ROW_MIN elements (an embedding table's, dim 0 of a 2-D tensor): a
+# program copies one block of one selected row, so the index is read once per block and
+# the row's elements are addressed without a division. Short rows (dim -1, say): one flat
+# walk over the output, dividing each position into (outer, selected, inner).
+_ROW_MIN = 128
+_ROW_CONFIGS = [triton.Config({"BLOCK": b}, num_warps=w) for b, w in [(256, 2), (512, 4), (1024, 4), (2048, 8), (4096, 8)]]
+_ROW_DEFAULT = triton.Config({"BLOCK": 1024}, num_warps=4)
+
+
+@libtuner(configs=_ROW_CONFIGS, key=["inner"], strategy=["log"], default=_ROW_DEFAULT)
+@triton.jit
+def index_select_rows_kernel(x, idx, out, K, D, inner, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # (outer, selected) position of the output row
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < inner
+    src = tl.load(idx + row % K).to(tl.int64)
+    v = tl.load(x + ((row // K) * D + src) * inner + cols, mask=m)
+    tl.store(out + row * inner + cols, v, mask=m)
+
+
 @libtuner(configs=_CONFIGS, key=["n"], strategy=["log"], default=_DEFAULT)
 @triton.jit
 def index_select_kernel(x, idx, out, n, K, D, inner, BLOCK: tl.constexpr):
@@ -60,8 +80,12 @@ def _index_select(x: torch.Tensor, dim: int, index: torch.Tensor, out: torch.Ten
     buf = torch.empty(shape, dtype=x.dtype, device=x.device) if out is None else out_buffer(out, shape, x.dtype)
     n = buf.numel()
     if n:
-        grid = lambda META: (cdiv(n, META["BLOCK"]),)
-        index_select_kernel[grid](xs, index, buf, n, K, D, math.prod(x.shape[dim + 1:]))
+        inner = math.prod(x.shape[dim + 1:])
+        rows = n // inner
+        if _ROW_MIN <= inner <= 65535 * 256 and rows < 2**31:  # within the grid's limits at any BLOCK
+            index_select_rows_kernel[lambda META: (rows, cdiv(inner, META["BLOCK"]))](xs, index, buf, K, D, inner)
+        else:
+            index_select_kernel[lambda META: (cdiv(n, META["BLOCK"]),)](xs, index, buf, n, K, D, inner)
     return buf if out is None else finish_out(out, buf)
 
 
