@@ -1,6 +1,6 @@
 """flag_gems vs torch on memory-bound LLM ops, side by side, on the GPU machine.
 
-``python benchmarks/bench_ops.py`` prints a markdown table: time, speedup and achieved
+``python benchmarks/bench_ops.py [--only NAME...]`` prints a markdown table: time, speedup and achieved
 bandwidth at LLM sizes in bf16 (flag_gems ops called through torch.* under
 ``use_gems()``, so dispatch is included), then host microseconds per call on a tiny
 tensor. Configs come from the tuning DB (FLAGGEMS_AUTOTUNE=miss tunes once, untimed).
@@ -12,6 +12,7 @@ kernels' device time alone). Where they differ, the op is host-bound at that siz
 """
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 import time
@@ -86,6 +87,10 @@ def cases():
     yield "embedding", "8192 of 32000x4096", lambda: F.embedding(ids, table), None, 2 * 8192 * 4096 * 2
     yield "cat (KV cache append)", "8x32x2047x128 + 1", lambda: torch.cat([cache, new], dim=2), None, 2 * nbytes(cache, new)
     yield "index_select", "8192 rows of 32000x4096", lambda: torch.index_select(table, 0, ids), None, 2 * 8192 * 4096 * 2
+    heads = torch.randint(0, 32, (16,), device="cuda")
+    yield "index_select (heads)", "16 of 8192x32x128", lambda: torch.index_select(x.view(8192, 32, 128), 1, heads), None, 2 * 8192 * 16 * 128 * 2
+    cols = torch.randint(0, 4096, (1024,), device="cuda")
+    yield "index_select (columns)", "1024 of 8192x4096", lambda: torch.index_select(x, 1, cols), None, 2 * 8192 * 1024 * 2
     yield "silu_and_mul (fused)", "8192x22016", lambda: F.silu(gate[:, :11008]) * gate[:, 11008:], lambda: fused.silu_and_mul(gate), nbytes(gate) * 3 // 2
     xa, ya = x.clone(), y.clone()  # updated in place each call; stays bounded (normalized)
     yield "fused_add_rms_norm", xs, lambda: torch_add_rms(x, y, w), lambda: fused.fused_add_rms_norm(xa, ya, w, 1e-6), nbytes(x) * 4
@@ -112,6 +117,9 @@ def _graph_us(fn) -> float | None:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", nargs="*", default=None, help="ops whose name contains one of these (default: all)")
+    only = ap.parse_args().only
     if os.environ.get("BENCH_SPIN_UP", "1") == "1":
         spin_up()
     picked: list[str] = []
@@ -121,6 +129,8 @@ def main() -> None:
     flag_gems.enable()
     flag_gems.disable()
     for name, size, torch_fn, gems_fn, moved in cases():
+        if only and not any(o in name for o in only):
+            continue
         before = tuner.resolved_configs()
         try:
             t_torch, g_torch = do_bench(torch_fn, warmup=25, rep=100), _graph_us(torch_fn)

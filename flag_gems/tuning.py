@@ -722,8 +722,8 @@ def _replay_index_select(raw: dict) -> Job | None:
 
 @register_replay("flag_gems.ops.index.index_select_rows_kernel")
 def _replay_index_select_rows(raw: dict) -> Job | None:
-    inner, (dt, idx_dt) = raw["inner"], raw["dtypes"][:2]  # one row of ``inner`` selected
-    return _aten_call("index_select", [(1, inner), (1,)], [dt, idx_dt], [{"$t": 0}, 0, {"$t": 1}])
+    inner, rows, (dt, idx_dt) = raw["inner"], raw["rows"], raw["dtypes"][:2]  # row 0 of a table, ``rows`` times
+    return _aten_call("index_select", [(1, inner), (rows,)], [dt, idx_dt], [{"$t": 0}, 0, {"$t": 1}])
 
 
 def _replay_softmax(kind: str) -> Replay:

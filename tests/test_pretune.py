@@ -259,8 +259,8 @@ def test_from_misses_replays_sort_unique_nonzero_pad_nll(env, tmp_path, monkeypa
             torch.cat([x, x[:3]], 0)
             F.layer_norm(x, (40,), torch.randn(40, device=DEVICE, dtype=torch.bfloat16),
                          torch.randn(40, device=DEVICE, dtype=torch.bfloat16))
-            torch.index_select(x, 0, torch.tensor([1, 2], device=DEVICE))
-            torch.index_select(torch.randn(4, 200, device=DEVICE), 0, torch.tensor([3, 1], device=DEVICE))
+            torch.index_select(x, 1, torch.tensor([1, 2], device=DEVICE))  # short rows: the flat kernel
+            torch.index_select(x, 0, torch.tensor([1, 2], device=DEVICE))  # the row kernel
 
     run()
     run_dim_ops()

@@ -33,24 +33,28 @@ def _norm_dim(dim: int, ndim: int) -> int:
 
 
 # -- index_select ------------------------------------------------------------------------
-# Rows of at least _ROW_MIN elements (an embedding table's, dim 0 of a 2-D tensor): a
-# program copies one block of one selected row, so the index is read once per block and
-# the row's elements are addressed without a division. Short rows (dim -1, say): one flat
-# walk over the output, dividing each position into (outer, selected, inner).
-_ROW_MIN = 128
-_ROW_CONFIGS = [triton.Config({"BLOCK": b}, num_warps=w) for b, w in [(256, 2), (512, 4), (1024, 4), (2048, 8), (4096, 8)]]
-_ROW_DEFAULT = triton.Config({"BLOCK": 1024}, num_warps=4)
+# Rows of at least _ROW_MIN elements (a table's rows, heads of a (tokens, heads, dim)
+# tensor): a program copies a tile of ROWS selected rows x BLOCK of their elements, reading
+# each row's index once and addressing its elements without a division; short rows take
+# several rows per tile. Shorter rows (dim -1, say): one flat walk over the output,
+# dividing each position into (outer, selected, inner).
+_ROW_MIN = 32
+_ROW_CONFIGS = [triton.Config({"ROWS": r, "BLOCK": b}, num_warps=w) for r, b, w in
+                [(1, 4096, 8), (1, 2048, 8), (1, 1024, 4), (2, 512, 4), (4, 256, 4), (8, 128, 4), (16, 64, 4), (32, 32, 4)]]
+_ROW_DEFAULT = triton.Config({"ROWS": 4, "BLOCK": 256}, num_warps=4)
 
 
-@libtuner(configs=_ROW_CONFIGS, key=["inner"], strategy=["log"], default=_ROW_DEFAULT)
+@libtuner(configs=_ROW_CONFIGS, key=["inner", "rows"], strategy=["log", "log"], default=_ROW_DEFAULT)
 @triton.jit
-def index_select_rows_kernel(x, idx, out, K, D, inner, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)  # (outer, selected) position of the output row
+def index_select_rows_kernel(x, idx, out, rows, K, D, inner, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # output rows: (outer, selected)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    m = cols < inner
-    src = tl.load(idx + row % K).to(tl.int64)
-    v = tl.load(x + ((row // K) * D + src) * inner + cols, mask=m)
-    tl.store(out + row * inner + cols, v, mask=m)
+    rm = row < rows
+    src = tl.load(idx + row % K, mask=rm, other=0).to(tl.int64)
+    base = ((row // K) * D + src) * inner
+    m = rm[:, None] & (cols < inner)[None, :]
+    v = tl.load(x + base[:, None] + cols[None, :], mask=m)
+    tl.store(out + (row * inner)[:, None] + cols[None, :], v, mask=m)
 
 
 @libtuner(configs=_CONFIGS, key=["n"], strategy=["log"], default=_DEFAULT)
@@ -82,8 +86,9 @@ def _index_select(x: torch.Tensor, dim: int, index: torch.Tensor, out: torch.Ten
     if n:
         inner = math.prod(x.shape[dim + 1:])
         rows = n // inner
-        if _ROW_MIN <= inner <= 65535 * 256 and rows < 2**31:  # within the grid's limits at any BLOCK
-            index_select_rows_kernel[lambda META: (rows, cdiv(inner, META["BLOCK"]))](xs, index, buf, K, D, inner)
+        if _ROW_MIN <= inner <= 65535 * 32 and rows < 2**31:  # within the grid's limits at any tile
+            grid = lambda META: (cdiv(rows, META["ROWS"]), cdiv(inner, META["BLOCK"]))
+            index_select_rows_kernel[grid](xs, index, buf, rows, K, D, inner)
         else:
             index_select_kernel[lambda META: (cdiv(n, META["BLOCK"]),)](xs, index, buf, n, K, D, inner)
     return buf if out is None else finish_out(out, buf)

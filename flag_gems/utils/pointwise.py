@@ -289,11 +289,13 @@ class Pointwise:
                         hit = self._direct.get(dkey) if dkey is not None else None
                         if hit is not None:
                             bound, consts, block, odt, fn, _, _ = hit
-                            stream = bound.stream()
-                            if stream is not None:
+                            device = bound.device
+                            if bound.current_device() == device:  # (Bound.stream, inline: this is the hot path)
                                 dst = out if out is not None else _empty_like(t0) if odt is None else _empty_like(t0, dtype=odt)
                                 if not dst.data_ptr() & 15:  # always, from torch's allocators
-                                    bound.runner(((numel + block - 1) // block, 1, 1))(*args, dst, numel, *consts, stream=stream)
+                                    grid = ((numel + block - 1) // block, 1, 1)
+                                    run = bound.kept.runners.get(grid) or bound.runner(grid)
+                                    run(*args, dst, numel, *consts, stream=bound.current_stream(device))
                                     if _launch.observer is not None:
                                         _launch.observer(fn)
                                     return dst
@@ -354,8 +356,8 @@ class Pointwise:
         """The general path's direct relaunch of a filed call (see _general_key); None
         where it cannot (another device, an unaligned new output)."""
         bound, consts, block, odt, fn, shape, like = hit
-        stream = bound.stream()
-        if stream is None:
+        device = bound.device
+        if bound.current_device() != device:
             return None
         if out is None:  # as the first call made it (its layout follows from the key)
             if like < 0:  # no tensor to place it by (not filed by a call that needed one)
@@ -365,7 +367,9 @@ class Pointwise:
             if out.data_ptr() & 15:
                 return None
         numel = shape.numel()
-        bound.runner(((numel + block - 1) // block, 1, 1))(*args, out, numel, *consts, stream=stream)
+        grid = ((numel + block - 1) // block, 1, 1)
+        run = bound.kept.runners.get(grid) or bound.runner(grid)
+        run(*args, out, numel, *consts, stream=bound.current_stream(device))
         if _launch.observer is not None:
             _launch.observer(fn)
         return out
