@@ -417,6 +417,9 @@ def unique2(x: torch.Tensor, sorted: bool = True, return_inverse: bool = False, 
     block_counts = torch.zeros(nblocks, dtype=torch.int64, device=x.device)
     unique_count_kernel[grid](sv, block_counts, n)
     block = used["BLOCK"]
+    # the counts of this BLOCK's blocks only: tuning on this call ran smaller blocks too,
+    # whose counts are still in the buffer past them
+    block_counts = block_counts[:cdiv(n, block)]
     offsets = torch.cumsum(block_counts, 0)
     u = int(offsets[-1].item())  # the output size: one host sync, as in aten
     uniq = torch.empty(u, dtype=x.dtype, device=x.device)

@@ -393,6 +393,29 @@ def test_topk_long_rows_large_k(small_chunks, dtype, largest):
     same(x.gather(1, i), rv)
 
 
+def test_unique_tuned_by_its_first_call(isolated_store, monkeypatch):
+    """Tuning the count kernel on the call's own buffer runs every block size; the call
+    must then read only the winning size's counts (a larger block: fewer of them)."""
+    from tuner import bench, settings
+
+    def largest_block_wins(req):
+        req.fn()  # the config runs on the call's buffers, as a real benchmark does
+        ms = 1.0 / req.config["BLOCK"]
+        return ms, ms, ms
+
+    monkeypatch.setenv("FLAGGEMS_AUTOTUNE", "miss")
+    settings.reload()
+    bench.set_timer(largest_block_wins)
+    try:
+        x = torch.randint(-40, 40, (600,), device=DEVICE)
+        with gems_ran("unique_count_kernel"):
+            got = torch.unique(x, return_counts=True)
+    finally:
+        bench.set_timer(None)
+    for a, b in zip(got, torch.unique(x, return_counts=True)):
+        same(a, b)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.float64, torch.int32])
 @pytest.mark.parametrize("return_inverse", [False, True])
 def test_unique_long(small_chunks, dtype, return_inverse):

@@ -1,0 +1,67 @@
+"""flag_gems vs torch on sort, topk and unique at sampling and long-row sizes, on the GPU.
+
+Sampling sorts a batch of vocabulary rows (top-p: descending fp32 logits of 32000 to
+128256 entries) or takes their top k; the long rows and 64-bit keys are the merge sort's
+other cases. Each row: device time of both sides with ``triton.testing.do_bench`` and
+from CUDA-graph replays (the kernels alone), the ratio, and whether both gave the same
+indices (stable sort) or values.
+
+    PYTHONPATH=. python benchmarks/bench_sort.py
+"""
+from __future__ import annotations
+
+import torch
+import triton
+from triton.testing import do_bench, do_bench_cudagraph
+
+import flag_gems
+from tests.helpers import count_kernels  # (run from the repo root, PYTHONPATH=.)
+
+
+def cases():
+    """(name, shape label, fn of the input, input)."""
+    dev = "cuda"
+    for rows, vocab in ((1, 32000), (8, 32000), (64, 32000), (8, 128256), (64, 128256)):
+        x = torch.randn(rows, vocab, device=dev)
+        yield "sort desc fp32", f"{rows}x{vocab}", lambda t: torch.sort(t, dim=-1, descending=True, stable=True), x
+    x = torch.randn(64, 32000, device=dev, dtype=torch.bfloat16)
+    yield "sort desc bf16", "64x32000", lambda t: torch.sort(t, dim=-1, descending=True, stable=True), x
+    for rows, vocab in ((8, 32000), (64, 128256)):
+        x = torch.randn(rows, vocab, device=dev)
+        yield "topk 50", f"{rows}x{vocab}", lambda t: torch.topk(t, 50), x
+    yield "sort fp32", "64x100000", lambda t: torch.sort(t, stable=True), torch.randn(64, 100000, device=dev)
+    yield "sort fp32", "1x4M", lambda t: torch.sort(t, stable=True), torch.randn(1, 4 << 20, device=dev)
+    yield "sort int64", "64x100000", lambda t: torch.sort(t, stable=True), torch.randint(-(2**40), 2**40, (64, 100000), device=dev)
+    yield "unique int64", "1M", lambda t: torch.unique(t), torch.randint(0, 1 << 18, (1 << 20,), device=dev)
+
+
+def _graph_us(fn) -> float | None:
+    try:
+        return do_bench_cudagraph(fn, rep=25) * 1e3
+    except Exception:  # not capturable (a host sync: unique's output size)
+        return None
+
+
+def main() -> None:
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    print("| op | shape | torch us | flag_gems us | speedup | torch us, graph | flag_gems us, graph | speedup, graph | same result |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, shape, fn, x in cases():
+        try:
+            ref = fn(x)
+            t_torch, g_torch = do_bench(lambda: fn(x), rep=100) * 1e3, _graph_us(lambda: fn(x))
+            with flag_gems.use_gems():
+                with count_kernels() as ran:
+                    got = fn(x)  # tunes once, untimed
+                if not ran:
+                    raise RuntimeError("no Triton kernel ran")
+                t_gems, g_gems = do_bench(lambda: fn(x), rep=100) * 1e3, _graph_us(lambda: fn(x))
+            same = all(torch.equal(a, b) for a, b in zip(ref, got)) if isinstance(ref, tuple) else torch.equal(ref, got)
+            graph = f"{g_torch:.1f} | {g_gems:.1f} | {g_torch / g_gems:.2f}x" if g_torch and g_gems else "n/a | n/a |"
+            print(f"| {name} | {shape} | {t_torch:.1f} | {t_gems:.1f} | {t_torch / t_gems:.2f}x | {graph} | {same} |")
+        except Exception as e:  # report and go on
+            print(f"| {name} | {shape} | error: {type(e).__name__}: {str(e)[:150]} | | | | | | |")
+
+
+if __name__ == "__main__":
+    main()
