@@ -38,6 +38,9 @@ _BLOCK_CONFIGS = [triton.Config({"BLOCK": b}, num_warps=w) for b, w in [(256, 2)
 _BLOCK_DEFAULT = triton.Config({"BLOCK": 1024}, num_warps=4)
 
 
+_HAS_TOPK = hasattr(tl, "topk")  # Triton's bitonic top-k (a partial sort), where it has one
+
+
 def _follower_warps(block: int) -> int:
     return 4 if block <= 1024 else 8
 
@@ -58,11 +61,12 @@ def _key32(v):
 @triton.jit
 def sort_kernel(
     x, ids, vals_out, idx_out, N, seg, nseg, stride, K,
-    HAS_IDS: tl.constexpr, DESC: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_IDS: tl.constexpr, DESC: tl.constexpr, BLOCK: tl.constexpr, KP: tl.constexpr,
 ):
     """Program (row, s) sorts elements [s*seg, s*seg+seg) of row ``row`` and writes the
     first K: values and indices (through ``ids`` when set: an earlier stage's indices;
-    an index < 0 marks an empty slot)."""
+    an index < 0 marks an empty slot). KP < BLOCK (a power of two >= K): only the first
+    KP are ordered, by a bitonic top-k, which discards half of the rest at each merge."""
     pid = tl.program_id(0)
     row = pid // nseg
     start = (pid % nseg) * seg
@@ -77,7 +81,12 @@ def sort_kernel(
     if DESC:
         key = ~key
     key = tl.where(m, key, 0x7FFFFFFF)  # empty slots sort last (their o is larger)
-    comp = tl.sort((key.to(tl.int64) << 32) | o.to(tl.int64))
+    comp = (key.to(tl.int64) << 32) | o.to(tl.int64)
+    if KP < BLOCK:  # the KP smallest, ascending (tl.topk keeps the largest, descending)
+        comp = ~tl.topk(~comp, KP)
+    else:
+        comp = tl.sort(comp)
+    o = tl.arange(0, KP)
     loc = (comp & 0xFFFFFFFF).to(tl.int32)
     src = start + loc
     ok = (loc < seg) & (src < N) & (o < K)
@@ -94,7 +103,8 @@ def sort_kernel(
 
 
 def _sort_rows(x2d: torch.Tensor, k: int, desc: bool, ids: torch.Tensor | None = None, seg: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort each row of contiguous (R, N) ``x2d`` in segments of ``seg``; first k of each.
+    """Sort each row of contiguous (R, N) ``x2d`` in segments of ``seg``; first k of each
+    (a top-k where k is under the segment).
 
     Not tuned: BLOCK is the segment rounded up to a power of two (the whole segment sits
     in registers), fully determined by the shape, and num_warps follows it."""
@@ -105,9 +115,10 @@ def _sort_rows(x2d: torch.Tensor, k: int, desc: bool, ids: torch.Tensor | None =
     vals = torch.empty((R, nseg * k), dtype=x2d.dtype, device=x2d.device)
     idx = torch.empty((R, nseg * k), dtype=torch.int64, device=x2d.device)
     if R * nseg and k:
+        kp = min(max(next_power_of_2(k), 2), block) if _HAS_TOPK else block  # (Triton 3.6's top-k needs k >= 2)
         sort_kernel[(R * nseg,)](
             x2d, ids if ids is not None else x2d, vals, idx, N, seg, nseg, N, k,
-            HAS_IDS=ids is not None, DESC=desc, BLOCK=block, num_warps=4 if block <= 1024 else 8,
+            HAS_IDS=ids is not None, DESC=desc, BLOCK=block, KP=kp, num_warps=4 if block <= 1024 else 8,
         )
     return vals, idx
 
