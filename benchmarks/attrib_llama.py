@@ -24,7 +24,7 @@ from collections import defaultdict
 
 import torch
 
-from bench_llama import _decode_setup, _prefill, build  # benchmarks/, the script's own folder
+from bench_llama import _decode_setup, _prefill, build, decode_step  # benchmarks/, the script's own folder
 from profile_llama import _median_ms
 
 
@@ -149,14 +149,7 @@ def main() -> None:
 
     model = build(2)
     ids = torch.randint(0, 32000, (1, 512), device="cuda")
-    cache, tok = _decode_setup(model)
-
-    def decode():
-        extra = cache.get_seq_length() - 512
-        if extra > 0:
-            cache.crop(-extra)
-        return model(input_ids=tok, past_key_values=cache, use_cache=True)
-
+    decode = decode_step(model, *_decode_setup(model))
     with torch.no_grad():
         for phase, fn in {"decode 8x1": decode, "prefill 1x512": lambda: _prefill(model, ids)}.items():
             _phase(flag_gems, registry, phase, fn, args)

@@ -47,6 +47,19 @@ def _decode_setup(model, batch=8, ctx=512):
     return out.past_key_values, torch.randint(0, 32000, (batch, 1), device="cuda")
 
 
+def decode_step(model, cache, tok, ctx: int = 512):
+    """One decode step of ``tok`` over ``cache``, repeatable: each step appends a token, so
+    the cache is first cut back to ``ctx`` and every step decodes from the same length."""
+
+    def decode():
+        extra = cache.get_seq_length() - ctx
+        if extra > 0:
+            cache.crop(-extra)  # a negative count removes that many (positive counts are deprecated)
+        return model(input_ids=tok, past_key_values=cache, use_cache=True)
+
+    return decode
+
+
 def timed(fn, iters: int) -> float:
     for _ in range(3):
         fn()
@@ -70,14 +83,7 @@ def measure(model, ids: torch.Tensor, decode_from, iters: int):
     cache, tok = decode_from
     with torch.no_grad():
         prefill_ms = timed(lambda: _prefill(model, ids), iters)
-
-        def decode():
-            extra = cache.get_seq_length() - 512  # each step appends one token: decode from the same length
-            if extra > 0:
-                cache.crop(-extra)  # a negative count removes that many (positive counts are deprecated)
-            return model(input_ids=tok, past_key_values=cache, use_cache=True)
-
-        decode_ms = timed(decode, iters)
+        decode_ms = timed(decode_step(model, cache, tok), iters)
         logits = model(input_ids=ids).logits.float()
     return prefill_ms, decode_ms, logits
 

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 import flag_gems  # noqa: E402
 from bench_host_overhead import _stand_in_launches  # noqa: E402  (benchmarks/, the script's own folder)
+from bench_llama import decode_step  # noqa: E402
 
 
 def _model():
@@ -77,12 +78,7 @@ def main() -> None:
         flag_gems.apply_gems_patches_to_transformers()
     flag_gems.enable()
 
-    def step():
-        extra = cache.get_seq_length() - 32
-        if extra > 0:
-            cache.crop(-extra)
-        return model(input_ids=tok, past_key_values=cache, use_cache=True)
-
+    step = decode_step(model, cache, tok, ctx=32)
     with torch.no_grad():
         for _ in range(20):
             step()

@@ -23,19 +23,11 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench_llama import _decode_setup, _prefill, build  # benchmarks/, the script's own folder
+from bench_llama import _decode_setup, _prefill, build, decode_step  # benchmarks/, the script's own folder
 
 
 def _steps(model, ids, decode_from):
-    cache, tok = decode_from
-
-    def decode():
-        extra = cache.get_seq_length() - 512
-        if extra > 0:
-            cache.crop(-extra)
-        return model(input_ids=tok, past_key_values=cache, use_cache=True)
-
-    return {"prefill 1x512": lambda: _prefill(model, ids), "decode 8x1": decode}
+    return {"prefill 1x512": lambda: _prefill(model, ids), "decode 8x1": decode_step(model, *decode_from)}
 
 
 def _median_ms(fn, steps: int) -> float:
