@@ -30,7 +30,7 @@ import inspect
 import itertools
 import os
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 
@@ -85,6 +85,13 @@ class Bound(NamedTuple):
 
     def runner(self, grid: tuple) -> Callable[..., Any]:
         return self.kept.runner(grid)
+
+    def launch(self, grid: tuple, args: Sequence[Any], stream: int, fn: Any) -> None:
+        """``kernel[grid](*args, *tail, stream=stream)``, reported to ``observer`` as a
+        launch of the jit function ``fn``."""
+        self.kept.runner(grid)(*args, *self.kept.tail, stream=stream)
+        if observer is not None:
+            observer(fn)
 
 
 class _Unkeyed(Exception):

@@ -17,7 +17,6 @@ import triton.language as tl
 from flag_gems.ops._reduce_common import cached_launch
 from flag_gems.utils import cdiv, next_power_of_2
 from tuner import libtuner
-from tuner import launch as launching
 from tuner.launch import direct_cache, int_spec, launch
 
 
@@ -122,9 +121,7 @@ def _relaunch(plan: _Plan, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     args = list(plan.template)
     args[0] = args[14] = q
     args[4], args[8], args[11] = out, cos, sin
-    plan.bound.runner(plan.grid)(*args, *plan.bound.kept.tail, stream=stream)
-    if launching.observer is not None:
-        launching.observer(rotary_kernel.fn)
+    plan.bound.launch(plan.grid, args, stream, rotary_kernel.fn)
     return out.split(plan.heads, -2)
 
 

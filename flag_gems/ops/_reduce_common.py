@@ -242,9 +242,7 @@ class Launch:
             return False
         elif len(grid) != 3:
             grid = (*grid, 1, 1)[:3]
-        bound.runner(grid)(*args, *bound.kept.tail, stream=stream)
-        if launching.observer is not None:
-            launching.observer(self.tuner.fn)
+        bound.launch(grid, args, stream, self.tuner.fn)
         return True
 
     def _file(self, direct: Any, args: tuple, kw: dict, fixed_grid: bool) -> None:

@@ -25,7 +25,6 @@ from flag_gems.ops._tensor_nd import finish_out, out_buffer
 from flag_gems.ops.factory import COPY
 from flag_gems.registry import register
 from flag_gems.utils import cdiv
-from tuner import launch as launching
 from tuner import libtuner
 from tuner.launch import direct_cache
 from tuner.keys import next_power_of_2
@@ -177,9 +176,7 @@ def _relaunch(plan: _Plan, tensors: Sequence[torch.Tensor]) -> torch.Tensor | No
     buf = args[0] = torch.empty(plan.shape, dtype=args[5].dtype, device=args[5].device)
     if (ptrs | buf.data_ptr()) & 15:
         return None
-    plan.bound.runner(plan.grid)(*args, *plan.bound.kept.tail, stream=stream)
-    if launching.observer is not None:
-        launching.observer(cat_kernel.fn)
+    plan.bound.launch(plan.grid, args, stream, cat_kernel.fn)
     return buf
 
 
