@@ -1,4 +1,5 @@
-"""sort, topk and unique (_unique2): a bitonic sort in registers, merged across chunks.
+"""sort, topk and unique (_unique2): a bitonic sort in registers; long rows by radix passes
+(32-bit-or-narrower keys) or merged across chunks (64-bit keys).
 
 Short rows (up to MAX_SORT elements of a 32-bit-or-narrower dtype): one program sorts one
 row in registers (tl.sort). Each value becomes an int32 key whose signed order is the
@@ -7,13 +8,18 @@ value order (floats: flip the non-sign bits of negatives; NaN canonical, so it s
 low half, so one ascending sort of int64 is a *stable* sort that carries the indices
 (descending: the key is bit-inverted).
 
-Long rows, and 64-bit dtypes (int64 / float64, whose int64 key leaves no room for the
-position): each chunk of a row is sorted in registers (32-bit keys as above; 64-bit keys
-by a bitonic network over (key, position) pairs), then merge passes double the sorted run
-length until one run holds the row. A merge places each element by a binary search of the
-partner run (left run: partner keys < its key; right run: <=), so equal keys keep their
-order: the whole sort is stable, as torch's stable sort; NaN sorts last (first when
-descending), as in torch. The last pass gathers the values through the indices.
+Long rows of those dtypes: an LSD radix sort of the same int32 keys, 4 bits a pass (only
+the bits that can differ: 4 passes for bf16), each pass a stable counting scatter; the
+last pass gathers the values through the positions.
+
+64-bit dtypes (int64 / float64, whose int64 key leaves no room for the position): each
+chunk of a row is sorted in registers by a bitonic network over (key, position) pairs,
+then merge passes double the sorted run length until one run holds the row. A merge
+places each element by a binary search of the partner run (left run: partner keys < its
+key; right run: <=), so equal keys keep their order.
+
+Every path is stable, as torch's stable sort; NaN sorts last (first when descending), as
+in torch.
 """
 from __future__ import annotations
 
@@ -47,12 +53,17 @@ def _follower_warps(block: int) -> int:
 
 @triton.jit
 def _key32(v):
-    """An int32 whose signed order is the order of ``v``."""
+    """An int32 whose signed order is the order of ``v``. Floats: their fp32 bit pattern,
+    taken from the bits alone (no float compare or bf16 conversion that may flush a
+    subnormal to zero)."""
     if v.dtype.is_floating():
-        f = v.to(tl.float32)
-        f = tl.where(f != f, float("nan"), f)  # one NaN bit pattern
-        f = tl.where(f == 0.0, 0.0, f)  # -0.0 ties with 0.0
-        bits = f.to(tl.int32, bitcast=True)
+        if v.dtype == tl.bfloat16:
+            bits = v.to(tl.int16, bitcast=True).to(tl.int32) << 16  # bf16 is fp32's top half
+        else:
+            bits = v.to(tl.float32).to(tl.int32, bitcast=True)
+        mag = bits & 0x7FFFFFFF
+        bits = tl.where(mag > 0x7F800000, 0x7FC00000, bits)  # one NaN bit pattern
+        bits = tl.where(mag == 0, 0, bits)  # -0.0 ties with 0.0
         return bits ^ ((bits >> 31) & 0x7FFFFFFF)
     else:
         return v.to(tl.int32)
@@ -123,18 +134,16 @@ def _sort_rows(x2d: torch.Tensor, k: int, desc: bool, ids: torch.Tensor | None =
     return vals, idx
 
 
-# -- long rows and 64-bit keys: chunk sort + merge passes ---------------------------------
+# -- 64-bit keys: chunk sort + merge passes ---------------------------------
 @triton.jit
 def _key64(v):
-    """An int64 whose signed order is the order of ``v`` (NaN last, -0.0 == 0.0)."""
+    """An int64 whose signed order is the order of int64 / float64 ``v`` (NaN last,
+    -0.0 == 0.0)."""
     if v.dtype.is_floating():
-        if v.dtype.primitive_bitwidth == 64:
-            f = tl.where(v != v, float("nan"), v)
-            f = tl.where(f == 0.0, 0.0, f)
-            bits = f.to(tl.int64, bitcast=True)
-            return bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)
-        else:
-            return _key32(v).to(tl.int64)
+        f = tl.where(v != v, float("nan"), v)
+        f = tl.where(f == 0.0, 0.0, f)
+        bits = f.to(tl.int64, bitcast=True)
+        return bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)
     else:
         return v.to(tl.int64)
 
@@ -183,10 +192,10 @@ def _sort_pairs(k, i, NDIM: tl.constexpr):
 @triton.jit
 def sort_chunk_kernel(
     x, keys, ids, vals_out, idx_out, N, nchunk,
-    DESC: tl.constexpr, WIDE: tl.constexpr, FINAL: tl.constexpr, CHUNK: tl.constexpr, LOG_CHUNK: tl.constexpr,
+    DESC: tl.constexpr, FINAL: tl.constexpr, CHUNK: tl.constexpr, LOG_CHUNK: tl.constexpr,
 ):
     """Program (row, c) sorts elements [c*CHUNK, c*CHUNK+CHUNK) of row ``row`` of the
-    contiguous (R, N) ``x``: their keys and row positions go to ``keys`` / ``ids``
+    contiguous (R, N) 64-bit ``x``: their keys and row positions go to ``keys`` / ``ids``
     (FINAL, the row is one chunk: the values and positions go to the outputs)."""
     pid = tl.program_id(0)
     row = (pid // nchunk).to(tl.int64)
@@ -194,20 +203,11 @@ def sort_chunk_kernel(
     o = tl.arange(0, CHUNK)
     m = start + o < N
     v = tl.load(x + row * N + start + o, mask=m, other=0)
-    if WIDE:
-        key = _key64(v)
-        if DESC:
-            key = ~key
-        key = tl.where(m, key, 0x7FFFFFFFFFFFFFFF)  # empty slots sort last (their o is larger)
-        key, loc = _sort_pairs(key, o, LOG_CHUNK)
-    else:
-        k32 = _key32(v)
-        if DESC:
-            k32 = ~k32
-        k32 = tl.where(m, k32, 0x7FFFFFFF)
-        comp = tl.sort((k32.to(tl.int64) << 32) | o.to(tl.int64))
-        key = comp >> 32  # arithmetic: the int32 key, sign-extended
-        loc = (comp & 0xFFFFFFFF).to(tl.int32)
+    key = _key64(v)
+    if DESC:
+        key = ~key
+    key = tl.where(m, key, 0x7FFFFFFFFFFFFFFF)  # empty slots sort last (their o is larger)
+    key, loc = _sort_pairs(key, o, LOG_CHUNK)
     src = (start + loc).to(tl.int64)
     out = row * N + start + o
     if FINAL:
@@ -258,18 +258,15 @@ def sort_merge_kernel(
 
 
 def _sort_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stable sort of each row of contiguous (R, N) ``x2d``: chunks in registers, then
-    merge passes. Any length, any SORT_DTYPES dtype."""
+    """Stable sort of each row of contiguous (R, N) 64-bit ``x2d``: chunks in registers,
+    then merge passes. Any length."""
     R, N = x2d.shape
     vals = torch.empty((R, N), dtype=x2d.dtype, device=x2d.device)
     idx = torch.empty((R, N), dtype=torch.int64, device=x2d.device)
     if R * N == 0:
         return vals, idx
-    wide = x2d.dtype in WIDE_DTYPES
-    chunk = min(CHUNK_WIDE if wide else MAX_SORT, next_power_of_2(N))
+    chunk = min(CHUNK_WIDE, next_power_of_2(N))
     nchunk = cdiv(N, chunk)
-    src = x2d.view(torch.uint8) if x2d.dtype == torch.bool else x2d
-    out_vals = vals.view(torch.uint8) if x2d.dtype == torch.bool else vals
     final = nchunk == 1
     keys = ids = keys2 = ids2 = idx  # placeholders when one chunk is the row
     if not final:
@@ -278,18 +275,159 @@ def _sort_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tenso
         keys2, ids2 = torch.empty_like(keys), torch.empty_like(ids)
     warps = 4 if chunk <= 1024 else 8
     sort_chunk_kernel[(R * nchunk,)](
-        src, keys, ids, out_vals, idx, N, nchunk,
-        DESC=desc, WIDE=wide, FINAL=final, CHUNK=chunk, LOG_CHUNK=chunk.bit_length() - 1, num_warps=warps,
+        x2d, keys, ids, vals, idx, N, nchunk,
+        DESC=desc, FINAL=final, CHUNK=chunk, LOG_CHUNK=chunk.bit_length() - 1, num_warps=warps,
     )
     L = chunk
     while L < N:
         last = 2 * L >= N
         grid = lambda META: (R * cdiv(N, META["BLOCK"]),)
-        sort_merge_kernel[grid](keys, ids, keys2, ids2, src, out_vals, idx, N, L, L.bit_length(), FINAL=last)
+        sort_merge_kernel[grid](keys, ids, keys2, ids2, x2d, vals, idx, N, L, L.bit_length(), FINAL=last)
         keys, ids, keys2, ids2 = keys2, ids2, keys, ids
         L *= 2
     return vals, idx
 
+
+# -- long rows of 32-bit-or-narrower keys: LSD radix sort ---------------------------------
+# 4 bits a pass; 64-bit keys stay on the merge sort (their 16 passes measured slower)
+RADIX_BLOCK = 256  # elements one program ranks per pass (512 for rows over RADIX_LONG_ROW)
+RADIX_LONG_ROW = 1 << 20  # past it a row has so many blocks that the per-digit scan is long
+# The digit shifts a sort must visit, by dtype: the others are the same for every element
+# (bf16 / fp16 keys are fp32 bit patterns with zero low bits) or, for small integers, the
+# sign extension that the top digit (28) already orders.
+RADIX_SHIFTS = {
+    torch.float32: list(range(0, 32, 4)), torch.int32: list(range(0, 32, 4)),
+    torch.bfloat16: [16, 20, 24, 28], torch.float16: [12, 16, 20, 24, 28],
+    torch.int16: [0, 4, 8, 12, 28], torch.int8: [0, 4, 28], torch.uint8: [0, 4], torch.bool: [0],
+}
+
+
+@triton.jit
+def _radix_digit(x, keys, base, o, m, shift, FIRST: tl.constexpr, DESC: tl.constexpr):
+    """Keys at row positions ``o`` (FIRST: made from the values) and their digit at
+    ``shift``; the top digit's sign bit is turned, so signed keys sort as unsigned."""
+    if FIRST:
+        key = _key32(tl.load(x + base + o, mask=m, other=0))
+        if DESC:
+            key = ~key
+    else:
+        key = tl.load(keys + base + o, mask=m, other=0)
+    return key, ((key >> shift) & 15) ^ tl.where(shift == 28, 8, 0)
+
+
+@triton.jit
+def radix_count_kernel(x, keys, counts, totals, N, nblk, shift, FIRST: tl.constexpr, DESC: tl.constexpr, BLOCK: tl.constexpr):
+    """counts[row, d, b]: how many keys of block b of the row have digit d; totals[row, d]
+    (zeroed): how many in the row."""
+    pid = tl.program_id(0)
+    row = (pid // nblk).to(tl.int64)
+    b = pid % nblk
+    o = b * BLOCK + tl.arange(0, BLOCK)
+    m = o < N
+    _, d = _radix_digit(x, keys, row * N, o, m, shift, FIRST, DESC)
+    r = tl.arange(0, 16)
+    # empty slots (in a row's last block) count as digit 0: take them off
+    hist = tl.histogram(tl.where(m, d, 0), 16) - tl.where(r == 0, BLOCK - tl.sum(m.to(tl.int32), axis=0), 0)
+    tl.store(counts + (row * 16 + r) * nblk + b, hist)
+    tl.atomic_add(totals + row * 16 + r, hist, sem="relaxed")
+
+
+@triton.jit
+def radix_scan_kernel(counts, totals, offsets, nblk, CH: tl.constexpr):
+    """offsets[row, d, b]: where block b's keys of digit d start in the row (the row's keys
+    of smaller digits, then digit d's of earlier blocks). Program (row, d)."""
+    row = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1)
+    r = tl.arange(0, 16)
+    carry = tl.sum(tl.where(r < d, tl.load(totals + row * 16 + r), 0), axis=0)
+    col = (row * 16 + d) * nblk
+    c = tl.arange(0, CH)
+    for s in range(0, nblk, CH):
+        ok = s + c < nblk
+        t = tl.load(counts + col + s + c, mask=ok, other=0)
+        tl.store(offsets + col + s + c, tl.cumsum(t, axis=0) - t + carry, mask=ok)
+        carry += tl.sum(t, axis=0)
+
+
+@triton.jit
+def radix_scatter_kernel(
+    x, keys, ids, offsets, keys_out, ids_out, vals_out, idx_out, N, nblk, shift,
+    FIRST: tl.constexpr, LAST: tl.constexpr, DESC: tl.constexpr, BLOCK: tl.constexpr, FIELD: tl.constexpr,
+):
+    """One pass: each key goes to its digit's start for its block plus its rank among the
+    block's keys of that digit (stable). The last pass writes values and indices."""
+    pid = tl.program_id(0)
+    row = (pid // nblk).to(tl.int64)
+    b = pid % nblk
+    o = b * BLOCK + tl.arange(0, BLOCK)
+    m = o < N
+    base = row * N
+    key, d = _radix_digit(x, keys, base, o, m, shift, FIRST, DESC)
+    # rank: an inclusive count per digit, digits packed PER to an int32 in fields of FIELD
+    # bits (one scan per word). Counts are mod 2**FIELD >= BLOCK, so each rank (< BLOCK) is
+    # exact: only a block of one digit overflows, at its last element, after all others.
+    PER: tl.constexpr = 32 // FIELD
+    group = d // PER
+    field = (d % PER) * FIELD
+    one = tl.where(m, tl.full([BLOCK], 1, tl.int32) << field, 0)
+    seen = tl.zeros([BLOCK], dtype=tl.int32)
+    for g in tl.static_range((16 + PER - 1) // PER):
+        seen = tl.where(group == g, tl.cumsum(tl.where(group == g, one, 0), axis=0), seen)
+    rank = ((seen >> field) - 1) & ((1 << FIELD) - 1)
+    dst = base + tl.load(offsets + (row * 16 + d) * nblk + b, mask=m, other=0) + rank
+    if FIRST:
+        src = o
+    else:
+        src = tl.load(ids + base + o, mask=m, other=0)
+    if LAST:
+        tl.store(vals_out + dst, tl.load(x + base + src, mask=m), mask=m)
+        tl.store(idx_out + dst, src.to(tl.int64), mask=m)
+    else:
+        tl.store(keys_out + dst, key, mask=m)
+        tl.store(ids_out + dst, src.to(tl.int32), mask=m)
+
+
+def _sort_radix(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable sort of each row of contiguous (R, N) ``x2d`` (a RADIX_SHIFTS dtype) by LSD
+    radix passes over its keys: count each block's digits, scan them per row and digit,
+    scatter. Positions ride along as int32, so a row holds under 2**31 elements.
+
+    Not tuned: the three kernels of a pass must share the block (the counts are per
+    block), so a LibTuner of one of them alone would mix sizes; the sizes were measured
+    (docs/performance.md)."""
+    R, N = x2d.shape
+    vals = torch.empty((R, N), dtype=x2d.dtype, device=x2d.device)
+    idx = torch.empty((R, N), dtype=torch.int64, device=x2d.device)
+    if R * N == 0:
+        return vals, idx
+    src = x2d.view(torch.uint8) if x2d.dtype == torch.bool else x2d
+    out_vals = vals.view(torch.uint8) if x2d.dtype == torch.bool else vals
+    block = min(RADIX_BLOCK * (2 if N > RADIX_LONG_ROW else 1), next_power_of_2(N))
+    nblk = cdiv(N, block)
+    shifts = RADIX_SHIFTS[x2d.dtype]
+    dev = x2d.device
+    keys = [torch.empty((R, N), dtype=torch.int32, device=dev) for _ in range(2)]
+    ids = [torch.empty((R, N), dtype=torch.int32, device=dev) for _ in range(2)]
+    counts = torch.empty((R, 16, nblk), dtype=torch.int32, device=dev)
+    offsets = torch.empty_like(counts)
+    totals = torch.zeros((len(shifts), R, 16), dtype=torch.int32, device=dev)  # one zeroing for all passes
+    warps = max(block // 128, 1)
+    for p, shift in enumerate(shifts):
+        first = p == 0
+        kin, kout, iin, iout = keys[p % 2], keys[1 - p % 2], ids[p % 2], ids[1 - p % 2]
+        radix_count_kernel[(R * nblk,)](src, kin, counts, totals[p], N, nblk, shift, FIRST=first, DESC=desc, BLOCK=block, num_warps=warps)
+        radix_scan_kernel[(R, 16)](counts, totals[p], offsets, nblk, CH=min(1024, next_power_of_2(nblk)), num_warps=4)
+        radix_scatter_kernel[(R * nblk,)](
+            src, kin, iin, offsets, kout, iout, out_vals, idx, N, nblk, shift,
+            FIRST=first, LAST=p == len(shifts) - 1, DESC=desc, BLOCK=block, FIELD=block.bit_length() - 1, num_warps=warps,
+        )
+    return vals, idx
+
+
+def _sort_rows_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable sort of rows too long for one program: radix for 32-bit-or-narrower keys,
+    the merge sort for 64-bit ones."""
+    return (_sort_radix if x2d.dtype in RADIX_SHIFTS else _sort_long)(x2d, desc)
 
 def _rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
     nd = max(x.dim(), 1)
@@ -316,7 +454,7 @@ def _sort(x: torch.Tensor, stable: bool | None, dim: int, descending: bool) -> t
     if x.dtype in KEY_DTYPES and n <= MAX_SORT:
         vals, idx = _sort_rows(rows, n, descending)
     else:
-        vals, idx = _sort_long(rows, descending)
+        vals, idx = _sort_rows_long(rows, descending)
     return _back(vals, x, d, n), _back(idx, x, d, n)
 
 
@@ -341,7 +479,7 @@ def topk(x: torch.Tensor, k: int, dim: int = -1, largest: bool = True, sorted: b
         return aten_fallback("topk")(x, k, dim, largest, sorted)
     rows, d = _rows(x, dim)
     if x.dtype in WIDE_DTYPES or (n > MAX_SORT and 2 * k > seg):  # a full sort, cut to k
-        vals, idx = _sort_long(rows, largest)
+        vals, idx = _sort_rows_long(rows, largest)
         return _back(vals[:, :k], x, d, k), _back(idx[:, :k], x, d, k)
     # long rows: stages keep the top k of each segment until one segment holds the rest
     vals, ids = rows, None
@@ -416,7 +554,7 @@ def unique2(x: torch.Tensor, sorted: bool = True, return_inverse: bool = False, 
     elif x.dtype in KEY_DTYPES and n <= MAX_SORT:
         sv, perm = _sort_rows(flat.view(1, n), n, False)
     else:
-        sv, perm = _sort_long(flat.view(1, n), False)
+        sv, perm = _sort_rows_long(flat.view(1, n), False)
     sv = sv.view(n)
     used: dict = {}
 

@@ -302,10 +302,17 @@ def test_unique_through_torch(dtype):
         same(a, b)
 
 
-# -- sort / topk / unique beyond one chunk in registers, and 64-bit keys ------------------
-# MAX_SORT / CHUNK_WIDE are shrunk so short rows take several merge passes (the interpreter
-# is slow); test_sort_past_max_sort runs the real sizes once.
+# -- sort / topk / unique beyond one program's row, and 64-bit keys -----------------------
+# MAX_SORT / CHUNK_WIDE / RADIX_BLOCK are shrunk so short rows take several radix blocks or
+# merge passes (the interpreter is slow); test_sort_past_max_sort runs the real sizes once.
 LONG_DTYPES = FLOAT_DTYPES + [torch.float64, torch.int32, torch.int64, torch.int16, torch.uint8]
+RADIX_KERNELS = ("radix_count_kernel", "radix_scan_kernel", "radix_scatter_kernel")
+MERGE_KERNELS = ("sort_chunk_kernel", "sort_merge_kernel")
+
+
+def long_sort_kernels(dtype):
+    """What sorts a long row: radix passes, or for 64-bit keys chunk sorts and merges."""
+    return MERGE_KERNELS if dtype in (torch.int64, torch.float64) else RADIX_KERNELS
 
 
 @pytest.fixture
@@ -314,6 +321,7 @@ def small_chunks(monkeypatch):
 
     monkeypatch.setattr(sort_mod, "MAX_SORT", 64)
     monkeypatch.setattr(sort_mod, "CHUNK_WIDE", 16)
+    monkeypatch.setattr(sort_mod, "RADIX_BLOCK", 64)
 
 
 def with_specials(x):
@@ -334,8 +342,8 @@ def with_specials(x):
 def test_sort_long_rows_stable(small_chunks, dtype, descending):
     lo, hi = (0, 9) if dtype == torch.uint8 else (-4, 5)
     x = with_specials(rand((300, 3), dtype, lo, hi).round() if dtype.is_floating_point else rand((300, 3), dtype, lo, hi))
-    x = x.t()  # non-contiguous; 300 = 4 full chunks and a partial one (wide: 18 + 1)
-    with gems_ran("sort_chunk_kernel", "sort_merge_kernel"):
+    x = x.t()  # non-contiguous; 300 = 4 full radix blocks and a partial one (wide: 18 + 1 chunks)
+    with gems_ran(*long_sort_kernels(dtype)):
         v, i = torch.sort(x, dim=-1, descending=descending, stable=True)
         v0, i0 = torch.sort(x.t(), dim=0, descending=descending, stable=True)
     rv, ri = torch.sort(x, dim=-1, descending=descending, stable=True)
@@ -365,13 +373,66 @@ def test_sort_64bit_one_chunk(dtype, n):
 
 
 def test_sort_past_max_sort():
-    """A real row longer than MAX_SORT: one 4096-chunk sort and a merge pass."""
+    """A real row longer than MAX_SORT: radix passes over blocks of the real size."""
     x = rand((5000,), torch.float32, -100, 100).round()
-    with gems_ran("sort_chunk_kernel", "sort_merge_kernel"):
+    with gems_ran(*RADIX_KERNELS):
         v, i = torch.sort(x, stable=True)
     rv, ri = torch.sort(x, stable=True)
     same(v, rv)
     same(i, ri)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.float16, torch.bfloat16, torch.int16, torch.int32])
+def test_radix_sort_skips_constant_digits(small_chunks, monkeypatch, dtype):
+    """Each dtype visits only the digits that can differ (RADIX_SHIFTS): a pass per entry,
+    and the order is still exact at the dtype's extremes (fp16 subnormals, integer
+    min / max), for rows past RADIX_LONG_ROW (twice the block) too."""
+    from flag_gems.ops import sort as sort_mod
+
+    monkeypatch.setattr(sort_mod, "RADIX_LONG_ROW", 200)
+    if dtype == torch.bool:
+        x = torch.rand(3, 301, device=DEVICE) > 0.5
+    elif dtype.is_floating_point:
+        x = with_specials(torch.randn(3, 301, device=DEVICE).to(dtype) * 100)
+        x.view(-1)[9::23] = torch.finfo(dtype).tiny / 4  # fp16: a subnormal
+        x.view(-1)[10::23] = torch.finfo(dtype).max
+    else:
+        info = torch.iinfo(dtype)
+        x = torch.randint(info.min, info.max, (3, 301), dtype=dtype, device=DEVICE)
+        x.view(-1)[::7], x.view(-1)[1::7], x.view(-1)[2::9] = info.max, info.min, 0
+    for desc in (False, True):
+        with gems_ran(*RADIX_KERNELS) as launched:
+            v, i = torch.sort(x, descending=desc, stable=True)
+        assert launched["radix_scatter_kernel"] == len(sort_mod.RADIX_SHIFTS[dtype])
+        rv, ri = torch.sort(x, descending=desc, stable=True)
+        same(i, ri)
+        assert_close(v, to_reference(rv), dtype, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_sort_subnormals_apart_from_zero(dtype):
+    """A subnormal is not zero (the keys come from the bits; bf16's conversion flushed them
+    in the interpreter), while -0.0 ties with 0.0 and NaN of either sign sorts last: the
+    order of torch's CPU sort (IEEE comparisons)."""
+    tiny = torch.finfo(dtype).tiny / 4
+    x = torch.tensor([0.0, tiny, -0.0, 1.0, -tiny, 0.0, float("nan"), -float("inf"), -float("nan")], dtype=dtype)
+    for desc in (False, True):
+        with gems_ran("sort_kernel"):
+            _, i = torch.sort(x.to(DEVICE), descending=desc, stable=True)
+        expected = torch.sort(x, descending=desc, stable=True)[1]
+        assert i.tolist() == expected.tolist(), (desc, i.tolist(), expected.tolist())
+
+
+def test_radix_sort_blocks_of_one_value(small_chunks):
+    """A block whose keys share a digit fills its digit's count field to the block size
+    (it wraps): the ranks must still be exact, as must a row of one value."""
+    x = torch.cat([torch.full((1, 200), 3.0), torch.randn(1, 200).round()], 1).to(DEVICE)
+    for row in (x, torch.full((1, 300), -2.5, device=DEVICE)):
+        with gems_ran(*RADIX_KERNELS):
+            v, i = torch.sort(row, stable=True)
+        rv, ri = torch.sort(row, stable=True)
+        same(i, ri)
+        same(v, rv)
 
 
 def test_sort_empty_and_scalar():
@@ -387,7 +448,7 @@ def test_sort_empty_and_scalar():
 def test_topk_long_rows_large_k(small_chunks, dtype, largest):
     """k too large for the reduction stages (or a 64-bit dtype): a full sort, cut to k."""
     x = rand((2, 200), dtype)
-    with gems_ran("sort_merge_kernel"):
+    with gems_ran(*long_sort_kernels(dtype)):
         v, i = torch.topk(x, 40, largest=largest)
     rv, _ = torch.topk(x, 40, largest=largest)
     same(v, rv)

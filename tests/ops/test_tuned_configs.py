@@ -37,7 +37,7 @@ def _nll():
 
 
 def _sort_merge():
-    x = torch.randint(-50, 50, (2, 300), device=DEVICE, dtype=torch.int32)  # 64-chunks (shrunk), 3 merge passes
+    x = torch.randint(-50, 50, (2, 300), device=DEVICE, dtype=torch.int64)  # 16-chunks (shrunk), 5 merge passes
     v, i = torch.sort(x, stable=True)
     rv, ri = torch.sort(x, stable=True)
     assert torch.equal(v, rv) and torch.equal(i, ri)
