@@ -54,6 +54,18 @@ def _calls():
     pg, gg = torch.randn(2, 3, 9, requires_grad=True), torch.randn(2, 4, 6, requires_grad=True)
     yield lambda: (F.pad(pg, (2, 3), mode="reflect").sum() + F.group_norm(gg, 2, torch.ones(4, requires_grad=True)).sum()).backward()
     yield lambda: F.embedding(ids, tg, scale_grad_by_freq=True).sum().backward()
+    yield _radix_sorts
+
+
+def _radix_sorts():
+    """Sorts through the radix passes (at any size, for the recording)."""
+    from flag_gems.ops import sort as sort_mod
+
+    saved, sort_mod.RADIX_MIN_NUMEL = sort_mod.RADIX_MIN_NUMEL, 0
+    try:
+        return torch.sort(torch.randn(2, 5000), descending=True), torch.sort(torch.randn(5000, dtype=torch.bfloat16))
+    finally:
+        sort_mod.RADIX_MIN_NUMEL = saved
 
 
 def test_kernels_compile_for_cuda(tmp_path):
@@ -62,7 +74,7 @@ def test_kernels_compile_for_cuda(tmp_path):
             call()
     kernels = {s["name"] for s in specs}
     for name in ("_reduce_kernel", "_mm_kernel", "cat_kernel", "rms_norm_fwd_kernel", "rotary_kernel", "embedding_fwd_kernel",
-                 "index_select_rows_kernel"):
+                 "index_select_rows_kernel", "radix_scatter_kernel"):
         assert name in kernels, sorted(kernels)  # the recorder saw the launches
     path = tmp_path / "specs.json"
     path.write_text(json.dumps(specs))

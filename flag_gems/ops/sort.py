@@ -1,5 +1,5 @@
-"""sort, topk and unique (_unique2): a bitonic sort in registers; long rows by radix passes
-(32-bit-or-narrower keys) or merged across chunks (64-bit keys).
+"""sort, topk and unique (_unique2): a bitonic sort in registers; longer rows by radix
+passes or merged across chunks.
 
 Short rows (up to MAX_SORT elements of a 32-bit-or-narrower dtype): one program sorts one
 row in registers (tl.sort). Each value becomes an int32 key whose signed order is the
@@ -8,15 +8,16 @@ value order (floats: flip the non-sign bits of negatives; NaN canonical, so it s
 low half, so one ascending sort of int64 is a *stable* sort that carries the indices
 (descending: the key is bit-inverted).
 
-Long rows of those dtypes: an LSD radix sort of the same int32 keys, 4 bits a pass (only
-the bits that can differ: 4 passes for bf16), each pass a stable counting scatter; the
-last pass gathers the values through the positions.
+Large sorts (RADIX_MIN_NUMEL elements and up) of those dtypes: an LSD radix sort of the
+same int32 keys, 4 bits a pass (only the bits that can differ: 4 passes for bf16), each
+pass a stable counting scatter; the last pass gathers the values through the positions.
 
-64-bit dtypes (int64 / float64, whose int64 key leaves no room for the position): each
-chunk of a row is sorted in registers by a bitonic network over (key, position) pairs,
-then merge passes double the sorted run length until one run holds the row. A merge
-places each element by a binary search of the partner run (left run: partner keys < its
-key; right run: <=), so equal keys keep their order.
+Smaller long rows, and 64-bit dtypes (int64 / float64, whose int64 key leaves no room for
+the position): each chunk of a row is sorted in registers (32-bit keys as above; 64-bit
+keys by a bitonic network over (key, position) pairs), then merge passes double the
+sorted run length until one run holds the row. A merge places each element by a binary
+search of the partner run (left run: partner keys < its key; right run: <=), so equal
+keys keep their order.
 
 Every path is stable, as torch's stable sort; NaN sorts last (first when descending), as
 in torch.
@@ -32,6 +33,7 @@ import triton.language as tl
 from flag_gems.registry import aten_fallback, register
 from flag_gems.utils import cdiv, next_power_of_2
 from tuner import libtuner
+from tuner.launch import launch
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +136,11 @@ def _sort_rows(x2d: torch.Tensor, k: int, desc: bool, ids: torch.Tensor | None =
     return vals, idx
 
 
-# -- 64-bit keys: chunk sort + merge passes ---------------------------------
+# -- long rows (small sorts and 64-bit keys): chunk sort + merge passes -----------------
 @triton.jit
 def _key64(v):
     """An int64 whose signed order is the order of int64 / float64 ``v`` (NaN last,
-    -0.0 == 0.0)."""
+    -0.0 == 0.0): the merge sort's keys of 64-bit dtypes."""
     if v.dtype.is_floating():
         f = tl.where(v != v, float("nan"), v)
         f = tl.where(f == 0.0, 0.0, f)
@@ -192,10 +194,10 @@ def _sort_pairs(k, i, NDIM: tl.constexpr):
 @triton.jit
 def sort_chunk_kernel(
     x, keys, ids, vals_out, idx_out, N, nchunk,
-    DESC: tl.constexpr, FINAL: tl.constexpr, CHUNK: tl.constexpr, LOG_CHUNK: tl.constexpr,
+    DESC: tl.constexpr, WIDE: tl.constexpr, FINAL: tl.constexpr, CHUNK: tl.constexpr, LOG_CHUNK: tl.constexpr,
 ):
     """Program (row, c) sorts elements [c*CHUNK, c*CHUNK+CHUNK) of row ``row`` of the
-    contiguous (R, N) 64-bit ``x``: their keys and row positions go to ``keys`` / ``ids``
+    contiguous (R, N) ``x``: their keys and row positions go to ``keys`` / ``ids``
     (FINAL, the row is one chunk: the values and positions go to the outputs)."""
     pid = tl.program_id(0)
     row = (pid // nchunk).to(tl.int64)
@@ -203,11 +205,20 @@ def sort_chunk_kernel(
     o = tl.arange(0, CHUNK)
     m = start + o < N
     v = tl.load(x + row * N + start + o, mask=m, other=0)
-    key = _key64(v)
-    if DESC:
-        key = ~key
-    key = tl.where(m, key, 0x7FFFFFFFFFFFFFFF)  # empty slots sort last (their o is larger)
-    key, loc = _sort_pairs(key, o, LOG_CHUNK)
+    if WIDE:
+        key = _key64(v)
+        if DESC:
+            key = ~key
+        key = tl.where(m, key, 0x7FFFFFFFFFFFFFFF)  # empty slots sort last (their o is larger)
+        key, loc = _sort_pairs(key, o, LOG_CHUNK)
+    else:
+        k32 = _key32(v)
+        if DESC:
+            k32 = ~k32
+        k32 = tl.where(m, k32, 0x7FFFFFFF)
+        comp = tl.sort((k32.to(tl.int64) << 32) | o.to(tl.int64))
+        key = comp >> 32  # arithmetic: the int32 key, sign-extended
+        loc = (comp & 0xFFFFFFFF).to(tl.int32)
     src = (start + loc).to(tl.int64)
     out = row * N + start + o
     if FINAL:
@@ -258,15 +269,18 @@ def sort_merge_kernel(
 
 
 def _sort_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stable sort of each row of contiguous (R, N) 64-bit ``x2d``: chunks in registers,
-    then merge passes. Any length."""
+    """Stable sort of each row of contiguous (R, N) ``x2d``: chunks in registers, then
+    merge passes. Any length, any SORT_DTYPES dtype."""
     R, N = x2d.shape
     vals = torch.empty((R, N), dtype=x2d.dtype, device=x2d.device)
     idx = torch.empty((R, N), dtype=torch.int64, device=x2d.device)
     if R * N == 0:
         return vals, idx
-    chunk = min(CHUNK_WIDE, next_power_of_2(N))
+    wide = x2d.dtype in WIDE_DTYPES
+    chunk = min(CHUNK_WIDE if wide else MAX_SORT, next_power_of_2(N))
     nchunk = cdiv(N, chunk)
+    src = x2d.view(torch.uint8) if x2d.dtype == torch.bool else x2d
+    out_vals = vals.view(torch.uint8) if x2d.dtype == torch.bool else vals
     final = nchunk == 1
     keys = ids = keys2 = ids2 = idx  # placeholders when one chunk is the row
     if not final:
@@ -274,23 +288,24 @@ def _sort_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tenso
         ids = torch.empty((R, N), dtype=torch.int64, device=x2d.device)
         keys2, ids2 = torch.empty_like(keys), torch.empty_like(ids)
     warps = 4 if chunk <= 1024 else 8
-    sort_chunk_kernel[(R * nchunk,)](
-        x2d, keys, ids, vals, idx, N, nchunk,
-        DESC=desc, FINAL=final, CHUNK=chunk, LOG_CHUNK=chunk.bit_length() - 1, num_warps=warps,
+    launch(
+        sort_chunk_kernel, (R * nchunk,), src, keys, ids, out_vals, idx, N, nchunk,
+        DESC=desc, WIDE=wide, FINAL=final, CHUNK=chunk, LOG_CHUNK=chunk.bit_length() - 1, num_warps=warps,
     )
     L = chunk
     while L < N:
         last = 2 * L >= N
         grid = lambda META: (R * cdiv(N, META["BLOCK"]),)
-        sort_merge_kernel[grid](keys, ids, keys2, ids2, x2d, vals, idx, N, L, L.bit_length(), FINAL=last)
+        sort_merge_kernel[grid](keys, ids, keys2, ids2, src, out_vals, idx, N, L, L.bit_length(), FINAL=last)
         keys, ids, keys2, ids2 = keys2, ids2, keys, ids
         L *= 2
     return vals, idx
 
 
-# -- long rows of 32-bit-or-narrower keys: LSD radix sort ---------------------------------
+# -- large sorts of 32-bit-or-narrower keys: LSD radix sort ---------------------------------
 # 4 bits a pass; 64-bit keys stay on the merge sort (their 16 passes measured slower)
 RADIX_BLOCK = 256  # elements one program ranks per pass (512 for rows over RADIX_LONG_ROW)
+RADIX_MIN_NUMEL = 1 << 22  # below it the merge sort's 4 to 7 launches beat 3 a pass, in eager (measured)
 RADIX_LONG_ROW = 1 << 20  # past it a row has so many blocks that the per-digit scan is long
 # The digit shifts a sort must visit, by dtype: the others are the same for every element
 # (bf16 / fp16 keys are fp32 bit patterns with zero low bits) or, for small integers, the
@@ -415,19 +430,22 @@ def _sort_radix(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tens
     for p, shift in enumerate(shifts):
         first = p == 0
         kin, kout, iin, iout = keys[p % 2], keys[1 - p % 2], ids[p % 2], ids[1 - p % 2]
-        radix_count_kernel[(R * nblk,)](src, kin, counts, totals[p], N, nblk, shift, FIRST=first, DESC=desc, BLOCK=block, num_warps=warps)
-        radix_scan_kernel[(R, 16)](counts, totals[p], offsets, nblk, CH=min(1024, next_power_of_2(nblk)), num_warps=4)
-        radix_scatter_kernel[(R * nblk,)](
-            src, kin, iin, offsets, kout, iout, out_vals, idx, N, nblk, shift,
+        launch(radix_count_kernel, (R * nblk,), src, kin, counts, totals[p], N, nblk, shift, FIRST=first, DESC=desc, BLOCK=block, num_warps=warps)
+        launch(radix_scan_kernel, (R, 16), counts, totals[p], offsets, nblk, CH=min(1024, next_power_of_2(nblk)), num_warps=4)
+        launch(
+            radix_scatter_kernel, (R * nblk,), src, kin, iin, offsets, kout, iout, out_vals, idx, N, nblk, shift,
             FIRST=first, LAST=p == len(shifts) - 1, DESC=desc, BLOCK=block, FIELD=block.bit_length() - 1, num_warps=warps,
         )
     return vals, idx
 
 
 def _sort_rows_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stable sort of rows too long for one program: radix for 32-bit-or-narrower keys,
-    the merge sort for 64-bit ones."""
-    return (_sort_radix if x2d.dtype in RADIX_SHIFTS else _sort_long)(x2d, desc)
+    """Stable sort of rows too long for one program: radix passes for 32-bit-or-narrower
+    keys once the sort is large enough that its 3 launches a pass cost less than the
+    merge sort's device time (RADIX_MIN_NUMEL); the merge sort otherwise, and for 64-bit
+    keys (whose 16 radix passes measured slower)."""
+    radix = x2d.dtype in RADIX_SHIFTS and x2d.numel() >= RADIX_MIN_NUMEL
+    return (_sort_radix if radix else _sort_long)(x2d, desc)
 
 def _rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
     nd = max(x.dim(), 1)

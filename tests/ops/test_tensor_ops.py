@@ -311,7 +311,8 @@ MERGE_KERNELS = ("sort_chunk_kernel", "sort_merge_kernel")
 
 
 def long_sort_kernels(dtype):
-    """What sorts a long row: radix passes, or for 64-bit keys chunk sorts and merges."""
+    """What sorts a long row in these tests (small_chunks: radix from any size): radix
+    passes, or for 64-bit keys chunk sorts and merges."""
     return MERGE_KERNELS if dtype in (torch.int64, torch.float64) else RADIX_KERNELS
 
 
@@ -322,6 +323,15 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(sort_mod, "MAX_SORT", 64)
     monkeypatch.setattr(sort_mod, "CHUNK_WIDE", 16)
     monkeypatch.setattr(sort_mod, "RADIX_BLOCK", 64)
+    monkeypatch.setattr(sort_mod, "RADIX_MIN_NUMEL", 0)
+
+
+@pytest.fixture
+def merge_only(monkeypatch):
+    """Small sorts of 32-bit-or-narrower keys: the merge sort (as below RADIX_MIN_NUMEL)."""
+    from flag_gems.ops import sort as sort_mod
+
+    monkeypatch.setattr(sort_mod, "RADIX_MIN_NUMEL", 1 << 62)
 
 
 def with_specials(x):
@@ -352,6 +362,21 @@ def test_sort_long_rows_stable(small_chunks, dtype, descending):
     same(i0, ri.t())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int16, torch.uint8])
+@pytest.mark.parametrize("descending", [False, True])
+def test_sort_small_long_rows_merge(small_chunks, merge_only, dtype, descending):
+    """Below RADIX_MIN_NUMEL, 32-bit-or-narrower keys take the merge sort: chunks in
+    registers (packed with their positions), then merge passes."""
+    lo, hi = (0, 9) if dtype == torch.uint8 else (-4, 5)
+    x = with_specials(rand((3, 300), dtype, lo, hi).round() if dtype.is_floating_point else rand((3, 300), dtype, lo, hi))
+    with gems_ran(*MERGE_KERNELS) as launched:
+        v, i = torch.sort(x, dim=-1, descending=descending, stable=True)
+    assert launched["radix_scatter_kernel"] == 0
+    rv, ri = torch.sort(x, dim=-1, descending=descending, stable=True)
+    same(i, ri)
+    assert_close(v, to_reference(rv), dtype, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
 @pytest.mark.parametrize("n", [1, 2, 37])
 def test_sort_64bit_one_chunk(dtype, n):
@@ -372,10 +397,16 @@ def test_sort_64bit_one_chunk(dtype, n):
         assert_close(v, to_reference(rv), dtype, atol=0, rtol=0)
 
 
-def test_sort_past_max_sort():
-    """A real row longer than MAX_SORT: radix passes over blocks of the real size."""
+@pytest.mark.parametrize("radix", [False, True])
+def test_sort_past_max_sort(monkeypatch, radix):
+    """A real row longer than MAX_SORT, at the real block sizes: one 4096-chunk sort and a
+    merge pass, or (were it RADIX_MIN_NUMEL long) radix passes."""
+    from flag_gems.ops import sort as sort_mod
+
+    if radix:
+        monkeypatch.setattr(sort_mod, "RADIX_MIN_NUMEL", 5000)
     x = rand((5000,), torch.float32, -100, 100).round()
-    with gems_ran(*RADIX_KERNELS):
+    with gems_ran(*(RADIX_KERNELS if radix else MERGE_KERNELS)):
         v, i = torch.sort(x, stable=True)
     rv, ri = torch.sort(x, stable=True)
     same(v, rv)
