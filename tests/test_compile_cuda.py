@@ -41,7 +41,7 @@ def _calls():
     yield lambda: (fused.silu_and_mul(x), fused.gelu_and_mul(x), fused.apply_rotary_pos_emb(q, k, cos, sin))
     yield lambda: (F.embedding(ids, table), torch.mm(a, b), torch.addmm(torch.randn(16, dtype=bf16), a, b), torch.bmm(a[None], b[None]))
     yield lambda: (torch.cat([x, x], -1), torch.stack([x, x]), torch.index_select(x, 0, ids % 6), torch.index_select(wide, 0, ids), torch.gather(x, 1, xi.abs() % 40),
-                   x.flip(0), x.repeat(2, 1), F.pad(x, (1, 2)), x.triu(), torch.nonzero(xi), torch.unique(xi), torch.topk(x, 3), torch.sort(x))
+                   x.flip(0), x.repeat(2, 1), F.pad(x, (1, 2)), x.triu(), torch.nonzero(xi), torch.unique(xi), torch.unique(x), torch.topk(x, 3), torch.sort(x))
     yield lambda: (torch.arange(11), torch.full((5,), 3.0), torch.zeros(4, 3))
     # backward kernels and the rest of the training step
     wg = torch.randn(40, requires_grad=True)

@@ -54,15 +54,21 @@ def _follower_warps(block: int) -> int:
 
 
 @triton.jit
+def _f32_bits(v):
+    """The fp32 bit pattern of a float ``v``; bf16 by its bits, as fp32's top half (the
+    interpreter's bf16 conversion flushes subnormals to zero)."""
+    if v.dtype == tl.bfloat16:
+        return v.to(tl.int16, bitcast=True).to(tl.int32) << 16
+    else:
+        return v.to(tl.float32).to(tl.int32, bitcast=True)
+
+
+@triton.jit
 def _key32(v):
-    """An int32 whose signed order is the order of ``v``. Floats: their fp32 bit pattern,
-    taken from the bits alone (no float compare or bf16 conversion that may flush a
-    subnormal to zero)."""
+    """An int32 whose signed order is the order of ``v``. Floats: from their fp32 bits
+    alone (no float compare, which may flush a subnormal to zero)."""
     if v.dtype.is_floating():
-        if v.dtype == tl.bfloat16:
-            bits = v.to(tl.int16, bitcast=True).to(tl.int32) << 16  # bf16 is fp32's top half
-        else:
-            bits = v.to(tl.float32).to(tl.int32, bitcast=True)
+        bits = _f32_bits(v)
         mag = bits & 0x7FFFFFFF
         bits = tl.where(mag > 0x7F800000, 0x7FC00000, bits)  # one NaN bit pattern
         bits = tl.where(mag == 0, 0, bits)  # -0.0 ties with 0.0
@@ -516,8 +522,8 @@ def _first_of_run(sv, i, m):
     a, b = v, prev
     if v.dtype.is_floating():  # compare in fp32/fp64, never on bf16 directly
         if v.dtype.primitive_bitwidth < 64:
-            a = v.to(tl.float32)
-            b = prev.to(tl.float32)
+            a = _f32_bits(v).to(tl.float32, bitcast=True)
+            b = _f32_bits(prev).to(tl.float32, bitcast=True)
     return v, m & ((i == 0) | (a != b))
 
 

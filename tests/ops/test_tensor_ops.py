@@ -521,6 +521,19 @@ def test_unique_long(small_chunks, dtype, return_inverse):
         same(a, b)
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_unique_subnormals_apart_from_zero(dtype):
+    """A subnormal is its own value, not zero's (bf16 compares exactly, from its bits),
+    while -0.0 and 0.0 are one value."""
+    tiny = torch.finfo(dtype).tiny / 4
+    x = torch.tensor([0.0, tiny, -0.0, 1.0, tiny, -tiny, 0.0, 2.0], dtype=dtype, device=DEVICE)
+    with gems_ran("unique_kernel"):
+        got = torch.unique(x, return_inverse=True, return_counts=True)
+    expected = torch.unique(x.cpu(), return_inverse=True, return_counts=True)  # (IEEE compares)
+    for a, b in zip(got, expected):
+        assert a.tolist() == b.tolist(), (a.tolist(), b.tolist())
+
+
 def test_unique_nan():
     """Each NaN is its own value, sorted last (without inverse: NaNs' order is unspecified)."""
     x = torch.tensor([2.0, float("nan"), 1.0, 2.0, float("nan"), -0.5], device=DEVICE)
