@@ -1,10 +1,11 @@
 """flag_gems vs torch on sort, topk and unique at sampling and long-row sizes, on the GPU.
 
 Sampling sorts a batch of vocabulary rows (top-p: descending fp32 logits of 32000 to
-128256 entries) or takes their top k; the long rows and 64-bit keys are the merge sort's
-other cases. Each row: device time of both sides with ``triton.testing.do_bench`` and
-from CUDA-graph replays (the kernels alone), the ratio, and whether both gave the same
-indices (stable sort) or values.
+128256 entries) or takes their top k; the long rows and 64-bit keys are the radix and
+merge sorts' other cases. Each row: the path taken, device time of both sides with
+``triton.testing.do_bench`` (the call as a program makes it, host included where it
+outlasts the device) and from CUDA-graph replays (the kernels alone), the ratio, and
+whether both gave the same indices (stable sort) or values.
 
     PYTHONPATH=. python benchmarks/bench_sort.py
 """
@@ -44,8 +45,8 @@ def _graph_us(fn) -> float | None:
 
 def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
-    print("| op | shape | torch us | flag_gems us | speedup | torch us, graph | flag_gems us, graph | speedup, graph | same result |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| op | shape | path | torch us | flag_gems us | speedup | torch us, graph | flag_gems us, graph | speedup, graph | same result |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, shape, fn, x in cases():
         try:
             ref = fn(x)
@@ -58,9 +59,18 @@ def main() -> None:
                 t_gems, g_gems = do_bench(lambda: fn(x), rep=100) * 1e3, _graph_us(lambda: fn(x))
             same = all(torch.equal(a, b) for a, b in zip(ref, got)) if isinstance(ref, tuple) else torch.equal(ref, got)
             graph = f"{g_torch:.1f} | {g_gems:.1f} | {g_torch / g_gems:.2f}x" if g_torch and g_gems else "n/a | n/a |"
-            print(f"| {name} | {shape} | {t_torch:.1f} | {t_gems:.1f} | {t_torch / t_gems:.2f}x | {graph} | {same} |")
+            print(f"| {name} | {shape} | {_path(ran)} | {t_torch:.1f} | {t_gems:.1f} | {t_torch / t_gems:.2f}x | {graph} | {same} |")
         except Exception as e:  # report and go on
-            print(f"| {name} | {shape} | error: {type(e).__name__}: {str(e)[:150]} | | | | | | |")
+            print(f"| {name} | {shape} | | error: {type(e).__name__}: {str(e)[:150]} | | | | | | |")
+
+
+def _path(ran) -> str:
+    """Which sort ran: radix passes, chunk sorts and merges, or one program a row."""
+    if ran["radix_scatter_kernel"]:
+        return f"radix ({ran['radix_scatter_kernel']} passes)"
+    if ran["sort_merge_kernel"]:
+        return f"merge ({ran['sort_merge_kernel']} passes)"
+    return "registers"
 
 
 if __name__ == "__main__":

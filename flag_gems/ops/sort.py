@@ -453,6 +453,7 @@ def _sort_rows_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.
     radix = x2d.dtype in RADIX_SHIFTS and x2d.numel() >= RADIX_MIN_NUMEL
     return (_sort_radix if radix else _sort_long)(x2d, desc)
 
+
 def _rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
     nd = max(x.dim(), 1)
     if not -nd <= dim < nd:
