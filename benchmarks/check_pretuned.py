@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import flag_gems
 import tuner
 from flag_gems.fused import apply_rotary_pos_emb, fused_add_rms_norm, rms_norm, silu_and_mul
+from flag_gems.tuning import vllm_sample
 from tuner import workload as wl
 
 FIRST_CALL: dict[str, float] = {}
@@ -48,6 +49,7 @@ def layer(m, w, t: int) -> torch.Tensor:
     """vLLM's layer (merged gate_up, fused norms), with q/k/v as separate projections."""
     H, KV, hd = m.heads, m.kv_heads, m.head_dim
     ids = torch.randint(0, m.vocab, (t,), device="cuda")
+    temperature = torch.rand(t, device="cuda") + 0.5  # the sampler's, made outside flag_gems
     with flag_gems.use_gems():
         x = timed("embedding", lambda: F.embedding(ids, w["emb"]))
         h = timed("rms_norm", lambda: rms_norm(x, w["norm"], m.rms_eps))
@@ -61,7 +63,7 @@ def layer(m, w, t: int) -> torch.Tensor:
         act = timed("silu_and_mul", lambda: silu_and_mul(F.linear(hn, w["gate_up"])))
         y = F.linear(act, w["down"]) + x2
         logits = F.linear(rms_norm(y, w["norm"], m.rms_eps), w["head"])
-        return timed("softmax", lambda: torch.softmax(logits.float(), dim=-1))  # vLLM's sampler
+        return timed("sampler", lambda: vllm_sample(logits, temperature))  # vLLM's native sampler
 
 
 def main() -> None:

@@ -220,6 +220,29 @@ def _cross_entropy(job: Job) -> Any:
 
 
 # -- HF transformers (Llama, Qwen2, Mistral) as it runs under flag_gems.enable() ---------------
+def vllm_sample(logits: torch.Tensor, temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM v1's native sampler on a batch of logits, op for op (its Sampler and
+    random_sample): the float32 cast, the greedy argmax, the temperature, the float32
+    softmax and the exponential race (``q.exponential_()`` stays on torch). Returns the
+    greedy and the sampled tokens. Top-k / top-p masks are left out: vLLM runs them in its
+    own Triton kernels or FlashInfer's (older versions sorted the logits)."""
+    logits = logits.to(torch.float32)
+    greedy = logits.argmax(dim=-1).view(-1)
+    logits = logits.div_(temperature.unsqueeze(dim=1))
+    probs = logits.softmax(dim=-1, dtype=torch.float32)
+    q = torch.empty_like(probs)
+    q.exponential_()
+    return greedy, probs.div_(q).argmax(dim=-1).view(-1)
+
+
+def _vllm_sample(job: Job) -> Any:
+    """logits (t, vocab) of the model's dtype; a positive temperature per row."""
+    (logits,) = _inputs(job)[:1]
+    temperature = _tensor((logits.shape[0],), torch.float32).abs_() + 0.5  # made outside: no kernel
+    with flag_gems.use_gems():
+        return vllm_sample(logits, temperature)
+
+
 # These mirror transformers' own code (5.x: modeling_llama, masking_utils, cache_utils,
 # loss_utils) op for op, so a job requests exactly the keys the model's modules do;
 # tests/test_pretune_hf.py checks them against a real LlamaForCausalLM.
@@ -470,6 +493,7 @@ OPS: dict[str, Callable[[Job], Any]] = {
     "cross_entropy": _cross_entropy,
     "sum": _sum,
     "hf_rms_norm": _hf_rms_norm,
+    "vllm_sample": _vllm_sample,
     "hf_attention": _hf_attention,
     "hf_causal_lm_loss": _hf_causal_lm_loss,
 }

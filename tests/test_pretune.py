@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import flag_gems
 import tuner
+from flag_gems.tuning import vllm_sample
 from tuner import bench, settings
 from tuner import pretune as pt
 from tuner import workload as wl
@@ -76,7 +77,7 @@ def weights(dtype=torch.float32):
 def layer(w, t):
     """A vLLM-style layer (smoke.yaml's style): embedding, norm, merged qkv, rope, o-proj,
     fused add+norm, merged gate_up, silu_and_mul, down, final fused add+norm, lm_head, the
-    sampler's softmax. The
+    sampler (greedy and random). The
     attention (vLLM's flash kernels) runs in torch outside flag_gems. The fused functions
     are called outside ``use_gems()``: inside it, the Triton interpreter's own copy-back of
     their arguments would dispatch to flag_gems' copy_ (an interpreter-only artifact)."""
@@ -105,7 +106,9 @@ def layer(w, t):
     y, _ = fused_add_rms_norm(y, res, w["norm"], M.rms_eps)
     with flag_gems.use_gems():
         logits = F.linear(y, w["head"])
-        return torch.softmax(logits, dim=-1, dtype=torch.float32)  # the sampler's probabilities
+    temperature = torch.rand(t, device=DEVICE) + 0.5
+    with flag_gems.use_gems():
+        return vllm_sample(logits, temperature)  # vLLM's native sampler
 
 
 def token_counts():

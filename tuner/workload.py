@@ -400,9 +400,10 @@ def _qkv(m: ModelSpec, t: int, n: int, **kw: Any) -> Op:
 
 
 def vllm_ops(m: ModelSpec, t: int) -> list[Op]:
-    """One vLLM step over ``t`` tokens (one layer + embedding + head + the sampler's
-    softmax) with flag_gems' patches: merged qkv and gate_up projections, fused norms,
-    rotary and silu_and_mul."""
+    """One vLLM step over ``t`` tokens (one layer + embedding + head + the sampler) with
+    flag_gems' patches: merged qkv and gate_up projections, fused norms, rotary and
+    silu_and_mul. The sampler is vLLM's native one (``flag_gems.tuning.vllm_sample``)
+    over ``t`` rows: more rows than vLLM samples in a prefill, as for the lm_head."""
     h, hd = m.hidden, m.head_dim
     q = m.heads * hd
     ops: list[Op] = [
@@ -413,7 +414,7 @@ def vllm_ops(m: ModelSpec, t: int) -> list[Op]:
         ("rotary", [[t, m.heads, hd], [t, m.kv_heads, hd]], {}),
         _linear(t, q, h),
         _linear(t, h, m.vocab),
-        ("softmax", [[t, m.vocab]], {"dtype": "float32"}),  # the sampler's probabilities
+        ("vllm_sample", [[t, m.vocab]], {}),  # the sampler: cast, argmax, temperature, softmax, ...
     ]
     if m.experts is None:
         ops += [
