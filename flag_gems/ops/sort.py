@@ -450,7 +450,7 @@ def _sort_rows_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.
     keys once the sort is large enough that its 3 launches a pass cost less than the
     merge sort's device time (RADIX_MIN_NUMEL); the merge sort otherwise, and for 64-bit
     keys (whose 16 radix passes measured slower)."""
-    radix = x2d.dtype in RADIX_SHIFTS and x2d.numel() >= RADIX_MIN_NUMEL
+    radix = x2d.dtype in RADIX_SHIFTS and x2d.numel() >= RADIX_MIN_NUMEL and x2d.shape[1] < 2**31  # (int32 positions)
     return (_sort_radix if radix else _sort_long)(x2d, desc)
 
 
