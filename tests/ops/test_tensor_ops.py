@@ -326,14 +326,6 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(sort_mod, "RADIX_MIN_NUMEL", 0)
 
 
-@pytest.fixture
-def merge_only(monkeypatch):
-    """Small sorts of 32-bit-or-narrower keys: the merge sort (as below RADIX_MIN_NUMEL)."""
-    from flag_gems.ops import sort as sort_mod
-
-    monkeypatch.setattr(sort_mod, "RADIX_MIN_NUMEL", 1 << 62)
-
-
 def with_specials(x):
     """Ties, and for floats NaN, +-inf and -0.0 beside 0.0."""
     if x.is_floating_point():
@@ -349,32 +341,29 @@ def with_specials(x):
 
 @pytest.mark.parametrize("dtype", LONG_DTYPES)
 @pytest.mark.parametrize("descending", [False, True])
-def test_sort_long_rows_stable(small_chunks, dtype, descending):
+@pytest.mark.parametrize("radix", [True, False])
+def test_sort_long_rows_stable(small_chunks, monkeypatch, dtype, descending, radix):
+    """Long rows: radix passes (small_chunks: from any size) or, below RADIX_MIN_NUMEL and
+    for 64-bit keys, chunks in registers then merge passes."""
+    from flag_gems.ops import sort as sort_mod
+
+    wide = dtype in (torch.int64, torch.float64)
+    if wide and not radix:
+        pytest.skip("64-bit keys take the merge sort either way")
+    if not radix:
+        monkeypatch.setattr(sort_mod, "RADIX_MIN_NUMEL", 1 << 62)
     lo, hi = (0, 9) if dtype == torch.uint8 else (-4, 5)
     x = with_specials(rand((300, 3), dtype, lo, hi).round() if dtype.is_floating_point else rand((300, 3), dtype, lo, hi))
-    x = x.t()  # non-contiguous; 300 = 4 full radix blocks and a partial one (wide: 18 + 1 chunks)
-    with gems_ran(*long_sort_kernels(dtype)):
+    x = x.t()  # non-contiguous; 300 = 4 full radix blocks and a partial one (merge: 4 + 1 chunks, wide: 18 + 1)
+    kernels = long_sort_kernels(dtype) if radix else MERGE_KERNELS
+    with gems_ran(*kernels) as launched:
         v, i = torch.sort(x, dim=-1, descending=descending, stable=True)
         v0, i0 = torch.sort(x.t(), dim=0, descending=descending, stable=True)
+    assert launched["radix_scatter_kernel" if kernels is MERGE_KERNELS else "sort_merge_kernel"] == 0
     rv, ri = torch.sort(x, dim=-1, descending=descending, stable=True)
     same(i, ri)
     assert_close(v, to_reference(rv), dtype, atol=0, rtol=0)  # (NaN == NaN here)
     same(i0, ri.t())
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int16, torch.uint8])
-@pytest.mark.parametrize("descending", [False, True])
-def test_sort_small_long_rows_merge(small_chunks, merge_only, dtype, descending):
-    """Below RADIX_MIN_NUMEL, 32-bit-or-narrower keys take the merge sort: chunks in
-    registers (packed with their positions), then merge passes."""
-    lo, hi = (0, 9) if dtype == torch.uint8 else (-4, 5)
-    x = with_specials(rand((3, 300), dtype, lo, hi).round() if dtype.is_floating_point else rand((3, 300), dtype, lo, hi))
-    with gems_ran(*MERGE_KERNELS) as launched:
-        v, i = torch.sort(x, dim=-1, descending=descending, stable=True)
-    assert launched["radix_scatter_kernel"] == 0
-    rv, ri = torch.sort(x, dim=-1, descending=descending, stable=True)
-    same(i, ri)
-    assert_close(v, to_reference(rv), dtype, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
