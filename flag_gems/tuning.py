@@ -219,7 +219,7 @@ def _cross_entropy(job: Job) -> Any:
     return _call(job, lambda x: F.cross_entropy(x, target), x)
 
 
-# -- HF transformers (Llama, Qwen2, Mistral) as it runs under flag_gems.enable() ---------------
+# -- vLLM's sampler, as it runs under flag_gems.enable() -------------------------------------
 def vllm_sample(logits: torch.Tensor, temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """vLLM v1's native sampler on a batch of logits, op for op (its Sampler and
     random_sample): the float32 cast, the greedy argmax, the temperature, the float32
@@ -243,6 +243,7 @@ def _vllm_sample(job: Job) -> Any:
         return vllm_sample(logits, temperature)
 
 
+# -- HF transformers (Llama, Qwen2, Mistral) as it runs under flag_gems.enable() ---------------
 # These mirror transformers' own code (5.x: modeling_llama, masking_utils, cache_utils,
 # loss_utils) op for op, so a job requests exactly the keys the model's modules do;
 # tests/test_pretune_hf.py checks them against a real LlamaForCausalLM.
