@@ -4,12 +4,15 @@ Sampling sorts a batch of vocabulary rows (top-p: descending fp32 logits of 3200
 128256 entries) or takes their top k; the long rows and 64-bit keys are the radix and
 merge sorts' other cases. Each row: the path taken, device time of both sides with
 ``triton.testing.do_bench`` (the call as a program makes it, host included where it
-outlasts the device) and from CUDA-graph replays (the kernels alone), the ratio, and
-whether both gave the same indices (stable sort) or values.
+outlasts the device) and from CUDA-graph replays (the kernels alone), the ratio, each
+side's host time per call, and whether both gave the same indices (stable sort) or
+values.
 
     PYTHONPATH=. python benchmarks/bench_sort.py
 """
 from __future__ import annotations
+
+import time
 
 import torch
 import triton
@@ -43,10 +46,24 @@ def _graph_us(fn) -> float | None:
         return None
 
 
+def _host_us(fn, calls: int = 10) -> float:
+    """Host time of one call: ``calls`` calls issued back to back between two syncs, few
+    enough that the launch queue never fills (so the device's time does not count)."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / calls * 1e6
+
+
 def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
-    print("| op | shape | path | torch us | flag_gems us | speedup | torch us, graph | flag_gems us, graph | speedup, graph | same result |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| op | shape | path | torch us | flag_gems us | speedup | torch us, graph | flag_gems us, graph | speedup, graph "
+          "| torch host us | flag_gems host us | same result |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, shape, fn, x in cases():
         try:
             ref = fn(x)
@@ -57,11 +74,14 @@ def main() -> None:
                 if not ran:
                     raise RuntimeError("no Triton kernel ran")
                 t_gems, g_gems = do_bench(lambda: fn(x), rep=100) * 1e3, _graph_us(lambda: fn(x))
+                h_gems = _host_us(lambda: fn(x))
+            h_torch = _host_us(lambda: fn(x))
             same = all(torch.equal(a, b) for a, b in zip(ref, got)) if isinstance(ref, tuple) else torch.equal(ref, got)
             graph = f"{g_torch:.1f} | {g_gems:.1f} | {g_torch / g_gems:.2f}x" if g_torch and g_gems else "n/a | n/a |"
-            print(f"| {name} | {shape} | {_path(ran)} | {t_torch:.1f} | {t_gems:.1f} | {t_torch / t_gems:.2f}x | {graph} | {same} |")
+            print(f"| {name} | {shape} | {_path(ran)} | {t_torch:.1f} | {t_gems:.1f} | {t_torch / t_gems:.2f}x | {graph} "
+                  f"| {h_torch:.1f} | {h_gems:.1f} | {same} |")
         except Exception as e:  # report and go on
-            print(f"| {name} | {shape} | | error: {type(e).__name__}: {str(e)[:150]} | | | | | | |")
+            print(f"| {name} | {shape} | | error: {type(e).__name__}: {str(e)[:150]} | | | | | | | | |")
 
 
 def _path(ran) -> str:
