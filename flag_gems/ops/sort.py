@@ -274,24 +274,19 @@ def sort_merge_kernel(
         tl.store(ids_out + dst, src, mask=m)
 
 
-def _sort_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stable sort of each row of contiguous (R, N) ``x2d``: chunks in registers, then
-    merge passes. Any length, any SORT_DTYPES dtype."""
-    R, N = x2d.shape
-    vals = torch.empty((R, N), dtype=x2d.dtype, device=x2d.device)
-    idx = torch.empty((R, N), dtype=torch.int64, device=x2d.device)
-    if R * N == 0:
-        return vals, idx
-    wide = x2d.dtype in WIDE_DTYPES
+def _sort_long(src: torch.Tensor, out_vals: torch.Tensor, idx: torch.Tensor, desc: bool) -> None:
+    """Stable sort of each row of contiguous (R, N) ``src`` into ``out_vals`` / ``idx``:
+    chunks in registers, then merge passes. Any length, any SORT_DTYPES dtype (bool as
+    uint8)."""
+    R, N = src.shape
+    wide = src.dtype in WIDE_DTYPES
     chunk = min(CHUNK_WIDE if wide else MAX_SORT, next_power_of_2(N))
     nchunk = cdiv(N, chunk)
-    src = x2d.view(torch.uint8) if x2d.dtype == torch.bool else x2d
-    out_vals = vals.view(torch.uint8) if x2d.dtype == torch.bool else vals
     final = nchunk == 1
     keys = ids = keys2 = ids2 = idx  # placeholders when one chunk is the row
     if not final:
-        keys = torch.empty((R, N), dtype=torch.int64, device=x2d.device)
-        ids = torch.empty((R, N), dtype=torch.int64, device=x2d.device)
+        keys = torch.empty((R, N), dtype=torch.int64, device=src.device)
+        ids = torch.empty((R, N), dtype=torch.int64, device=src.device)
         keys2, ids2 = torch.empty_like(keys), torch.empty_like(ids)
     warps = 4 if chunk <= 1024 else 8
     launch(
@@ -305,7 +300,6 @@ def _sort_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tenso
         sort_merge_kernel[grid](keys, ids, keys2, ids2, src, out_vals, idx, N, L, L.bit_length(), FINAL=last)
         keys, ids, keys2, ids2 = keys2, ids2, keys, ids
         L *= 2
-    return vals, idx
 
 
 # -- large sorts of 32-bit-or-narrower keys: LSD radix sort ---------------------------------
@@ -408,25 +402,19 @@ def radix_scatter_kernel(
         tl.store(ids_out + dst, src.to(tl.int32), mask=m)
 
 
-def _sort_radix(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stable sort of each row of contiguous (R, N) ``x2d`` (a RADIX_SHIFTS dtype) by LSD
-    radix passes over its keys: count each block's digits, scan them per row and digit,
-    scatter. Positions ride along as int32, so a row holds under 2**31 elements.
+def _sort_radix(src: torch.Tensor, out_vals: torch.Tensor, idx: torch.Tensor, desc: bool, shifts: list[int]) -> None:
+    """Stable sort of each row of contiguous (R, N) ``src`` into ``out_vals`` / ``idx`` by
+    LSD radix passes over its keys at ``shifts`` (its dtype's RADIX_SHIFTS): count each
+    block's digits, scan them per row and digit, scatter. Positions ride along as int32,
+    so a row holds under 2**31 elements.
 
     Not tuned: the three kernels of a pass must share the block (the counts are per
     block), so a LibTuner of one of them alone would mix sizes; the sizes were measured
     (docs/performance.md)."""
-    R, N = x2d.shape
-    vals = torch.empty((R, N), dtype=x2d.dtype, device=x2d.device)
-    idx = torch.empty((R, N), dtype=torch.int64, device=x2d.device)
-    if R * N == 0:
-        return vals, idx
-    src = x2d.view(torch.uint8) if x2d.dtype == torch.bool else x2d
-    out_vals = vals.view(torch.uint8) if x2d.dtype == torch.bool else vals
+    R, N = src.shape
     block = min(RADIX_BLOCK * (2 if N > RADIX_LONG_ROW else 1), next_power_of_2(N))
     nblk = cdiv(N, block)
-    shifts = RADIX_SHIFTS[x2d.dtype]
-    dev = x2d.device
+    dev = src.device
     keys = [torch.empty((R, N), dtype=torch.int32, device=dev) for _ in range(2)]
     ids = [torch.empty((R, N), dtype=torch.int32, device=dev) for _ in range(2)]
     counts = torch.empty((R, 16, nblk), dtype=torch.int32, device=dev)
@@ -442,7 +430,6 @@ def _sort_radix(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tens
             radix_scatter_kernel, (R * nblk,), src, kin, iin, offsets, kout, iout, out_vals, idx, N, nblk, shift,
             FIRST=first, LAST=p == len(shifts) - 1, DESC=desc, BLOCK=block, FIELD=block.bit_length() - 1, num_warps=warps,
         )
-    return vals, idx
 
 
 def _sort_rows_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -450,8 +437,19 @@ def _sort_rows_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.
     keys once the sort is large enough that its 3 launches a pass cost less than the
     merge sort's device time (RADIX_MIN_NUMEL); the merge sort otherwise, and for 64-bit
     keys (whose 16 radix passes measured slower)."""
-    radix = x2d.dtype in RADIX_SHIFTS and x2d.numel() >= RADIX_MIN_NUMEL and x2d.shape[1] < 2**31  # (int32 positions)
-    return (_sort_radix if radix else _sort_long)(x2d, desc)
+    R, N = x2d.shape
+    vals = torch.empty((R, N), dtype=x2d.dtype, device=x2d.device)
+    idx = torch.empty((R, N), dtype=torch.int64, device=x2d.device)
+    if R * N == 0:
+        return vals, idx
+    # bool sorts as uint8 (its keys are 0 and 1)
+    src = x2d.view(torch.uint8) if x2d.dtype == torch.bool else x2d
+    out_vals = vals.view(torch.uint8) if x2d.dtype == torch.bool else vals
+    if x2d.dtype in RADIX_SHIFTS and R * N >= RADIX_MIN_NUMEL and N < 2**31:  # (int32 positions)
+        _sort_radix(src, out_vals, idx, desc, RADIX_SHIFTS[x2d.dtype])
+    else:
+        _sort_long(src, out_vals, idx, desc)
+    return vals, idx
 
 
 def _rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
