@@ -47,6 +47,8 @@ _resolve_hook: ResolveHook | None = None
 # While True, a key another process is tuning is not waited for: the call runs the
 # kernel's default config and leaves the key to that process (``elsewhere_tuned``).
 _skip_busy = False
+# A miss met while capturing a CUDA graph ran a config it did not keep (see _resolve)
+_fell_back_in_capture = False
 
 
 class NoConfigError(RuntimeError):
@@ -54,6 +56,17 @@ class NoConfigError(RuntimeError):
 
 
 FINALISTS = 3  # configs re-timed in full after a brief first round (see LibTuner.tune)
+
+
+def capturing_graph() -> bool:
+    """Whether the current CUDA stream is capturing a graph (vLLM captures its decode
+    steps). A miss there must not benchmark: a capture allows no synchronization, and a
+    failed call would invalidate the whole capture."""
+    if settings.get().interpret:
+        return False
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def _brief(ms: int) -> int:
@@ -223,6 +236,12 @@ class LibTuner:
         return Identity(self.name, self.kernel_hash, self.key_json(key), current_fingerprint())
 
     def _resolve(self, key: tuple, args: tuple, kwargs: dict, grid: Any) -> dict:
+        global _fell_back_in_capture
+        if _fell_back_in_capture and not capturing_graph():
+            # callers filed "nothing kept" for the calls that ran unresolved in the capture;
+            # those keys resolve now, one by one: let callers file their launches afresh
+            _fell_back_in_capture = False
+            _forget_direct()
         hook = _resolve_hook
         if hook is not None:
             cfg = hook(self, key, args, kwargs, grid)
@@ -240,10 +259,15 @@ class LibTuner:
                 self.cache[key] = rec.config
                 return rec.config
         bump("misses")
-        if policy == "never":
+        capturing = policy != "never" and capturing_graph()
+        if policy == "never" or capturing:
             cfg = self._fallback(ident, store)
             bump("store_writes")
             store.record_miss(Miss(ident, raw_args=self._raw_args(args, kwargs)))
+            if capturing:  # not kept: the key's first call outside a capture tunes it
+                bump("capture_fallbacks")
+                _fell_back_in_capture = True
+                return cfg
         else:
             cfg = self._tune_single_flight(ident, key, args, kwargs, grid, store, recheck=policy == "miss")
         self.cache[key] = cfg
@@ -520,6 +544,10 @@ def clear_caches() -> None:
     """Forget every key resolved in this process (the next call asks the store again)."""
     for t in _REGISTRY:
         t.cache.clear()
+    _forget_direct()
+
+
+def _forget_direct() -> None:
     if "tuner.launch" in sys.modules:  # callers' direct launches hold resolved configs
         sys.modules["tuner.launch"].forget_direct()
 

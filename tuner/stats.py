@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-# store_errors: failures of any store layer, counted by ``LayeredStore`` (which skips them)
-COUNTERS = ("hits", "misses", "benchmarks_run", "configs_timed", "fallbacks", "store_reads", "store_writes", "store_errors")
+# store_errors: failures of any store layer, counted by ``LayeredStore`` (which skips them);
+# capture_fallbacks: misses met while a CUDA graph was being captured (not tuned then)
+COUNTERS = ("hits", "misses", "benchmarks_run", "configs_timed", "fallbacks", "capture_fallbacks", "store_reads",
+            "store_writes", "store_errors")
 
 _counts: Counter[str] = Counter()
 

@@ -430,3 +430,35 @@ def test_elsewhere_tuned_does_not_wait_for_a_busy_key(policy):
             torch.testing.assert_close(scale(x), x * 2)
     assert tuner.stats()["benchmarks_run"] == 0 and not default_store().layers[1].records()
     assert scale_kernel.cache[key] == dict(scale_kernel.default)
+
+
+def test_miss_while_capturing_a_cuda_graph_falls_back_untuned(policy, monkeypatch):
+    """A miss during CUDA-graph capture (vLLM's decode graphs) runs the nearest tuned
+    config or the default and records the miss, without benchmarking (a capture allows
+    no synchronization); the key stays unresolved, so its first call outside a capture
+    tunes it, and callers may file its launch again."""
+    libtuner = sys.modules["tuner.libtuner"]  # (``tuner.libtuner`` the name is the decorator)
+    policy("miss")
+    monkeypatch.setattr(libtuner, "capturing_graph", lambda: True)
+    x = torch.randn(300, device=DEVICE)
+    torch.testing.assert_close(scale(x), x * 2)
+    torch.testing.assert_close(scale(x), x * 2)
+    s = tuner.stats()
+    assert (s["benchmarks_run"], s["misses"], s["capture_fallbacks"]) == (0, 2, 2)
+    assert (512, torch.float32, torch.float32) not in scale_kernel.cache
+    assert json.loads(default_store().layers[1].misses()[0].identity.key) == [512, "float32", "float32"]
+    # callers filed "nothing kept" for those calls: the first resolve after the capture
+    # empties their direct caches, once
+    forgot = []
+    monkeypatch.setattr(sys.modules["tuner.launch"], "forget_direct", lambda: forgot.append(1))
+    monkeypatch.setattr(libtuner, "capturing_graph", lambda: False)
+    scale(x)
+    scale(torch.randn(20, device=DEVICE))
+    assert tuner.stats()["benchmarks_run"] == 2 and forgot == [1]
+    assert cfg_subset(scale_kernel.cache[(512, torch.float32, torch.float32)]) == BEST
+
+
+def test_capturing_graph_is_false_off_the_gpu():
+    from tuner.libtuner import capturing_graph
+
+    assert capturing_graph() is (DEVICE == "cuda" and torch.cuda.is_current_stream_capturing())
