@@ -5,7 +5,8 @@ case in turn, round after round, best loop of each: a noisy host shifts them ali
 op through aten dispatch (flag_gems on), the ``Pointwise`` object called directly, the
 LibTuner call, the kept compiled kernel, the compiled kernel launched by hand, and the
 pieces every path pays (the output allocation, the current stream, aten's dispatch into
-a trivial Python kernel). Also rms_norm and softmax, end to end.
+a trivial Python kernel), and the issue's reference point: a naive Python-registered
+Triton op (``kernel[grid](...)`` per call). Also rms_norm and softmax, end to end.
 
     PYTHONPATH=.:benchmarks python benchmarks/bench_host_layers.py [--ops]
 """
@@ -18,12 +19,28 @@ import tempfile
 os.environ.setdefault("FLAGGEMS_CACHE_DIR", tempfile.mkdtemp(prefix="gems-bench-"))
 
 import torch  # noqa: E402
+import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 import flag_gems  # noqa: E402
 from _host_timing import host_us_interleaved  # noqa: E402  (benchmarks/, the script's own folder)
 
 BF16 = torch.bfloat16
+
+
+@triton.jit
+def _naive_add_kernel(x, y, out, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    tl.store(out + offs, tl.load(x + offs, mask=m) + tl.load(y + offs, mask=m), mask=m)
+
+
+def _naive_add(a: torch.Tensor, b: torch.Tensor, alpha: float = 1) -> torch.Tensor:
+    """A Triton op as a first version writes it: allocate, launch through ``kernel[grid]``."""
+    out = torch.empty_like(a)
+    n = a.numel()
+    _naive_add_kernel[(triton.cdiv(n, 1024),)](a, b, out, n, BLOCK=1024)
+    return out
 
 
 def layers() -> dict[str, float]:
@@ -46,6 +63,9 @@ def layers() -> dict[str, float]:
     lib = torch.library.Library("fgbench", "DEF")  # add.Tensor's schema, a Python kernel that does nothing
     lib.define("add(Tensor self, Tensor other, *, Scalar alpha=1) -> Tensor")
     lib.impl("add", lambda a, b, alpha=1: a, "CUDA")
+    lib.define("naive_add(Tensor self, Tensor other, *, Scalar alpha=1) -> Tensor")  # the issue's reference point
+    lib.impl("naive_add", _naive_add, "CUDA")
+    ptrs = (x.data_ptr(), y.data_ptr(), out.data_ptr(), *args[3:])
     cases = {
         "torch.add, eager": (lambda: torch.add(x, y), None),
         "torch.add, flag_gems on (dispatch + op)": (lambda: torch.add(x, y), gems),
@@ -56,9 +76,11 @@ def layers() -> dict[str, float]:
         "Launcher key alone": (lambda: lc._key(args, {}, cfg, device), None),
         "compiled[grid](..., stream=s) by hand": (lambda: kept.kernel[(1, 1, 1)](*args, *kept.tail, stream=stream), None),
         "the runner of compiled[grid], reused": (lambda: runner(*args, *kept.tail, stream=stream), None),
+        "the same runner, pointers as ints": (lambda: runner(*ptrs, *kept.tail, stream=stream), None),
         "torch.empty_like": (lambda: torch.empty_like(x), None),
         "current device + stream (Triton driver)": (lambda: get_stream(get_device()), None),
         "dispatch into a Python lambda (op of add's schema)": (lambda: torch.ops.fgbench.add(x, y), None),
+        "a naive Python-registered Triton add (kernel[grid] per call)": (lambda: torch.ops.fgbench.naive_add(x, y), None),
     }
     try:
         return host_us_interleaved(cases)
