@@ -110,3 +110,66 @@ def gems_ran(*names: str) -> Iterator[Counter]:
     assert sum(launched.values()) > 0, "no Triton kernel ran: the op fell back to aten"
     for n in names:
         assert launched[n] > 0, f"kernel {n} did not run; ran: {dict(launched)}"
+
+
+@contextlib.contextmanager
+def kept_launches() -> Iterator[Counter]:
+    """Inside the block every ``tuner.launch`` launcher keeps and relaunches compiled
+    kernels as on a GPU, though the interpreter compiles nothing: the stand-in compiled
+    kernels run their kernel in the interpreter, so the direct paths (relaunches, replays)
+    compute and are checked on CPU (on a GPU run the real launchers do). Yields a counter
+    whose ``"keyed"`` is how many launches took the launcher's keyed path
+    (``Launcher._key``)."""
+    import sys
+
+    from tuner import launch
+    from tuner.kernel_hash import python_fn
+
+    class Compiled:  # CompiledKernel: kernel[grid](*args, stream=...)
+        def __init__(self, jit) -> None:
+            self.jit = jit
+
+        def __getitem__(self, grid):
+            return lambda *args, stream=None: self.jit[grid](*args)
+
+    class Jit:  # JITFunction: its first launch returns the compiled kernel
+        def __init__(self, jit) -> None:
+            self.jit, self.fn = jit, python_fn(jit)  # (fn: what count_kernels names)
+
+        def __getitem__(self, grid):
+            def first(*args, **kwargs):
+                self.jit[grid](*args, **kwargs)
+                return Compiled(self.jit)
+
+            return first
+
+    counts: Counter = Counter()
+    init, key = launch.Launcher.__init__, launch.Launcher._key
+
+    def stand_in_init(lc, fn) -> None:
+        init(lc, fn)
+        if DEVICE != "cpu":
+            return
+        lc.capable = lc.fast = True
+        lc.fn, lc.current_device, lc.current_stream = Jit(fn), (lambda: 0), (lambda device: 0)
+
+    def counted_key(lc, *args):
+        counts["keyed"] += 1
+        return key(lc, *args)
+
+    tuners = sys.modules["tuner.libtuner"]._REGISTRY
+    saved_launchers, saved_tuners = dict(launch._LAUNCHERS), [(t, t._launcher) for t in tuners]
+    launch._LAUNCHERS.clear()
+    for t in tuners:
+        t._launcher = None
+    launch.Launcher.__init__, launch.Launcher._key = stand_in_init, counted_key
+    launch.forget_direct()
+    try:
+        yield counts
+    finally:
+        launch.Launcher.__init__, launch.Launcher._key = init, key
+        launch._LAUNCHERS.clear()
+        launch._LAUNCHERS.update(saved_launchers)
+        for t, lc in saved_tuners:
+            t._launcher = lc
+        launch.forget_direct()

@@ -94,6 +94,63 @@ class Bound(NamedTuple):
             observer(fn)
 
 
+class Replay:
+    """The launches of one call of a multi-kernel op (a sort's passes), relaunched for the
+    next calls of the same signature with their own tensors: no launcher key, no tuner
+    lookup, no grid function per launch.
+
+    The first call launches as usual and, after each launch, ``add`` files what it kept.
+    The call's tensors are its ``slots``: an argument that is one of them is taken from
+    each replay's tensors; every other argument must be the same for every call the
+    caller files the replay under. A launch that kept nothing (the interpreter, fast launch
+    off, a config resolved for this call only) or took a tensor outside the slots leaves
+    the replay incomplete: not to be filed. Keep replays in a ``direct_cache()``."""
+
+    def __init__(self, slots: Sequence[_Tensor]) -> None:
+        self._slot = {id(t): i for i, t in enumerate(slots)}
+        self.steps: list[tuple[Callable[..., Any], list, tuple, Any]] = []
+        self.complete = True
+        self._bound: Bound | None = None
+
+    def add(self, fn: Any, grid: Any, args: tuple, kwargs: dict) -> None:
+        """File the launch ``fn[grid](*args, **kwargs)`` just made; ``fn``: a jit function
+        or a LibTuner."""
+        if not self.complete:
+            return
+        if hasattr(fn, "kernel_launcher"):  # a LibTuner: its resolved config's kernel
+            found = fn.kept(args, kwargs)
+            bound, jit = (found[0] if found else None), fn.fn
+        else:
+            bound, jit = launcher(fn).kept(args, kwargs), fn
+        template, subs = [*args, *(bound.kept.tail if bound else ())], []
+        for i, a in enumerate(args):
+            if isinstance(a, _Tensor):
+                template[i] = None  # (a replay holds no tensor of the call that made it)
+                subs.append((i, self._slot.get(id(a))))
+        if bound is None or any(j is None for _, j in subs):
+            self.complete = False
+            return
+        if callable(grid):
+            grid = grid(bound.kept.meta)
+        self.steps.append((bound.runner((*grid, 1, 1)[:3]), template, tuple(subs), jit))
+        self._bound = bound
+
+    def __call__(self, tensors: Sequence[_Tensor]) -> bool:
+        """Relaunch every step with ``tensors`` in the slots; False, launching nothing,
+        where the current device is not the kernels'."""
+        stream = self._bound.stream() if self._bound is not None else None
+        if stream is None:
+            return False
+        for run, template, subs, fn in self.steps:
+            args = template.copy()
+            for i, j in subs:
+                args[i] = tensors[j]
+            run(*args, stream=stream)
+            if observer is not None:
+                observer(fn)
+        return True
+
+
 class _Unkeyed(Exception):
     """An argument this module does not key: the call takes Triton's own path."""
 

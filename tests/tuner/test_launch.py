@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tests.helpers import DEVICE
+from tests.helpers import DEVICE, kept_launches
 from tuner import launch
 from tuner.launch import Launcher
 
@@ -219,3 +219,23 @@ def test_launch_computes_through_either_path():
             torch.testing.assert_close(y, src * 2.0)
     if DEVICE == "cuda":
         assert launch.launcher(copy_scaled).compiled  # the GPU run exercised the kept kernels
+
+
+def test_a_replay_relaunches_its_steps_on_the_tensors_it_is_given():
+    """Replay: each step's runner, relaunched with the replay's tensors in the slots (no
+    launcher key); it holds none of the filing call's tensors; a launch with a tensor
+    outside the slots leaves it incomplete."""
+    x, y = torch.randn(64, device=DEVICE), torch.empty(64, device=DEVICE)
+    args, cfg = (x, y, 64, 0.5, True), {"BLOCK": 32}
+    with kept_launches() as counts:
+        launch.launch(copy_scaled, (2,), *args, **cfg)
+        plan = launch.Replay((y, x))
+        plan.add(copy_scaled, (2,), args, cfg)
+        assert plan.complete and not any(isinstance(a, torch.Tensor) for step in plan.steps for a in step[1])
+        x2, y2 = torch.randn(64, device=DEVICE), torch.empty(64, device=DEVICE)
+        counts.clear()
+        assert plan((y2, x2)) and counts["keyed"] == 0
+        torch.testing.assert_close(y2, x2 * 0.5)
+        partial = launch.Replay((x,))
+        partial.add(copy_scaled, (2,), args, cfg)
+        assert not partial.complete
