@@ -6,9 +6,10 @@ merge sorts' other cases. Each row: the path taken, device time of both sides wi
 ``triton.testing.do_bench`` (the call as a program makes it, host included where it
 outlasts the device) and from CUDA-graph replays (the kernels alone), the ratio, each
 side's host time per call, and whether both gave the same indices (stable sort) or
-values.
+values. The path is the eager one; in a graph capture a long 32-bit-or-narrower sort
+takes the radix sort whatever its size.
 
-    PYTHONPATH=. python benchmarks/bench_sort.py
+    PYTHONPATH=. python benchmarks/bench_sort.py [--paths]
 """
 from __future__ import annotations
 
@@ -84,6 +85,39 @@ def main() -> None:
             print(f"| {name} | {shape} | | error: {type(e).__name__}: {str(e)[:150]} | | | | | | | | |")
 
 
+def paths() -> None:
+    """``--paths``: the radix and the merge sort forced in turn on every long-row fp32 /
+    bf16 sort size, beside torch: where the RADIX_NUMEL_PER_PASS threshold belongs. (The
+    forced merge sort is forced in the graph captures too, where a sort otherwise takes
+    the radix sort.)"""
+    from flag_gems.ops import sort as sort_mod
+
+    print("\n| sort desc | torch us | merge us | radix us | torch graph | merge graph | radix graph "
+          "| torch host | merge host | radix host |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    default, capturing = sort_mod.RADIX_NUMEL_PER_PASS, sort_mod.capturing_graph
+    shapes = [(1, 32000), (1, 128256), (8, 32000), (4, 128256), (64, 32000), (8, 128256), (16, 128256), (64, 128256)]
+    for dtype in (torch.float32, torch.bfloat16):
+        for rows, n in shapes:
+            x = torch.randn(rows, n, device="cuda", dtype=dtype)
+            fn = lambda: torch.sort(x, dim=-1, descending=True, stable=True)  # noqa: E731
+            row = [do_bench(fn, rep=100) * 1e3, _graph_us(fn) or float("nan"), _host_us(fn)]
+            ref = fn()
+            for threshold in (1 << 62, 0):  # merge, radix
+                sort_mod.RADIX_NUMEL_PER_PASS = threshold
+                sort_mod.capturing_graph = lambda: threshold == 0
+                try:
+                    with flag_gems.use_gems():
+                        got = fn()
+                        assert all(torch.equal(a, b) for a, b in zip(got, ref)), "differs from torch"
+                        row += [do_bench(fn, rep=100) * 1e3, _graph_us(fn) or float("nan"), _host_us(fn)]
+                finally:
+                    sort_mod.RADIX_NUMEL_PER_PASS, sort_mod.capturing_graph = default, capturing
+            t, tg, th, m, mg, mh, r, rg, rh = row
+            name = f"{str(dtype).split('.')[-1]} {rows}x{n}"
+            print(f"| {name} | {t:.1f} | {m:.1f} | {r:.1f} | {tg:.1f} | {mg:.1f} | {rg:.1f} | {th:.1f} | {mh:.1f} | {rh:.1f} |")
+
+
 def _path(ran) -> str:
     """Which sort ran: radix passes, chunk sorts and merges, or one program a row."""
     if ran["radix_scatter_kernel"]:
@@ -94,4 +128,6 @@ def _path(ran) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    paths() if "--paths" in sys.argv else main()

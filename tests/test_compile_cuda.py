@@ -61,11 +61,11 @@ def _radix_sorts():
     """Sorts through the radix passes (at any size, for the recording)."""
     from flag_gems.ops import sort as sort_mod
 
-    saved, sort_mod.RADIX_MIN_NUMEL = sort_mod.RADIX_MIN_NUMEL, 0
+    saved, sort_mod.RADIX_NUMEL_PER_PASS = sort_mod.RADIX_NUMEL_PER_PASS, 0
     try:
         return torch.sort(torch.randn(2, 5000), descending=True), torch.sort(torch.randn(5000, dtype=torch.bfloat16))
     finally:
-        sort_mod.RADIX_MIN_NUMEL = saved
+        sort_mod.RADIX_NUMEL_PER_PASS = saved
 
 
 def test_kernels_compile_for_cuda(tmp_path):

@@ -84,3 +84,16 @@ def test_capture_in_a_fresh_process_compiles_inside_the_capture(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[0] == "ok" and int(done.stdout.split()[1]) > 0
+
+
+def test_a_captured_sort_replays_right():
+    """Sampling sorts its logits every step: in a capture the radix sort takes it."""
+    x = torch.randn(4, 32000, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with flag_gems.use_gems(), torch.cuda.graph(graph):
+        v, i = torch.sort(x, dim=-1, descending=True, stable=True)
+    for _ in range(2):
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        rv, ri = torch.sort(x, dim=-1, descending=True, stable=True)
+        assert torch.equal(v, rv) and torch.equal(i, ri)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import flag_gems
 
-from tests.helpers import DEVICE, FLOAT_DTYPES, assert_close, gems_ran, to_reference
+from tests.helpers import DEVICE, FLOAT_DTYPES, assert_close, gems_ran, kept_launches, to_reference
 
 DTYPES = FLOAT_DTYPES + [torch.int32, torch.int64]
 
@@ -323,7 +323,7 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(sort_mod, "MAX_SORT", 64)
     monkeypatch.setattr(sort_mod, "CHUNK_WIDE", 16)
     monkeypatch.setattr(sort_mod, "RADIX_BLOCK", 64)
-    monkeypatch.setattr(sort_mod, "RADIX_MIN_NUMEL", 0)
+    monkeypatch.setattr(sort_mod, "RADIX_NUMEL_PER_PASS", 0)
 
 
 def with_specials(x):
@@ -343,15 +343,15 @@ def with_specials(x):
 @pytest.mark.parametrize("descending", [False, True])
 @pytest.mark.parametrize("radix", [True, False])
 def test_sort_long_rows_stable(small_chunks, monkeypatch, dtype, descending, radix):
-    """Long rows: radix passes (small_chunks: from any size) or, below RADIX_MIN_NUMEL and
-    for 64-bit keys, chunks in registers then merge passes."""
+    """Long rows: radix passes (small_chunks: from any size) or, below the radix threshold
+    and for 64-bit keys, chunks in registers then merge passes."""
     from flag_gems.ops import sort as sort_mod
 
     wide = dtype in (torch.int64, torch.float64)
     if wide and not radix:
         pytest.skip("64-bit keys take the merge sort either way")
     if not radix:
-        monkeypatch.setattr(sort_mod, "RADIX_MIN_NUMEL", 1 << 62)
+        monkeypatch.setattr(sort_mod, "RADIX_NUMEL_PER_PASS", 1 << 62)
     lo, hi = (0, 9) if dtype == torch.uint8 else (-4, 5)
     x = with_specials(rand((300, 3), dtype, lo, hi).round() if dtype.is_floating_point else rand((300, 3), dtype, lo, hi))
     x = x.t()  # non-contiguous; 300 = 4 full radix blocks and a partial one (merge: 4 + 1 chunks, wide: 18 + 1)
@@ -364,6 +364,32 @@ def test_sort_long_rows_stable(small_chunks, monkeypatch, dtype, descending, rad
     same(i, ri)
     assert_close(v, to_reference(rv), dtype, atol=0, rtol=0)  # (NaN == NaN here)
     same(i0, ri.t())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
+@pytest.mark.parametrize("radix", [True, False])
+def test_long_sorts_replay_their_launches(small_chunks, monkeypatch, dtype, radix):
+    """A long sort files its launches on its first call; the next sorts of the same
+    signature replay them (no launcher key) on their own tensors; another signature files
+    its own."""
+    from flag_gems.ops import sort as sort_mod
+
+    if not radix:
+        monkeypatch.setattr(sort_mod, "RADIX_NUMEL_PER_PASS", 1 << 62)
+    elif dtype == torch.int64:
+        pytest.skip("64-bit keys take the merge sort either way")
+    kernels = long_sort_kernels(dtype) if radix else MERGE_KERNELS
+    sorted_ = []
+    with kept_launches() as counts, gems_ran(*kernels):
+        for shape, replayed in (((2, 300), False), ((2, 300), True), ((2, 300), True), ((3, 200), False)):
+            counts.clear()
+            x = rand(shape, dtype)
+            sorted_.append((x, torch.sort(x, dim=-1, descending=True, stable=True)))
+            assert (counts["keyed"] == 0) is replayed
+    for x, (v, i) in sorted_:
+        rv, ri = torch.sort(x, dim=-1, descending=True, stable=True)
+        same(i, ri)
+        same(v, rv)
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
@@ -389,13 +415,27 @@ def test_sort_64bit_one_chunk(dtype, n):
 @pytest.mark.parametrize("radix", [False, True])
 def test_sort_past_max_sort(monkeypatch, radix):
     """A real row longer than MAX_SORT, at the real block sizes: one 4096-chunk sort and a
-    merge pass, or (were it RADIX_MIN_NUMEL long) radix passes."""
+    merge pass, or (were the radix threshold that low) radix passes."""
     from flag_gems.ops import sort as sort_mod
 
     if radix:
-        monkeypatch.setattr(sort_mod, "RADIX_MIN_NUMEL", 5000)
+        monkeypatch.setattr(sort_mod, "RADIX_NUMEL_PER_PASS", 5000 // 8)  # fp32: 8 passes
     x = rand((5000,), torch.float32, -100, 100).round()
     with gems_ran(*(RADIX_KERNELS if radix else MERGE_KERNELS)):
+        v, i = torch.sort(x, stable=True)
+    rv, ri = torch.sort(x, stable=True)
+    same(v, rv)
+    same(i, ri)
+
+
+def test_a_sort_in_a_cuda_graph_capture_takes_the_radix_sort(monkeypatch):
+    """A capture's launches cost nothing on replay: the radix sort, with the least device
+    time, takes a sort of any size there (eager, this one takes the merge sort)."""
+    from flag_gems.ops import sort as sort_mod
+
+    monkeypatch.setattr(sort_mod, "capturing_graph", lambda: True)
+    x = rand((5000,), torch.float32).round()
+    with gems_ran(*RADIX_KERNELS):
         v, i = torch.sort(x, stable=True)
     rv, ri = torch.sort(x, stable=True)
     same(v, rv)
