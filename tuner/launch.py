@@ -99,7 +99,7 @@ class Replay:
     next calls of the same signature with their own tensors: no launcher key, no tuner
     lookup, no grid function per launch.
 
-    The first call launches as usual and, after each launch, ``add`` files what it kept.
+    The first call launches through ``launch``, which files what each launch kept.
     The call's tensors are its ``slots``: an argument that is one of them is taken from
     each replay's tensors; every other argument must be the same for every call the
     caller files the replay under. A launch that kept nothing (the interpreter, fast launch
@@ -112,12 +112,16 @@ class Replay:
         self.complete = True
         self._bound: Bound | None = None
 
-    def add(self, fn: Any, grid: Any, args: tuple, kwargs: dict) -> None:
-        """File the launch ``fn[grid](*args, **kwargs)`` just made; ``fn``: a jit function
-        or a LibTuner."""
+    def launch(self, fn: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
+        """``fn[grid](*args, **kwargs)`` (``fn``: a jit function or a LibTuner), filed."""
+        tuned = hasattr(fn, "kernel_launcher")  # a LibTuner: its resolved config's kernel
+        if tuned:
+            fn[grid](*args, **kwargs)
+        else:
+            launch(fn, grid, *args, **kwargs)
         if not self.complete:
             return
-        if hasattr(fn, "kernel_launcher"):  # a LibTuner: its resolved config's kernel
+        if tuned:
             found = fn.kept(args, kwargs)
             bound, jit = (found[0] if found else None), fn.fn
         else:

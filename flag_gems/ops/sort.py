@@ -36,7 +36,7 @@ from flag_gems.registry import aten_fallback, register
 from flag_gems.utils import cdiv, next_power_of_2
 from tuner import libtuner
 from tuner.libtuner import capturing_graph
-from tuner.launch import Replay, direct_cache, launch
+from tuner.launch import Replay, direct_cache
 
 log = logging.getLogger(__name__)
 
@@ -297,15 +297,15 @@ def _sort_long(src: torch.Tensor, out_vals: torch.Tensor, idx: torch.Tensor, des
         return
     plan = Replay(tensors)
     warps = 4 if chunk <= 1024 else 8
-    _launch(
-        plan, sort_chunk_kernel, (R * nchunk,), src, keys, ids, out_vals, idx, N, nchunk,
+    plan.launch(
+        sort_chunk_kernel, (R * nchunk,), src, keys, ids, out_vals, idx, N, nchunk,
         DESC=desc, WIDE=wide, FINAL=final, CHUNK=chunk, LOG_CHUNK=chunk.bit_length() - 1, num_warps=warps,
     )
     L = chunk
     while L < N:
         last = 2 * L >= N
         grid = lambda META: (R * cdiv(N, META["BLOCK"]),)
-        _launch(plan, sort_merge_kernel, grid, keys, ids, keys2, ids2, src, out_vals, idx, N, L, L.bit_length(), FINAL=last)
+        plan.launch(sort_merge_kernel, grid, keys, ids, keys2, ids2, src, out_vals, idx, N, L, L.bit_length(), FINAL=last)
         keys, ids, keys2, ids2 = keys2, ids2, keys, ids
         L *= 2
     _file(sig, plan)
@@ -318,15 +318,6 @@ _REPLAYS: dict = direct_cache()
 def _replayed(sig: tuple, tensors: tuple) -> bool:
     plan = _REPLAYS.get(sig)
     return plan is not None and plan(tensors)
-
-
-def _launch(plan: Replay, fn, grid, *args, **kwargs) -> None:
-    """``fn[grid](*args, **kwargs)``, filed in ``plan``."""
-    if hasattr(fn, "kernel_launcher"):  # a LibTuner
-        fn[grid](*args, **kwargs)
-    else:
-        launch(fn, grid, *args, **kwargs)
-    plan.add(fn, grid, args, kwargs)
 
 
 def _file(sig: tuple, plan: Replay) -> None:
@@ -469,10 +460,10 @@ def _sort_radix(src: torch.Tensor, out_vals: torch.Tensor, idx: torch.Tensor, de
     for p, shift in enumerate(shifts):
         first = p == 0
         kin, kout, iin, iout = keys[p % 2], keys[1 - p % 2], ids[p % 2], ids[1 - p % 2]
-        _launch(plan, radix_count_kernel, (R * nblk,), src, kin, counts, tot[p], N, nblk, shift, FIRST=first, DESC=desc, BLOCK=block, num_warps=warps)
-        _launch(plan, radix_scan_kernel, (R, 16), counts, tot[p], offsets, nblk, CH=min(1024, next_power_of_2(nblk)), num_warps=4)
-        _launch(
-            plan, radix_scatter_kernel, (R * nblk,), src, kin, iin, offsets, kout, iout, out_vals, idx, N, nblk, shift,
+        plan.launch(radix_count_kernel, (R * nblk,), src, kin, counts, tot[p], N, nblk, shift, FIRST=first, DESC=desc, BLOCK=block, num_warps=warps)
+        plan.launch(radix_scan_kernel, (R, 16), counts, tot[p], offsets, nblk, CH=min(1024, next_power_of_2(nblk)), num_warps=4)
+        plan.launch(
+            radix_scatter_kernel, (R * nblk,), src, kin, iin, offsets, kout, iout, out_vals, idx, N, nblk, shift,
             FIRST=first, LAST=p == len(shifts) - 1, DESC=desc, BLOCK=block, FIELD=block.bit_length() - 1, num_warps=warps,
         )
     _file(sig, plan)

@@ -228,14 +228,13 @@ def test_a_replay_relaunches_its_steps_on_the_tensors_it_is_given():
     x, y = torch.randn(64, device=DEVICE), torch.empty(64, device=DEVICE)
     args, cfg = (x, y, 64, 0.5, True), {"BLOCK": 32}
     with kept_launches() as counts:
-        launch.launch(copy_scaled, (2,), *args, **cfg)
         plan = launch.Replay((y, x))
-        plan.add(copy_scaled, (2,), args, cfg)
+        plan.launch(copy_scaled, (2,), *args, **cfg)
         assert plan.complete and not any(isinstance(a, torch.Tensor) for step in plan.steps for a in step[1])
         x2, y2 = torch.randn(64, device=DEVICE), torch.empty(64, device=DEVICE)
         counts.clear()
         assert plan((y2, x2)) and counts["keyed"] == 0
         torch.testing.assert_close(y2, x2 * 0.5)
         partial = launch.Replay((x,))
-        partial.add(copy_scaled, (2,), args, cfg)
+        partial.launch(copy_scaled, (2,), *args, **cfg)
         assert not partial.complete
