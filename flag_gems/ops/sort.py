@@ -335,7 +335,7 @@ RADIX_BLOCK = 256  # elements one program ranks per pass (512 for rows over RADI
 # starts to beat the merge sort's 4 to 7 launches. In a CUDA-graph capture, where a launch
 # costs nothing on replay, every sort the radix sort can take takes it: it has the least
 # device time at every size measured (docs/performance.md).
-RADIX_NUMEL_PER_PASS = 1 << 18
+RADIX_NUMEL_PER_PASS = 250_000  # (64x32000 fp32 logits, 2.05M elements, take it)
 RADIX_LONG_ROW = 1 << 20  # past it a row has so many blocks that the per-digit scan is long
 # The digit shifts a sort must visit, by dtype: the others are the same for every element
 # (bf16 / fp16 keys are fp32 bit patterns with zero low bits) or, for small integers, the
