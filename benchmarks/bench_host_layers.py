@@ -4,9 +4,11 @@ Times ``torch.add`` of two 16-element bf16 tensors, then each layer below it alo
 case in turn, round after round, best loop of each: a noisy host shifts them alike): the
 op through aten dispatch (flag_gems on), the ``Pointwise`` object called directly, the
 LibTuner call, the kept compiled kernel, the compiled kernel launched by hand, and the
-pieces every path pays (the output allocation, the current stream, aten's dispatch into
-a trivial Python kernel), and the issue's reference point: a naive Python-registered
-Triton op (``kernel[grid](...)`` per call). Also rms_norm and softmax, end to end.
+pieces every path pays (the output allocation, by ``empty_like`` and by ``empty`` with the
+size positional or by keyword, the current stream, aten's dispatch into a trivial Python
+kernel), and the issue's reference point: a naive Python-registered Triton op
+(``kernel[grid](...)`` per call). Then a table of small ops end to end, torch beside
+flag_gems.
 
     PYTHONPATH=.:benchmarks python benchmarks/bench_host_layers.py [--ops]
 """
@@ -78,6 +80,8 @@ def layers() -> dict[str, float]:
         "the runner of compiled[grid], reused": (lambda: runner(*args, *kept.tail, stream=stream), None),
         "the same runner, pointers as ints": (lambda: runner(*ptrs, *kept.tail, stream=stream), None),
         "torch.empty_like": (lambda: torch.empty_like(x), None),
+        "torch.empty(x.shape, dtype=, device=)": (lambda: torch.empty(x.shape, dtype=x.dtype, device=x.device), None),
+        "torch.empty(size=x.shape, dtype=, device=)": (lambda: torch.empty(size=x.shape, dtype=x.dtype, device=x.device), None),
         "current device + stream (Triton driver)": (lambda: get_stream(get_device()), None),
         "dispatch into a Python lambda (op of add's schema)": (lambda: torch.ops.fgbench.add(x, y), None),
         "a naive Python-registered Triton add (kernel[grid] per call)": (lambda: torch.ops.fgbench.naive_add(x, y), None),

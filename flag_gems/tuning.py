@@ -67,7 +67,7 @@ def _tensor(shape, dtype: torch.dtype, stride=None) -> torch.Tensor:
     if stride is not None:
         t = torch.empty_strided(shape, tuple(int(s) for s in stride), dtype=dtype, device=_dev())
     else:
-        t = torch.empty(shape, dtype=dtype, device=_dev())
+        t = torch.empty(size=shape, dtype=dtype, device=_dev())
     if dtype.is_floating_point:
         if _init_floats:
             t.normal_()
@@ -274,7 +274,7 @@ def _hf_causal_mask(b: int, q: int, past: int, dtype: torch.dtype) -> torch.Tens
     del batch_arange, head_arange
     mask = kv_arange[None, None, None, :] <= q_arange[None, None, :, None]
     mask = mask.expand(b, -1, q, past + q)
-    return torch.where(mask, torch.zeros((), device=dev, dtype=dtype), torch.finfo(dtype).min)
+    return torch.where(mask, torch.zeros(size=(), device=dev, dtype=dtype), torch.finfo(dtype).min)
 
 
 def _hf_rope(position_ids: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype, rotary: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,7 +331,7 @@ def _gems_off() -> Iterator[None]:
 def _empty_as(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """An uninitialized tensor of ``shape`` whose dims are laid out in ``like``'s order."""
     order = sorted(range(like.dim()), key=lambda d: (-like.stride(d), d))
-    return torch.empty([shape[d] for d in order], dtype=like.dtype, device=like.device).permute(
+    return torch.empty(size=[shape[d] for d in order], dtype=like.dtype, device=like.device).permute(
         [order.index(d) for d in range(like.dim())])
 
 
@@ -554,12 +554,16 @@ def _replay_mm(raw: dict) -> Job | None:
 
 @register_replay("flag_gems.fused.rms_norm.rms_norm_fwd_kernel")
 def _replay_rms_norm(raw: dict) -> Job | None:
-    dts = raw["dtypes"]  # X, R, Y, W, Rstd (X standing in for an absent one)
-    if len(set(dts[:4])) != 1:
+    x, r, y, w, rstd = raw["dtypes"]  # X, R, Y, W (X for an absent one), Rstd; None: absent
+    if r is not None and rstd is not None:  # an older key, X standing in for R and Rstd (never both given)
+        r, rstd = None, (rstd if rstd != x else None)
+    if y != x or w != x or r not in (None, x):
         return None
-    if dts[4] != dts[0]:  # a float32 rstd buffer: aten rms_norm under autograd
-        return _rms_norm_train_job(1, raw["N"], dts[0])
-    return Job("rms_norm", ((1, raw["N"]),), dts[0])
+    if rstd is not None:  # a float32 rstd buffer: aten rms_norm under autograd
+        return _rms_norm_train_job(1, raw["N"], x)
+    if r is not None:
+        return Job("fused_add_rms_norm", ((1, raw["N"]), (1, raw["N"])), x)
+    return Job("rms_norm", ((1, raw["N"]),), x)
 
 
 @register_replay("flag_gems.fused.silu_and_mul.gated_act_kernel")
@@ -652,7 +656,7 @@ def _replay_nll_forward(raw: dict) -> Job | None:
     # X, T, [W], then the loss or the fp32 partial sums: reduction "none" writes the loss
     # in X's dtype, "mean" / "sum" fp32 parts (the same key for a float32 X)
     dts = raw["dtypes"]
-    w_dt = dts[2] if len(dts) == 6 else None
+    w_dt = dts[2] if len(dts) == 6 else None  # None: absent (an older key left it out)
     reduction = 0 if dts[-1] != "float32" else 1
     return _nll_forward_job(raw["N"], dts[0], w_dt, reduction, dts[1])
 
@@ -670,7 +674,7 @@ def _replay_nll_backward(raw: dict) -> Job | None:
     # G, T, [W], TOTAL_W, DX: every floating one in X's dtype whatever the reduction (the
     # key cannot tell them apart); replayed as "mean", a scalar output gradient
     dts, n = raw["dtypes"], raw["N"]
-    x_dt, has_w = dts[-1], len(dts) == 5
+    x_dt, has_w = dts[-1], len(dts) == 5 and dts[2] is not None  # W None: absent (an older key left it out)
     shapes, types = [(), (n, 2), (n,)], [x_dt, x_dt, dts[1]]
     if has_w:
         shapes.append((2,))
@@ -690,8 +694,12 @@ def _replay_dim_op(op: str, out_dtype_at: int | None) -> Callable[[str], Replay]
     def for_kind(kind: str) -> Replay:
         def replay(raw: dict) -> Job | None:
             k, r, dts = raw["K"], raw["R"], raw["dtypes"]
-            if op == "sum.dim_IntList" and (dts[4] != dts[0] or dts[1] != dts[0]):
-                return None  # the second stage of a split reduction: its input is partial sums
+            var_mean = False
+            if op == "sum.dim_IntList":  # X, X2, OUT, OUT2, AUX; None where absent
+                _, x2, _, out2, aux = dts
+                var_mean = out2 is not None  # (stage 1 reads its shift from AUX)
+                if x2 is not None or aux is not None and not var_mean:
+                    return None  # the second stage of a split reduction: its input is partial sums
             m = 1
             if kind == "inner" and op == "sum.dim_IntList" and dts[2] == dts[0] and dts[0] in ("bfloat16", "float16"):
                 # unsplit (a split's first stage writes fp32 partials): outputs enough to
@@ -700,6 +708,8 @@ def _replay_dim_op(op: str, out_dtype_at: int | None) -> Callable[[str], Replay]
                 if m * r * k > 1 << 28:
                     return None
             shape, dim = ((m, r, k), 1) if kind == "inner" else ((k, r), -1)
+            if var_mean:
+                return _aten_call("var_mean.correction", [shape], [dts[0]], [{"$t": 0}, [dim]])
             argv: list[Any] = [{"$t": 0}, [dim] if op == "sum.dim_IntList" else dim]
             if op == "sum.dim_IntList":
                 argv.append(False)

@@ -193,7 +193,9 @@ class LibTuner:
             n = len(args)
             vals = [s(args[i] if i < n else kwargs[name]) for i, name, s in self._key_specs]
         tensor = self._tensor
-        vals += [a.dtype for a in args if isinstance(a, tensor)]
+        # each tensor argument's dtype; None for one passed as None (absent: a constexpr to
+        # Triton), so a dtype's position in the key names the same argument in every call
+        vals += [a.dtype if a is not None else None for a in args if a is None or isinstance(a, tensor)]
         if kwargs:  # keyword tensors, in argument order: the same key as passed positionally
             kw = [(self._position[n], v.dtype) for n, v in kwargs.items() if isinstance(v, tensor)]
             if kw:
@@ -276,7 +278,7 @@ class LibTuner:
     def _raw_args(self, args: tuple, kwargs: dict) -> str:
         n = len(args)
         raw = {name: _key_json_value(args[i] if i < n else kwargs[name]) for i, name, _ in self._key_specs}
-        raw["dtypes"] = [_key_json_value(a.dtype) for a in args if isinstance(a, self._tensor)]
+        raw["dtypes"] = [_key_json_value(a.dtype) if a is not None else None for a in args if a is None or isinstance(a, self._tensor)]
         raw["dtypes"] += [_key_json_value(kwargs[n].dtype) for n in self.arg_names if isinstance(kwargs.get(n), self._tensor)]
         return canonical_json(raw)
 

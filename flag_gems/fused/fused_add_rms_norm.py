@@ -16,7 +16,7 @@ def fused_add_rms_norm(
         raise ValueError(f"x {tuple(x.shape)} and residual {tuple(residual.shape)} differ in shape")
     n = x.shape[-1]
     x2, r2 = as_rows(x, n), as_rows(residual, n)
-    rms_norm_rows(x2, x2, weight, eps, residual2=r2)
+    rms_norm_rows(x2, x2, weight, eps, residual=r2)
     # as_rows copied a tensor it could not view: write the result back
     # as_rows copied a tensor it could not view (a view starts at the same address)
     if x2.data_ptr() != x.data_ptr():

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from flag_gems.ops import _reduce_common as rc
+from tuner import launch as launching
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,21 @@ def rms_norm_fwd_kernel(
 
 # tuned per size class of N: the default config of each class fits it (BLOCK =
 # next_power_of_2(N) up to 8192, 4/8/16 warps), see _reduce_common.ROW_CLASSES
+_KERNEL = rms_norm_fwd_kernel
 rms_norm_fwd_kernel = rc.row_tuners(rms_norm_fwd_kernel)  # the name now holds the tuners; .fn is the kernel
-_LAUNCH: dict = {}
+_LAUNCH: dict = {}  # the kernel's tuner key -> its Launch
+# the whole call's signature (aligned tensors only) -> the kept kernel (a tuner.launch.Bound), or
+# None where nothing was kept (the interpreter): a repeat launches it with no tuner or launcher key
+_DIRECT: dict = launching.direct_cache()
+
+
+def _relaunch(key: tuple, grid: tuple, args: tuple) -> bool:
+    """Launch the kernel kept for ``key``; False where none is (or not on this device)."""
+    bound = _DIRECT.get(key)
+    if bound is None or bound.current_device() != bound.device:
+        return False
+    bound.launch(grid, args, bound.current_stream(bound.device), _KERNEL)
+    return True
 
 
 def as_rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -88,31 +102,54 @@ def as_rows(t: torch.Tensor, n: int) -> torch.Tensor:
         return t.contiguous().view(-1, n)
 
 
+def _row_stride(t: torch.Tensor, n: int) -> int:
+    return n if t.is_contiguous() else t.stride(0)
+
+
 def rms_norm_rows(
-    x2: torch.Tensor, y2: torch.Tensor, weight: torch.Tensor | None, eps: float,
-    residual2: torch.Tensor | None = None, rstd: torch.Tensor | None = None,
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, eps: float,
+    residual: torch.Tensor | None = None, rstd: torch.Tensor | None = None,
 ) -> None:
-    """Launch the row kernel on 2-D row views (unit column stride)."""
-    M, N = x2.shape
-    if M == 0 or N == 0:
+    """Launch the row kernel over the last dim. ``x``, ``y`` and ``residual``: contiguous,
+    or 2-D with unit column stride (``as_rows``); no view is made here (a view costs about
+    as much as the rest of the call's Python)."""
+    N = x.shape[-1]
+    M = x.numel() // N if N else 0
+    if M == 0:
         return
-    w = weight.contiguous() if weight is not None else x2
-    r = residual2 if residual2 is not None else x2
-    rstd_buf = rstd if rstd is not None else x2
-    has_w, has_res, has_rstd = weight is not None, residual2 is not None, rstd is not None
-    key = (N, x2.dtype, r.dtype, y2.dtype, w.dtype, rstd_buf.dtype, has_w, has_res, has_rstd)
-    xs, rs, ys = x2.stride(0), r.stride(0), y2.stride(0)
-    aligned = not (x2.data_ptr() | r.data_ptr() | y2.data_ptr() | w.data_ptr() | rstd_buf.data_ptr()) & 15
-    rms_norm_fwd_kernel.launcher(N, _LAUNCH, key).fixed(
-        (M,), x2, xs, r, rs, y2, ys, w, rstd_buf, N, eps,
-        direct=(xs, rs, ys, type(eps)) if aligned else None, HAS_W=has_w, HAS_RES=has_res, STORE_RSTD=has_rstd,
-    )
+    xs, ys = _row_stride(x, N), _row_stride(y, N)
+    ptrs = x.data_ptr() | y.data_ptr()
+    rs, wd, rd = 0, None, None
+    if weight is not None:
+        weight = weight.contiguous()
+        ptrs |= weight.data_ptr()
+        wd = weight.dtype
+    if residual is not None:
+        rs, rd = _row_stride(residual, N), residual.dtype
+        ptrs |= residual.data_ptr()
+    if rstd is not None:
+        ptrs |= rstd.data_ptr()
+    eps = float(eps)
+    # an absent residual or rstd is passed as None: Triton makes it a constexpr, not a pointer
+    # to check (an absent weight, rare, stands in as x: the tuning key keeps its dtype)
+    args = (x, xs, residual, rs, y, ys, weight if weight is not None else x, rstd, N, eps)
+    key = (N, xs, rs, ys, x.dtype, rd, y.dtype, wd, rstd is not None) if not ptrs & 15 else None
+    if key is not None and _relaunch(key, (M, 1, 1), args):
+        return
+    lc = rms_norm_fwd_kernel.launcher(N, _LAUNCH, (N, x.dtype, rd, y.dtype, wd, rstd is not None))
+    kw = {"HAS_W": weight is not None, "HAS_RES": residual is not None, "STORE_RSTD": rstd is not None}
+    lc.fixed((M,), *args, **kw)
+    if key is not None and key not in _DIRECT:
+        found = lc.tuner.kept(args, kw)
+        _DIRECT[key] = found[0] if found else None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm over the last dim: ``x / sqrt(mean(x^2) + eps) * weight``."""
-    n = x.shape[-1]
-    x2 = as_rows(x, n)
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    rms_norm_rows(x2, y.view(-1, n), weight, eps)
+    if x.is_contiguous():
+        y = torch.empty_like(x)
+        rms_norm_rows(x, y, weight, eps)
+    else:
+        y = torch.empty(size=x.shape, dtype=x.dtype, device=x.device)
+        rms_norm_rows(as_rows(x, x.shape[-1]), y, weight, eps)
     return y

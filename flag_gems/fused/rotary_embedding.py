@@ -115,7 +115,7 @@ def _relaunch(plan: _Plan, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     stream = plan.bound.stream()
     if stream is None:
         return None
-    out = torch.empty(plan.shape, dtype=q.dtype, device=q.device)
+    out = torch.empty(size=plan.shape, dtype=q.dtype, device=q.device)
     if (q.data_ptr() | out.data_ptr() | cos.data_ptr() | sin.data_ptr()) & 15:
         return None
     args = list(plan.template)
@@ -132,7 +132,7 @@ def _rotate(x, cos, sin, pos, seq_len, rot, interleaved, inplace, kept: list | N
     H, D = shape[-2], shape[-1]
     x3 = x.reshape(-1, H, D)  # a view when the token dims merge, else a copy
     T = x3.shape[0]
-    out3 = x3 if inplace else torch.empty((T, H, D), dtype=x.dtype, device=x.device)
+    out3 = x3 if inplace else torch.empty(size=(T, H, D), dtype=x.dtype, device=x.device)
     if T and H:
         rest = D - rot
         p = pos if pos is not None else x3
@@ -261,8 +261,8 @@ def rope_cos_sin(position_ids: torch.Tensor, inv_freq: torch.Tensor, scaling: fl
                          f"{position_ids.dtype} on {position_ids.device}, {tuple(inv_freq.shape)} on {inv_freq.device}")
     half = inv_freq.shape[0]
     shape = (*position_ids.shape, 2 * half)
-    cos = torch.empty(shape, dtype=dtype, device=position_ids.device)
-    sin = torch.empty(shape, dtype=dtype, device=position_ids.device)
+    cos = torch.empty(size=shape, dtype=dtype, device=position_ids.device)
+    sin = torch.empty(size=shape, dtype=dtype, device=position_ids.device)
     n = position_ids.numel()
     if n and half:
         block_half = next_power_of_2(half)

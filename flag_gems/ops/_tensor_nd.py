@@ -128,7 +128,7 @@ def out_buffer(out: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> t
         out.resize_(shape)
     if out.is_contiguous() and out.dtype == dtype:
         return out
-    return torch.empty(shape, dtype=dtype, device=out.device)
+    return torch.empty(size=shape, dtype=dtype, device=out.device)
 
 
 def finish_out(out: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:

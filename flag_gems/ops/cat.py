@@ -173,7 +173,7 @@ def _relaunch(plan: _Plan, tensors: Sequence[torch.Tensor]) -> torch.Tensor | No
     for pos, i in plan.tensor_args:
         t = args[pos] = tensors[i]
         ptrs |= t.data_ptr()
-    buf = args[0] = torch.empty(plan.shape, dtype=args[5].dtype, device=args[5].device)
+    buf = args[0] = torch.empty(size=plan.shape, dtype=args[5].dtype, device=args[5].device)
     if (ptrs | buf.data_ptr()) & 15:
         return None
     plan.bound.launch(plan.grid, args, stream, cat_kernel.fn)
@@ -235,7 +235,7 @@ def _cat_lean(tensors: Sequence[torch.Tensor], dim: int) -> torch.Tensor | None:
             return None
         parts.append((t, w, *strides, size * tail))
         size += ts[dim]
-    buf = torch.empty((*head, size, *rest), dtype=dtype, device=live[0].device)
+    buf = torch.empty(size=(*head, size, *rest), dtype=dtype, device=live[0].device)
     _file(sig, inputs, _launch(buf, size * tail, math.prod(head), r1, parts))
     return buf
 
@@ -277,7 +277,7 @@ def _cat_into(tensors: Sequence[torch.Tensor], dim: int, out: torch.Tensor | Non
         shape[dim] = sum(t.shape[dim] for t in live)
         parts = [t for t in live if t.numel() > 0]
     device = t0.device
-    buf = torch.empty(shape, dtype=dtype, device=device) if out is None else out_buffer(out, shape, dtype)
+    buf = torch.empty(size=shape, dtype=dtype, device=device) if out is None else out_buffer(out, shape, dtype)
     if parts:
         tail = math.prod(shape[dim + 1:])
         out_row = shape[dim] * tail

@@ -123,9 +123,9 @@ def _nll_forward(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     n = t.numel()
     hw, sw, strides = _spatial(x)
     w = weight.contiguous() if weight is not None else None
-    total_w = torch.zeros((), dtype=x.dtype, device=x.device)
+    total_w = torch.zeros(size=(), dtype=x.dtype, device=x.device)
     if reduction == NONE:
-        loss = torch.empty(target.shape, dtype=x.dtype, device=x.device)
+        loss = torch.empty(size=target.shape, dtype=x.dtype, device=x.device)
         if n:
             grid = lambda META: (cdiv(n, META["BLOCK_N"]),)
             _nll_fwd_kernel[grid](x, t, w, loss, loss, loss, n, hw, sw, *strides, ignore_index,
@@ -138,14 +138,14 @@ def _nll_forward(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
         grid = lambda META: (cdiv(n, META["BLOCK_N"]),)
         _nll_fwd_kernel[grid](x, t, w, part_l, part_l, part_w, n, hw, sw, *strides, ignore_index,
                               HAS_W=w is not None, REDUCE=True)
-    out = torch.empty((), dtype=x.dtype, device=x.device)
+    out = torch.empty(size=(), dtype=x.dtype, device=x.device)
     _nll_finish_kernel[(1,)](part_l, part_w, out, total_w, parts, MEAN=reduction == MEAN)
     return out, total_w
 
 
 def _nll_backward(grad_output: torch.Tensor, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                   reduction: int, ignore_index: int, total_weight: torch.Tensor) -> torch.Tensor:
-    dx = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+    dx = torch.zeros(size=x.shape, dtype=x.dtype, device=x.device)
     n = target.numel()
     if n == 0:
         return dx

@@ -54,7 +54,7 @@ def native_dropout(input: torch.Tensor, p: float, train: bool | None) -> tuple[t
         return input.clone(), torch.ones_like(input, dtype=torch.bool)
     x = input.contiguous()
     y = torch.empty_like(x)
-    mask = torch.empty(x.shape, dtype=torch.bool, device=x.device)
+    mask = torch.empty(size=x.shape, dtype=torch.bool, device=x.device)
     n = x.numel()
     if n == 0:
         return y, mask

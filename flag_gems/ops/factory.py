@@ -114,7 +114,7 @@ def _scalar_dtype(value: Scalar) -> torch.dtype:
 
 
 def _new(size: Sequence[int], dtype: torch.dtype | None, layout: Any, device: Any, pin_memory: bool | None) -> torch.Tensor:
-    return torch.empty(size, dtype=dtype, layout=layout, device=device, pin_memory=pin_memory)
+    return torch.empty(size=size, dtype=dtype, layout=layout, device=device, pin_memory=pin_memory)
 
 
 @register("zeros")

@@ -81,7 +81,7 @@ def _index_select(x: torch.Tensor, dim: int, index: torch.Tensor, out: torch.Ten
     K, D = index.numel(), x.shape[dim]
     shape = list(x.shape)
     shape[dim] = K
-    buf = torch.empty(shape, dtype=x.dtype, device=x.device) if out is None else out_buffer(out, shape, x.dtype)
+    buf = torch.empty(size=shape, dtype=x.dtype, device=x.device) if out is None else out_buffer(out, shape, x.dtype)
     n = buf.numel()
     if n:
         inner = math.prod(x.shape[dim + 1:])
@@ -189,7 +189,7 @@ def _as1d(t: torch.Tensor) -> torch.Tensor:
 
 def _gather(x: torch.Tensor, dim: int, index: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     dim = _check(x, dim, index, "gather")
-    buf = torch.empty(index.shape, dtype=x.dtype, device=x.device) if out is None else out_buffer(out, index.shape, x.dtype)
+    buf = torch.empty(size=index.shape, dtype=x.dtype, device=x.device) if out is None else out_buffer(out, index.shape, x.dtype)
     if index.dim() > MAX_RANK:
         res = aten_fallback("gather")(x, dim, index)
         return res if out is None else finish_out(out, res)

@@ -360,7 +360,7 @@ def _launch(fn, grid, args: tuple, kwargs: dict, cfg: dict, warmup: bool = False
         else:
             launch(fn, grid, *args, **main_kw)
         return
-    ws = torch.empty(_ws_shape(args, split), device=args[0].device, dtype=torch.float32)
+    ws = torch.empty(size=_ws_shape(args, split), device=args[0].device, dtype=torch.float32)
     launch(fn, grid, *args[:_WS], ws, *args[_WS + 1:], **main_kw)
     rgrid, rargs, rkwargs = _reduce_call(args, kwargs, ws, split)
     launch(_splitk_reduce_kernel, rgrid, *rargs, **rkwargs)
@@ -457,7 +457,7 @@ def _direct_pointer(args: tuple, kwargs: dict, cfg: dict) -> tuple[Callable[...,
     reduce, reduce_rest, ws_shape = rbound.runner((*rgrid, 1)), (*rargs[3:], *rbound.kept.tail), _ws_shape(args, split)
 
     def split_k(a, b, out, bias, stream):
-        ws = torch.empty(ws_shape, device=a.device, dtype=torch.float32)
+        ws = torch.empty(size=ws_shape, device=a.device, dtype=torch.float32)
         main(a, b, out, bias, ws, *rest, stream=stream)
         reduce(ws, out, bias, *reduce_rest, stream=stream)
 
@@ -571,7 +571,7 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor
 
 def _out_like(a: torch.Tensor, shape: tuple[int, ...], out: torch.Tensor | None) -> torch.Tensor:
     if out is None:
-        return torch.empty(shape, device=a.device, dtype=a.dtype)
+        return torch.empty(size=shape, device=a.device, dtype=a.dtype)
     if tuple(out.shape) != tuple(shape):
         out.resize_(shape)
     return out
@@ -590,7 +590,7 @@ def mm(self: torch.Tensor, mat2: torch.Tensor, *, out: torch.Tensor | None = Non
         key = (self.dtype, self.shape, self.stride(), mat2.dtype, mat2.shape, mat2.stride(), self.dtype is torch.float32 and _precision(self.dtype))
         hit = _MM_PLANS.get(key)
         if hit is not None:
-            res = torch.empty(hit[0], device=self.device, dtype=self.dtype)
+            res = torch.empty(size=hit[0], device=self.device, dtype=self.dtype)
             if not (self.data_ptr() | mat2.data_ptr() | res.data_ptr()) & 15 and _launch_direct(hit[1], self, mat2, res, res):
                 return res
     if not _on_kernel(self, mat2, out):
@@ -684,7 +684,7 @@ class _Outer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(a, b)
-        res = torch.empty((a.shape[0], b.shape[0]), device=a.device, dtype=torch.promote_types(a.dtype, b.dtype))
+        res = torch.empty(size=(a.shape[0], b.shape[0]), device=a.device, dtype=torch.promote_types(a.dtype, b.dtype))
         return gemm(a.unsqueeze(1).to(res.dtype), b.unsqueeze(0).to(res.dtype), res)
 
     @staticmethod

@@ -56,7 +56,7 @@ def nonzero(x: torch.Tensor) -> torch.Tensor:
         flat = flat.view(torch.uint8)
     n, ndim = flat.numel(), x.dim()
     if n == 0:
-        return torch.empty((0, ndim), dtype=torch.int64, device=x.device)
+        return torch.empty(size=(0, ndim), dtype=torch.int64, device=x.device)
     used: dict = {}
 
     def grid(META):
@@ -70,7 +70,7 @@ def nonzero(x: torch.Tensor) -> torch.Tensor:
     counts = counts[:nblocks]
     offsets = torch.cumsum(counts, 0)
     total = int(offsets[-1].item())
-    out = torch.empty((total, ndim), dtype=torch.int64, device=x.device)
+    out = torch.empty(size=(total, ndim), dtype=torch.int64, device=x.device)
     if total and ndim:
         shape = torch.tensor(list(x.shape), dtype=torch.int64, device=x.device)
         nonzero_write_kernel[(nblocks,)](flat, offsets - counts, shape, out, n, NDIM=ndim, BLOCK=block,

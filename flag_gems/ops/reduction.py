@@ -453,27 +453,29 @@ def _run(x: torch.Tensor, dim: Any, keepdim: bool, op: int, out_dtype: torch.dty
     elif x.dtype == torch.bool:
         x = x.view(torch.uint8)
     dev = x.device
-    out = torch.empty(plan.out_shape, dtype=out_dtype, device=dev)
+    out = torch.empty(size=plan.out_shape, dtype=out_dtype, device=dev)
     store = out.view(torch.uint8) if out_dtype == torch.bool else out
     out2 = store2 = None
     if op >= 40:
-        out2 = store2 = torch.empty(plan.out_shape, dtype=out2_dtype, device=dev)
+        out2 = store2 = torch.empty(size=plan.out_shape, dtype=out2_dtype, device=dev)
     if plan.empty:
         return out if op < 40 else (out, out2)
     prep = plan.prep
     if prep is not None:
         x = x.contiguous() if not prep else x.permute(prep).contiguous()
     args, kw = plan.a1
-    store2 = store2 if store2 is not None else store
     # the plan fixes every other argument: a kept kernel per alignment
-    direct = not (x.data_ptr() | store.data_ptr() | store2.data_ptr()) & 15 or None
+    direct = not (x.data_ptr() | store.data_ptr() | (store2.data_ptr() if store2 is not None else 0)) & 15 or None
+    # tensors only var_mean reads (X2, OUT2, AUX) are None otherwise: constexprs to Triton,
+    # so no pointer for its launcher to check (a second stage's AUX, unread, names the
+    # input's dtype in its tuning key: what tells it from a first stage)
     if plan.l2 is None:
-        plan.l1(x, x, store, store2, x, *args, direct=direct, **kw)
+        plan.l1(x, None, store, store2, x if op >= 40 else None, *args, direct=direct, **kw)
     else:
         adt = _acc_dtype(acc)
-        part = torch.empty(plan.part_shape, dtype=adt, device=dev)
-        part2 = torch.empty(plan.part_shape, dtype=adt, device=dev) if op >= 40 else part
-        plan.l1(x, x, part, part2, x, *args, direct=direct, **kw)
+        part = torch.empty(size=plan.part_shape, dtype=adt, device=dev)
+        part2 = torch.empty(size=plan.part_shape, dtype=adt, device=dev) if op >= 40 else None
+        plan.l1(x, None, part, part2, x if op >= 40 else None, *args, direct=direct, **kw)
         args2, kw2 = plan.a2
         plan.l2(part, part2, store, store2, x, *args2, direct=direct, **kw2)
     return out if op < 40 else (out, out2)
@@ -491,8 +493,8 @@ def _arg_reduce(x: torch.Tensor, dim: int | None, keepdim: bool, is_max: bool) -
         d = dim % max(x.dim(), 1)
         shape = rc.keep_shape(x.shape, [d], keepdim) if x.dim() else []
         lay = rc.layout(x, [d]) if x.dim() else rc.flat_layout(x)
-    vals = torch.empty(shape, dtype=x.dtype, device=x.device)
-    idx = torch.empty(shape, dtype=torch.int64, device=x.device)
+    vals = torch.empty(size=shape, dtype=x.dtype, device=x.device)
+    idx = torch.empty(size=shape, dtype=torch.int64, device=x.device)
     ret = vals.view(torch.bool) if out_dtype == torch.bool else vals
     n = lay.R
     if dim is None and n > _chunk(n):

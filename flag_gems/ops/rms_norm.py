@@ -76,6 +76,12 @@ def rms_norm_bwd_dw_kernel(DY, X, Rstd, DW, M, N, BLOCK_M: tl.constexpr, BLOCK_N
     tl.store(DW + cols, tl.sum(acc, axis=0).to(DW.dtype.element_ty), mask=cm)
 
 
+def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``t`` as rows of ``n`` for ``rms_norm_rows``: itself where its last dim is the row
+    and it is contiguous (no view to make), else a 2-D view or copy."""
+    return t if t.is_contiguous() and t.shape[-1] == n else as_rows(t, n)
+
+
 def _eps(x: torch.Tensor, eps: float | None) -> float:
     return torch.finfo(x.dtype).eps if eps is None else eps
 
@@ -83,10 +89,9 @@ def _eps(x: torch.Tensor, eps: float | None) -> float:
 def _forward(x: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """y (input dtype, contiguous) and rstd (fp32, one per row)."""
     n = math.prod(normalized_shape)
-    x2 = as_rows(x, n)
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
-    rms_norm_rows(x2, y.view(-1, n), weight, eps, rstd=rstd)
+    y = torch.empty(size=x.shape, dtype=x.dtype, device=x.device)
+    rstd = torch.empty(x.numel() // n if n else 0, dtype=torch.float32, device=x.device)
+    rms_norm_rows(_rows(x, n), _rows(y, n), weight, eps, rstd=rstd)
     return y, rstd
 
 
@@ -99,17 +104,17 @@ def _backward(
     M = x2.shape[0]
     dx = dw = None
     if want_dx:
-        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        dx = torch.empty(size=x.shape, dtype=x.dtype, device=x.device)
         if M and n:
             w = weight.contiguous() if weight is not None else x2
             rms_norm_bwd_dx_kernel[(M,)](dy2, x2, w, rstd, dx, n, HAS_W=weight is not None)
     if want_dw and weight is not None:
         if M and n:  # each program sums its columns over every row and casts: no zeroed buffer, no cast kernel
-            dw = torch.empty(weight.shape, dtype=weight.dtype, device=x.device)
+            dw = torch.empty(size=weight.shape, dtype=weight.dtype, device=x.device)
             grid = lambda META: (cdiv(n, META["BLOCK_N"]),)
             rms_norm_bwd_dw_kernel[grid](dy2, x2, rstd, dw, M, n)
         else:
-            dw = torch.zeros(weight.shape, dtype=weight.dtype, device=x.device)
+            dw = torch.zeros(size=weight.shape, dtype=weight.dtype, device=x.device)
     return dx, dw
 
 
@@ -135,6 +140,10 @@ def rms_norm(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch
         return RmsNormFunction.apply(input, list(normalized_shape), weight, _eps(input, eps))
     # no graph to record: skip autograd.Function (its per-call cost is most of the launch's)
     n = input.shape[-1] if len(normalized_shape) == 1 else math.prod(normalized_shape)
-    y = torch.empty(input.shape, dtype=input.dtype, device=input.device)
-    rms_norm_rows(as_rows(input, n), y.view(-1, n), weight, _eps(input, eps) if eps is None else eps)
+    if n == input.shape[-1] and input.is_contiguous():  # the common case: no view, and empty_like
+        y = torch.empty_like(input)  # (a third of torch.empty(shape, ...)'s host time)
+        rms_norm_rows(input, y, weight, eps if eps is not None else _eps(input, eps))
+        return y
+    y = torch.empty(size=input.shape, dtype=input.dtype, device=input.device)
+    rms_norm_rows(_rows(input, n), _rows(y, n), weight, eps if eps is not None else _eps(input, eps))
     return y

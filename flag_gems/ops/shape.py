@@ -31,7 +31,7 @@ def flip(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     flipped = {_norm_dim(d, x.dim()) for d in dims}
     if len(flipped) != len(dims):
         raise RuntimeError("dims has duplicates")
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = torch.empty(size=x.shape, dtype=x.dtype, device=x.device)
     if x.dim() == 0:
         out.copy_(x)
         return out
@@ -51,7 +51,7 @@ def repeat(x: torch.Tensor, repeats: Sequence[int]) -> torch.Tensor:
     src_shape = [1] * lead + list(x.shape)
     strides = [0] * lead + list(x.stride())
     out_shape = [r * s for r, s in zip(repeats, src_shape)]
-    out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
+    out = torch.empty(size=out_shape, dtype=x.dtype, device=x.device)
     shape, src_shape, strides = drop_unit_dims(out_shape, src_shape, strides)
     if len(shape) > MAX_RANK:
         return aten_fallback("repeat")(x, repeats)
@@ -72,7 +72,7 @@ def constant_pad_nd(x: torch.Tensor, pad: Sequence[int], value: float = 0) -> to
         raise RuntimeError(f"The input size {tuple(x.shape)} with padding {pad} gives a negative output size {out_shape}")
     if x.dim() > MAX_RANK:
         return aten_fallback("constant_pad_nd")(x, pad, value)
-    out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
+    out = torch.empty(size=out_shape, dtype=x.dtype, device=x.device)
     fill = value if x.is_floating_point() or x.is_complex() else (bool(value) if x.dtype == torch.bool else int(value))
     return nd_gather(x, out, strides=list(x.stride()), src_shape=list(x.shape), lo=lo, mode=PAD, fill=fill)
 
@@ -206,7 +206,7 @@ def _pad_launch(kernel, a: torch.Tensor, b: torch.Tensor, args: list[int], mode:
 
 
 def _pad_forward(x: torch.Tensor, out_shape: list[int], dims: list, mode: int) -> torch.Tensor:
-    out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
+    out = torch.empty(size=out_shape, dtype=x.dtype, device=x.device)
     src, dst = (x.view(torch.uint8), out.view(torch.uint8)) if x.dtype == torch.bool else (x, out)
     _pad_launch(pad_kernel, src, dst, _pad_args(x.shape, x.stride(), dims), mode)
     return out
@@ -214,7 +214,7 @@ def _pad_forward(x: torch.Tensor, out_shape: list[int], dims: list, mode: int) -
 
 def _pad_backward(g: torch.Tensor, shape: Sequence[int], dtype: torch.dtype, dims: list, mode: int) -> torch.Tensor:
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    acc = torch.zeros(shape, dtype=acc_dtype, device=g.device)
+    acc = torch.zeros(size=shape, dtype=acc_dtype, device=g.device)
     _pad_launch(pad_backward_kernel, g.contiguous(), acc, _pad_args(acc.shape, acc.stride(), dims), mode)
     return acc if dtype == acc_dtype else acc.to(dtype)
 
@@ -296,7 +296,7 @@ def _tri(x: torch.Tensor, diagonal: int, upper: bool, out: torch.Tensor | None =
     if x.dim() < 2:
         raise RuntimeError(f"{'triu' if upper else 'tril'}: input tensor must have at least 2 dimensions")
     M, N = x.shape[-2], x.shape[-1]
-    buf = torch.empty(x.shape, dtype=x.dtype, device=x.device) if out is None else out_buffer(out, x.shape, x.dtype)
+    buf = torch.empty(size=x.shape, dtype=x.dtype, device=x.device) if out is None else out_buffer(out, x.shape, x.dtype)
     if x.numel() == 0:
         return buf if out is None else finish_out(out, buf)
     bshape, bstride = x.shape[:-2], x.stride()[:-2]

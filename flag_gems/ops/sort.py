@@ -134,8 +134,8 @@ def _sort_rows(x2d: torch.Tensor, k: int, desc: bool, ids: torch.Tensor | None =
     seg = seg or N
     nseg = cdiv(N, seg)
     block = next_power_of_2(max(seg, 1))
-    vals = torch.empty((R, nseg * k), dtype=x2d.dtype, device=x2d.device)
-    idx = torch.empty((R, nseg * k), dtype=torch.int64, device=x2d.device)
+    vals = torch.empty(size=(R, nseg * k), dtype=x2d.dtype, device=x2d.device)
+    idx = torch.empty(size=(R, nseg * k), dtype=torch.int64, device=x2d.device)
     if R * nseg and k:
         kp = min(max(next_power_of_2(k), 2), block) if _HAS_TOPK else block  # (Triton 3.6's top-k needs k >= 2)
         sort_kernel[(R * nseg,)](
@@ -288,8 +288,8 @@ def _sort_long(src: torch.Tensor, out_vals: torch.Tensor, idx: torch.Tensor, des
     final = nchunk == 1
     keys = ids = keys2 = ids2 = idx  # placeholders when one chunk is the row
     if not final:
-        keys = torch.empty((R, N), dtype=torch.int64, device=src.device)
-        ids = torch.empty((R, N), dtype=torch.int64, device=src.device)
+        keys = torch.empty(size=(R, N), dtype=torch.int64, device=src.device)
+        ids = torch.empty(size=(R, N), dtype=torch.int64, device=src.device)
         keys2, ids2 = torch.empty_like(keys), torch.empty_like(ids)
     tensors = (src, out_vals, idx, keys, ids, keys2, ids2)
     sig = ("merge", R, N, src.dtype, desc, not src.data_ptr() & 15, src.get_device())
@@ -445,11 +445,11 @@ def _sort_radix(src: torch.Tensor, out_vals: torch.Tensor, idx: torch.Tensor, de
     block = min(RADIX_BLOCK * (2 if N > RADIX_LONG_ROW else 1), next_power_of_2(N))
     nblk = cdiv(N, block)
     dev = src.device
-    keys = [torch.empty((R, N), dtype=torch.int32, device=dev) for _ in range(2)]
-    ids = [torch.empty((R, N), dtype=torch.int32, device=dev) for _ in range(2)]
-    counts = torch.empty((R, 16, nblk), dtype=torch.int32, device=dev)
+    keys = [torch.empty(size=(R, N), dtype=torch.int32, device=dev) for _ in range(2)]
+    ids = [torch.empty(size=(R, N), dtype=torch.int32, device=dev) for _ in range(2)]
+    counts = torch.empty(size=(R, 16, nblk), dtype=torch.int32, device=dev)
     offsets = torch.empty_like(counts)
-    totals = torch.zeros((len(shifts), R, 16), dtype=torch.int32, device=dev)  # one zeroing for all passes
+    totals = torch.zeros(size=(len(shifts), R, 16), dtype=torch.int32, device=dev)  # one zeroing for all passes
     tot = totals.unbind(0)
     tensors = (src, out_vals, idx, *keys, *ids, counts, offsets, *tot)
     sig = ("radix", R, N, src.dtype, desc, not src.data_ptr() & 15, src.get_device())
@@ -475,8 +475,8 @@ def _sort_rows_long(x2d: torch.Tensor, desc: bool) -> tuple[torch.Tensor, torch.
     merge sort's device time (RADIX_NUMEL_PER_PASS), or in a CUDA-graph capture; the merge
     sort otherwise, and for 64-bit keys (whose 16 radix passes measured slower)."""
     R, N = x2d.shape
-    vals = torch.empty((R, N), dtype=x2d.dtype, device=x2d.device)
-    idx = torch.empty((R, N), dtype=torch.int64, device=x2d.device)
+    vals = torch.empty(size=(R, N), dtype=x2d.dtype, device=x2d.device)
+    idx = torch.empty(size=(R, N), dtype=torch.int64, device=x2d.device)
     if R * N == 0:
         return vals, idx
     # bool sorts as uint8 (its keys are 0 and 1)
@@ -633,7 +633,7 @@ def unique2(x: torch.Tensor, sorted: bool = True, return_inverse: bool = False, 
     offsets = torch.cumsum(block_counts, 0)
     u = int(offsets[-1].item())  # the output size: one host sync, as in aten
     uniq = torch.empty(u, dtype=x.dtype, device=x.device)
-    inverse = torch.empty(x.shape if return_inverse else (0,), dtype=torch.int64, device=x.device)
+    inverse = torch.empty(size=x.shape if return_inverse else (0,), dtype=torch.int64, device=x.device)
     counts = torch.zeros(u, dtype=torch.int64, device=x.device)
     # the same BLOCK as the counts: the blocks' offsets are the counts' exclusive scan
     unique_kernel[(cdiv(n, block),)](

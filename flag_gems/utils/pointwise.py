@@ -363,7 +363,7 @@ class Pointwise:
             if like < 0:  # no tensor to place it by (not filed by a call that needed one)
                 return None
             src = args[like]
-            out = _empty_like(src, dtype=odt) if src.shape == shape else torch.empty(shape, dtype=odt, device=src.device)
+            out = _empty_like(src, dtype=odt) if src.shape == shape else torch.empty(size=shape, dtype=odt, device=src.device)
             if out.data_ptr() & 15:
                 return None
         numel = shape.numel()
@@ -543,8 +543,8 @@ def _promote(args: Sequence[Any]) -> torch.dtype:
     if not isinstance(first, torch.Tensor):
         return torch.get_default_dtype() if dtype == torch.float64 else dtype
     for member, gdtype in groups[1:]:
-        rep = torch.empty((0,) if first.dim() else (), dtype=dtype)
-        other = torch.empty((), dtype=gdtype) if isinstance(member, torch.Tensor) else _scalar_of(gdtype)
+        rep = torch.empty(size=(0,) if first.dim() else (), dtype=dtype)
+        other = torch.empty(size=(), dtype=gdtype) if isinstance(member, torch.Tensor) else _scalar_of(gdtype)
         dtype = torch.result_type(rep, other)
     return dtype
 
@@ -564,7 +564,7 @@ def _new_output(tensors: Sequence[torch.Tensor], shape: torch.Size, dtype: torch
     for t in dims:
         if t.shape == shape:
             return torch.empty_like(t, dtype=dtype)
-    return torch.empty(shape, dtype=dtype, device=device)
+    return torch.empty(size=shape, dtype=dtype, device=device)
 
 
 def _as_operand(a: Any, out: torch.Tensor, compute: torch.dtype, promoted: bool) -> Any:

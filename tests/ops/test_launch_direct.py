@@ -7,6 +7,8 @@ The interpreter compiles nothing, so the compiled kernel is a stand-in that reco
 launches (see tests/tuner/test_launch.py); the op tests check the results."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import triton
@@ -20,6 +22,8 @@ from tests.tuner.test_launch import FakeJit
 from tuner import libtuner
 from tuner.launch import forget_direct
 from tuner.libtuner import clear_caches
+
+rms_ops = importlib.import_module("flag_gems.fused.rms_norm")  # (flag_gems.fused.rms_norm is also a function)
 
 pytestmark = pytest.mark.usefixtures("stand_in_kernels")  # stand-ins must not outlive a test
 
@@ -177,10 +181,13 @@ def test_a_call_sites_direct_relaunch_passes_what_the_launcher_would(monkeypatch
     fn = _ops()[name]
     relaunched = []
     relaunch, cat_relaunch, rotary_relaunch = rc.Launch._relaunch, cat_ops._relaunch, rotary_ops._relaunch
+    rms_relaunch = rms_ops._relaunch
     monkeypatch.setattr(rc.Launch, "_relaunch", lambda *a: relaunched.append(relaunch(*a)) or relaunched[-1])
     # cat's repeated signatures relaunch their own plan (which a Launch filed)
     monkeypatch.setattr(cat_ops, "_relaunch", lambda *a: relaunched.append(cat_relaunch(*a)) or relaunched[-1])
     monkeypatch.setattr(rotary_ops, "_relaunch", lambda *a: relaunched.append(rotary_relaunch(*a)) or relaunched[-1])
+    # rms_norm keeps its own per-signature cache (no Launch on the repeat)
+    monkeypatch.setattr(rms_ops, "_relaunch", lambda *a: relaunched.append(rms_relaunch(*a)) or relaunched[-1])
     forget_direct()
     with flag_gems.use_gems():
         fn()  # compiles (the stand-in), files the direct relaunches
@@ -189,7 +196,7 @@ def test_a_call_sites_direct_relaunch_passes_what_the_launcher_would(monkeypatch
         fn()
         direct = rec.log[start:]
         assert relaunched and all(x is not None and x is not False for x in relaunched), f"not relaunched directly: {relaunched}"
-        filed = dict(rc._DIRECT)
+        filed = {**rc._DIRECT, **rms_ops._DIRECT}
         monkeypatch.setattr(rc.Launch, "_file", lambda *a, **k: None)
         forget_direct()
         start = len(rec.log)
