@@ -95,14 +95,22 @@ def layers() -> dict[str, float]:
 def ops() -> list[tuple[str, float, float]]:
     x = torch.randn(4, 64, device="cuda", dtype=BF16)
     w = torch.randn(64, device="cuda", dtype=BF16)
+    ids, table = torch.randint(0, 64, (4, 1), device="cuda"), torch.randn(64, 64, device="cuda", dtype=BF16)
+    cache, new = torch.randn(8, 32, 64, 128, device="cuda", dtype=BF16), torch.randn(8, 32, 1, 128, device="cuda", dtype=BF16)
     cases = {
         "add": lambda: x + x,
         "mul scalar": lambda: x * 2.0,
+        "mul broadcast (x * w)": lambda: x * w,
         "silu": lambda: torch.nn.functional.silu(x),
         "to(float32)": lambda: x.to(torch.float32),
         "rms_norm": lambda: torch.nn.functional.rms_norm(x, (64,), w, 1e-6),
         "softmax": lambda: torch.softmax(x, -1),
         "sum": lambda: x.sum(),
+        "mean(-1)": lambda: x.mean(-1),
+        "layer_norm": lambda: torch.nn.functional.layer_norm(x, (64,), w, w),
+        "embedding": lambda: torch.nn.functional.embedding(ids, table),
+        "linear 4x64x64": lambda: torch.nn.functional.linear(x, table),
+        "cat (KV append)": lambda: torch.cat([cache, new], dim=-2),
     }
     timed = host_us_interleaved({f"{side} {name}": (fn, ctx) for name, fn in cases.items() for side, ctx in (("torch", None), ("gems", flag_gems.use_gems))})
     return [(name, timed[f"torch {name}"], timed[f"gems {name}"]) for name in cases]

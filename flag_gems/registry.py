@@ -189,6 +189,18 @@ STATE = _State()
 _local = threading.local()
 
 
+def as_from_outside(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` as if called from outside any flag_gems op: the aten ops it
+    calls take flag_gems' kernels again. For an op that hands a case back to aten's
+    composite of smaller ops (which flag_gems also serves)."""
+    was = getattr(_local, "inside", False)
+    _local.inside = False
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _local.inside = was
+
+
 def _wrap(entry: OpEntry) -> Callable[..., Any]:
     fn = entry.fn
     local = _local

@@ -730,22 +730,26 @@ for _kind in ("rows_short", "rows_long", "inner"):
 
 @register_replay("flag_gems.ops.cat.cat_kernel")
 def _replay_cat(raw: dict) -> Job | None:
-    # the key is the elements copied (total) and the dtypes: two halves along dim 0
-    n, dt = raw["total"], raw["dtypes"][0]
-    if n < 2 or len(set(raw["dtypes"])) != 1:
+    # the key is the elements copied (total) and the dtypes (out's, then each input slot's;
+    # None: unused): k parts along dim 0 (an older key filled unused slots with X0's dtype)
+    n, (dt, *slots) = raw["total"], raw["dtypes"]
+    k = sum(d is not None for d in slots) if None in slots else 2
+    if n < k or any(d not in (None, dt) for d in slots):
         return None
-    return _aten_call("cat", [(n // 2,), (n - n // 2,)], [dt, dt], [[{"$t": 0}, {"$t": 1}], 0])
+    sizes = [n // k + (i < n % k) for i in range(k)]
+    return _aten_call("cat", [(s,) for s in sizes], [dt] * k, [[{"$t": i} for i in range(k)], 0])
 
 
 @register_replay("flag_gems.ops.layer_norm.layer_norm_fwd_kernel")
 def _replay_layer_norm(raw: dict) -> Job | None:
-    dts = raw["dtypes"]  # x, y, weight, bias (x when absent), then fp32 mean and rstd
+    dts = raw["dtypes"]  # x, y, weight, bias (x when absent), then fp32 mean and rstd (None: not stored)
     if len(dts) != 6 or dts[1] != dts[0]:
         return None
-    if len(set(dts[:4])) == 1:
-        return Job("layer_norm", ((1, raw["N"]),), dts[0])
-    n = raw["N"]  # parameters of another dtype (fp32 ones for bf16 rows, say)
-    return _aten_call("native_layer_norm", [(1, n), (n,), (n,)], [dts[0], dts[2], dts[3]],
+    n, stats = raw["N"], dts[4] is not None
+    if len(set(dts[:4])) == 1 and not stats:
+        return Job("layer_norm", ((1, n),), dts[0])  # F.layer_norm without a graph: y alone
+    # native_layer_norm stores the stats; parameters may be of another dtype (fp32 for bf16 rows)
+    return _aten_call("native_layer_norm" if stats else "layer_norm", [(1, n), (n,), (n,)], [dts[0], dts[2], dts[3]],
                       [{"$t": 0}, [n], {"$t": 1}, {"$t": 2}, 1e-5])
 
 

@@ -57,6 +57,7 @@ def calls(dt):
         lambda: torch.index_select(e(9, 33), 0, idx32),
         lambda: F.layer_norm(e(4, 48), (48,), e(48), e(48)),
         lambda: F.layer_norm(e(4, 48), (48,), f32(48), f32(48)),  # parameters of another dtype
+        lambda: aten.native_layer_norm(e(4, 48), [48], e(48), e(48), 1e-5),  # (stores the stats)
         lambda: F.nll_loss(e(6, 5), t8),
         lambda: F.nll_loss(e(6, 5), t64, weight=e(5), reduction="none"),
         lambda: torch.ops.aten.reflection_pad1d_backward(e(3, 40), e(3, 38), [1, 1]),

@@ -233,8 +233,8 @@ class Launch:
         if hit is None:
             return False
         bound, cfg_grid = hit
-        stream = bound.stream()
-        if stream is None:
+        device = bound.device
+        if bound.current_device() != device:
             return False
         if grid is None:
             grid = cfg_grid
@@ -242,7 +242,11 @@ class Launch:
             return False
         elif len(grid) != 3:
             grid = (*grid, 1, 1)[:3]
-        bound.launch(grid, args, stream, self.tuner.fn)
+        # Bound.launch, inline (every plan's repeat runs this)
+        kept = bound.kept
+        (kept.runners.get(grid) or kept.runner(grid))(*args, *kept.tail, stream=bound.current_stream(device))
+        if launching.observer is not None:
+            launching.observer(self.tuner.fn)
         return True
 
     def _file(self, direct: Any, args: tuple, kw: dict, fixed_grid: bool) -> None:

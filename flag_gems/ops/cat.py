@@ -99,8 +99,8 @@ def _launch(out: torch.Tensor, out_row: int, rows: int, r1: int, parts: list[tup
     for p in parts:
         args += p
         ptrs |= p[0].data_ptr()
-    for _ in range(GROUP - len(parts)):  # unused slots: never reached (K)
-        args += (parts[0][0], 1, 0, 0, 0)
+    for _ in range(GROUP - len(parts)):  # unused slots: never reached (K); None, no pointer to check
+        args += (None, 1, 0, 0, 0)
     total = args[4] = rows * sum([p[1] for p in parts])
     # direct relaunch key: each int argument's specialization (as tuner.launch keys it), so
     # a KV cache growing by a row a step keeps hitting; none for 64-bit ints or misalignment
@@ -185,8 +185,8 @@ def _file(sig: tuple, inputs: list[int], found: tuple | None) -> None:
     if found is None:
         return
     bound, grid, args = found
-    # input k's tensor is argument 5 + 5k; the unused slots hold the first input's
-    slots = tuple((5 + 5 * k, inputs[k if k < len(inputs) else 0]) for k in range(GROUP))
+    # input k's tensor is argument 5 + 5k (the unused slots hold None)
+    slots = tuple((5 + 5 * k, inputs[k]) for k in range(len(inputs)))
     if len(_PLANS) >= 4096:
         _PLANS.clear()
     _PLANS[sig] = _Plan(tuple(args[0].shape), bound, grid, tuple(args), slots)

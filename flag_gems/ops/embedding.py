@@ -65,7 +65,7 @@ def embedding(weight: torch.Tensor, indices: torch.Tensor, padding_idx: int = -1
     if weight.dim() != 2:
         raise ValueError(f"embedding weight must be 2-D, got {tuple(weight.shape)}")
     D = weight.shape[1]
-    idx = indices.contiguous().view(-1)
+    idx = indices.contiguous()  # (read flat: no view needed)
     out = torch.empty(*indices.shape, D, dtype=weight.dtype, device=weight.device)
     n = idx.numel()
     if n and D:

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from flag_gems.ops import _reduce_common as rc
-from flag_gems.registry import register
+from flag_gems.registry import as_from_outside, aten_fallback, register
 from flag_gems.utils import cdiv
 from tuner import libtuner
 
@@ -30,7 +30,10 @@ ROW_DEFAULT = triton.Config({"BLOCK": 4096}, num_warps=8)  # the backward's (one
 
 
 @triton.jit
-def layer_norm_fwd_kernel(X, Y, W, B, Mean, Rstd, N, eps, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
+def layer_norm_fwd_kernel(
+    X, Y, W, B, Mean, Rstd, N, eps,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_STATS: tl.constexpr, BLOCK: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     x_row = X + row * N
     y_row = Y + row * N
@@ -69,8 +72,9 @@ def layer_norm_fwd_kernel(X, Y, W, B, Mean, Rstd, N, eps, HAS_W: tl.constexpr, H
             if HAS_B:
                 y = y + tl.load(B + c, mask=m, other=0.0).to(tl.float32)
             tl.store(y_row + c, y, mask=m)
-    tl.store(Mean + row, mean)
-    tl.store(Rstd + row, rstd)
+    if STORE_STATS:  # (not for inference: Mean and Rstd are None)
+        tl.store(Mean + row, mean)
+        tl.store(Rstd + row, rstd)
 
 
 # tuned per size class of N: each class's default fits it (BLOCK = next_power_of_2(N) up
@@ -156,30 +160,63 @@ def _stat_shape(x: torch.Tensor, axis: int) -> list[int]:
 def native_layer_norm(
     input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    shape = input.shape
-    dims = _DIMS.get((shape, len(normalized_shape)))
+    M, N, stat_shape = _dims(input, normalized_shape)
+    x = input.contiguous()
+    dev = x.device
+    y = torch.empty_like(x)
+    # CPU aten keeps the stats in the input dtype; CUDA aten in fp32. fp32 is the safer choice.
+    mean = torch.empty(size=stat_shape, dtype=torch.float32, device=dev)
+    rstd = torch.empty(size=stat_shape, dtype=torch.float32, device=dev)
+    _forward(x, y, weight, bias, mean, rstd, M, N, eps)
+    return y, mean, rstd
+
+
+@register("layer_norm", autograd=True)
+def layer_norm(
+    input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None, eps: float = 1e-5, cudnn_enable: bool = True,
+) -> torch.Tensor:
+    """Without a graph to record, only y: no mean and rstd to allocate and store (aten's
+    composite layer_norm would call native_layer_norm for all three)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
+        # aten's composite: native_layer_norm (flag_gems') with autograd's backward (flag_gems')
+        return as_from_outside(_COMPOSITE, input, normalized_shape, weight, bias, eps, cudnn_enable)
+    M, N, _ = _dims(input, normalized_shape)
+    x = input.contiguous()
+    y = torch.empty_like(x)
+    _forward(x, y, weight, bias, None, None, M, N, eps)
+    return y
+
+
+_COMPOSITE = aten_fallback("layer_norm")
+
+
+def _dims(x: torch.Tensor, normalized_shape: Sequence[int]) -> tuple[int, int, list[int]]:
+    """(rows, row length, the stats' shape), cached per shape."""
+    dims = _DIMS.get((x.shape, len(normalized_shape)))
     if dims is None:
         if len(_DIMS) > 4096:
             _DIMS.clear()
-        axis, M, N = _split(input, normalized_shape)
-        dims = _DIMS[(shape, len(normalized_shape))] = (M, N, _stat_shape(input, axis))
-    M, N, stat_shape = dims
-    x = input.contiguous()
-    dev = x.device
-    y = torch.empty(shape, dtype=x.dtype, device=dev)
-    # CPU aten keeps the stats in the input dtype; CUDA aten in fp32. fp32 is the safer choice.
-    mean = torch.empty(stat_shape, dtype=torch.float32, device=dev)
-    rstd = torch.empty(stat_shape, dtype=torch.float32, device=dev)
+        axis, M, N = _split(x, normalized_shape)
+        dims = _DIMS[(x.shape, len(normalized_shape))] = (M, N, _stat_shape(x, axis))
+    return dims
+
+
+def _forward(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+             mean: torch.Tensor | None, rstd: torch.Tensor | None, M: int, N: int, eps: float) -> None:
+    """Launch the row kernel (x, y contiguous); no stats stored where mean is None."""
     if M == 0 or N == 0:
-        return y, mean, rstd
+        return
     w = weight.contiguous() if weight is not None else x
     b = bias.contiguous() if bias is not None else x
-    has_w, has_b = weight is not None, bias is not None
-    key = (N, x.dtype, w.dtype, b.dtype, has_w, has_b)
-    aligned = not (x.data_ptr() | y.data_ptr() | w.data_ptr() | b.data_ptr() | mean.data_ptr() | rstd.data_ptr()) & 15
+    has_w, has_b, stats = weight is not None, bias is not None, mean is not None
+    key = (N, x.dtype, w.dtype, b.dtype, has_w, has_b, stats)
+    ptrs = x.data_ptr() | y.data_ptr() | w.data_ptr() | b.data_ptr()
+    if stats:
+        ptrs |= mean.data_ptr() | rstd.data_ptr()
     layer_norm_fwd_kernel.launcher(N, _FWD, key).fixed(
-        (M,), x, y, w, b, mean, rstd, N, eps, direct=type(eps) if aligned else None, HAS_W=has_w, HAS_B=has_b)
-    return y, mean, rstd
+        (M,), x, y, w, b, mean, rstd, N, eps, direct=type(eps) if not ptrs & 15 else None,
+        HAS_W=has_w, HAS_B=has_b, STORE_STATS=stats)
 
 
 _DIMS: dict = {}

@@ -356,6 +356,8 @@ def _launch(fn, grid, args: tuple, kwargs: dict, cfg: dict, warmup: bool = False
     split, main_kw = cfg["SPLIT_K"], _main_kwargs(args, kwargs, cfg)
     if split == 1 or warmup:  # warming a split compiles its partials kernel
         if warmup:
+            if split > 1:  # a stand-in workspace: a launch specializes on its dtype and alignment only
+                args = (*args[:_WS], torch.empty(1, device=args[0].device, dtype=torch.float32), *args[_WS + 1:])
             fn.warmup(*args, grid=grid, **main_kw)
         else:
             launch(fn, grid, *args, **main_kw)
@@ -413,7 +415,7 @@ _DIRECT: dict = direct_cache()
 
 
 class _GemmDirect(NamedTuple):
-    launch: Callable[..., None]  # (a, b, out, bias_arg, stream): the call's kept kernels
+    launch: Callable[..., None]  # (a, b, out, bias or None, stream): the call's kept kernels
     kernels: tuple  # the jit functions it launches (tuner.launch.observer reports them)
     bound: Any  # tuner.launch.Bound of the first: the device they were compiled for
 
@@ -447,7 +449,7 @@ def _direct_pointer(args: tuple, kwargs: dict, cfg: dict) -> tuple[Callable[...,
     rest = (*args[_WS + 1:], *bound.kept.tail)
     if split == 1:
         def plain(a, b, out, bias, stream):
-            main(a, b, out, bias, out, *rest, stream=stream)
+            main(a, b, out, bias, None, *rest, stream=stream)
 
         return plain, (_mm_kernel.fn,), bound
     rgrid, rargs, rkwargs = _reduce_call(args, kwargs, ws, split)
@@ -482,12 +484,12 @@ def _direct_tma(named: dict, cfg: dict) -> tuple[Callable[..., None], tuple, Any
     return tma, (_mm_tma_kernel,), bound
 
 
-def _launch_direct(plan: _GemmDirect, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias_arg: torch.Tensor) -> bool:
+def _launch_direct(plan: _GemmDirect, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None) -> bool:
     run, kernels, bound = plan
     stream = bound.stream()
     if stream is None:
         return False
-    run(a, b, out, bias_arg, stream)
+    run(a, b, out, bias, stream)
     if launching.observer is not None:
         for fn in kernels:
             launching.observer(fn)
@@ -550,16 +552,16 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor
     s_cb, s_cm, s_cn = _as3d(strides[2])
     has_bias = bias is not None
     s_bias = _as3d(strides[3]) if has_bias else (0, 0, 0)
-    bias_arg = bias if has_bias else out
     plan_key = None
-    if not (a.data_ptr() | b.data_ptr() | out.data_ptr() | bias_arg.data_ptr()) & 15:
+    if not (a.data_ptr() | b.data_ptr() | out.data_ptr() | (bias.data_ptr() if has_bias else 0)) & 15:
         plan_key = _plan_key(a, b, out, bias, strides, alpha, beta)
         plan = _DIRECT.get(plan_key)
-        if plan is not None and _launch_direct(plan, a, b, out, bias_arg):
+        if plan is not None and _launch_direct(plan, a, b, out, bias):
             return out
     upcast = settings.get().interpret and a.dtype == torch.bfloat16
-    # WS: the split-K workspace, which _launch allocates for a split config (out until then)
-    args = (a, b, out, bias_arg, out, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, *s_bias, alpha, beta)
+    # Bias and WS (the split-K workspace, which _launch allocates for a split config) are
+    # None until then: constexprs to Triton, no pointers for its launcher to check
+    args = (a, b, out, bias, None, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, *s_bias, alpha, beta)
     kwargs = {"HAS_BIAS": has_bias, "PRECISION": _precision(a.dtype), "UPCAST": upcast, "A_K1": s_ak == 1, "B_K1": s_bk == 1, "B_N1": s_bn == 1}
     _mm_kernel[lambda META: (cdiv(m, META["BLOCK_M"]) * cdiv(n, META["BLOCK_N"]), META["SPLIT_K"], batch)](*args, **kwargs)
     if plan_key is not None and plan_key not in _DIRECT:
@@ -591,7 +593,7 @@ def mm(self: torch.Tensor, mat2: torch.Tensor, *, out: torch.Tensor | None = Non
         hit = _MM_PLANS.get(key)
         if hit is not None:
             res = torch.empty(size=hit[0], device=self.device, dtype=self.dtype)
-            if not (self.data_ptr() | mat2.data_ptr() | res.data_ptr()) & 15 and _launch_direct(hit[1], self, mat2, res, res):
+            if not (self.data_ptr() | mat2.data_ptr() | res.data_ptr()) & 15 and _launch_direct(hit[1], self, mat2, res, None):
                 return res
     if not _on_kernel(self, mat2, out):
         return _on_aten("mm", out, self, mat2)

@@ -50,6 +50,34 @@ def test_layer_norm(dtype, shape, norm, affine):
     _check_grads([t.grad for t in ins], [t.grad for t in refs], dtype, rows, base)
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("params", ["affine", "none", "fp32 weight only"])
+def test_layer_norm_without_grad_stores_no_stats(monkeypatch, dtype, params):
+    """No graph to record: F.layer_norm runs the kernel for y alone (no mean and rstd
+    allocated or stored); under inference_mode aten's composite calls native_layer_norm,
+    which stores them."""
+    from flag_gems.ops import layer_norm as ln
+
+    x = torch.randn(5, 3, 40, dtype=dtype, device=DEVICE)[:, 1]  # rows of a strided view
+    w = torch.randn(40, dtype=torch.float32 if params == "fp32 weight only" else dtype, device=DEVICE)
+    b = torch.randn(40, dtype=dtype, device=DEVICE) if params == "affine" else None
+    if params == "none":
+        w = None
+    stats = []
+    forward = ln._forward
+    monkeypatch.setattr(ln, "_forward", lambda *a: stats.append(a[4] is not None) or forward(*a))
+    refs = [to_reference(t) if t is not None else None for t in (x, w, b)]
+    expect = F.layer_norm(refs[0], (40,), refs[1], refs[2], eps=1e-5)
+    with gems_ran("layer_norm_fwd_kernel"):
+        y = F.layer_norm(x, (40,), w, b, eps=1e-5)
+    assert stats == [False] and y.dtype == dtype and y.shape == x.shape
+    assert_close(y, expect, dtype)
+    with torch.inference_mode(), gems_ran("layer_norm_fwd_kernel"):
+        y = F.layer_norm(x, (40,), w, b, eps=1e-5)
+    assert stats == [False, True]
+    assert_close(y, expect, dtype)
+
+
 def test_layer_norm_noncontiguous_weight_only():
     x = torch.randn(33, 6, device=DEVICE).t()  # [6, 33] transposed
     w = torch.randn(33, device=DEVICE)
@@ -86,7 +114,7 @@ def test_layer_norm_chunked_rows():
     x = torch.randn(M, N, device=DEVICE)
     w, b = torch.randn(N, device=DEVICE), torch.randn(N, device=DEVICE)
     y, mean, rstd = torch.empty_like(x), torch.empty(M, device=DEVICE), torch.empty(M, device=DEVICE)
-    layer_norm_fwd_kernel.fn[(M,)](x, y, w, b, mean, rstd, N, 1e-5, HAS_W=True, HAS_B=True, BLOCK=16)
+    layer_norm_fwd_kernel.fn[(M,)](x, y, w, b, mean, rstd, N, 1e-5, HAS_W=True, HAS_B=True, STORE_STATS=True, BLOCK=16)
     assert_close(y, F.layer_norm(to_reference(x), (N,), to_reference(w), to_reference(b)), torch.float32)
     dy, dx = torch.randn(M, N, device=DEVICE), torch.empty_like(x)
     layer_norm_bwd_dx_kernel.fn[(M,)](dy, x, w, mean, rstd, dx, N, HAS_W=True, BLOCK=16)
