@@ -189,6 +189,14 @@ STATE = _State()
 _local = threading.local()
 
 
+def switched_on(name: str) -> Callable[[], bool]:
+    """Whether the op ``name`` is on now (a cheap check for an op that serves a call only
+    where another, whose kernel it launches, would: ``unused=`` naming that one leaves
+    both to aten)."""
+    entry = _ENTRIES[name]
+    return lambda: entry.on
+
+
 def as_from_outside(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` as if called from outside any flag_gems op: the aten ops it
     calls take flag_gems' kernels again. For an op that hands a case back to aten's

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from flag_gems.ops import _reduce_common as rc
-from flag_gems.registry import as_from_outside, aten_fallback, register
+from flag_gems.registry import as_from_outside, aten_fallback, register, switched_on
 from flag_gems.utils import cdiv
 from tuner import libtuner
 
@@ -178,7 +178,7 @@ def layer_norm(
 ) -> torch.Tensor:
     """Without a graph to record, only y: no mean and rstd to allocate and store (aten's
     composite layer_norm would call native_layer_norm for all three)."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
+    if not _NATIVE_ON() or torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
         # aten's composite: native_layer_norm (flag_gems') with autograd's backward (flag_gems')
         return as_from_outside(_COMPOSITE, input, normalized_shape, weight, bias, eps, cudnn_enable)
     M, N, _ = _dims(input, normalized_shape)
@@ -189,6 +189,7 @@ def layer_norm(
 
 
 _COMPOSITE = aten_fallback("layer_norm")
+_NATIVE_ON = switched_on("native_layer_norm")  # unused=["native_layer_norm"]: aten's layer_norm altogether
 
 
 def _dims(x: torch.Tensor, normalized_shape: Sequence[int]) -> tuple[int, int, list[int]]:

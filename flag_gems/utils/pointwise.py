@@ -288,7 +288,7 @@ class Pointwise:
                             dkey = (*dkey, out.dtype) if given else None
                         hit = self._direct.get(dkey) if dkey is not None else None
                         if hit is not None:
-                            bound, consts, block, odt, fn, _, _ = hit
+                            bound, consts, block, odt, fn, _, _, _, _ = hit
                             device = bound.device
                             if bound.current_device() == device:  # (Bound.stream, inline: this is the hot path)
                                 dst = out if out is not None else _empty_like(t0) if odt is None else _empty_like(t0, dtype=odt)
@@ -355,7 +355,7 @@ class Pointwise:
     def _relaunch(self, hit: "_Direct", args: Sequence[Any], out: torch.Tensor | None) -> torch.Tensor | None:
         """The general path's direct relaunch of a filed call (see _general_key); None
         where it cannot (another device, an unaligned new output)."""
-        bound, consts, block, odt, fn, shape, like = hit
+        bound, consts, _, odt, fn, shape, like, numel, run = hit
         device = bound.device
         if bound.current_device() != device:
             return None
@@ -366,9 +366,6 @@ class Pointwise:
             out = _empty_like(src, dtype=odt) if src.shape == shape else torch.empty(size=shape, dtype=odt, device=src.device)
             if out.data_ptr() & 15:
                 return None
-        numel = shape.numel()
-        grid = ((numel + block - 1) // block, 1, 1)
-        run = bound.kept.runners.get(grid) or bound.runner(grid)
         run(*args, out, numel, *consts, stream=bound.current_stream(device))
         if _launch.observer is not None:
             _launch.observer(fn)
@@ -430,6 +427,8 @@ class _Direct(NamedTuple):
     fn: Any  # the jit function (tuner.launch.observer reports it)
     shape: torch.Size | None  # the general path's broadcast shape; None: the call's own (fast path)
     like: int  # the general path's new output: empty_like of this argument where its shape is the output's, else torch.empty on its device (as _new_output); -1: no tensor argument
+    numel: int = 0  # the general path's output elements, and the runner of its grid (both fixed by its key)
+    run: Any = None
 
 
 def _direct(kernel: Any, call: tuple, n_in: int, odt: torch.dtype | None, shape: torch.Size | None = None) -> _Direct | None:
@@ -438,11 +437,15 @@ def _direct(kernel: Any, call: tuple, n_in: int, odt: torch.dtype | None, shape:
     if found is None:
         return None
     bound, cfg = found
-    like = 0
-    if shape is not None:  # the general path: the argument _new_output allocates like (-1: none, out= given)
-        tensors = [i for i, a in enumerate(call[:n_in]) if isinstance(a, _Tensor)]
-        like = next((i for i in tensors if call[i].shape == shape), tensors[0] if tensors else -1)
-    return _Direct(bound, (*call[n_in + 2:], *bound.kept.tail), cfg["BLOCK"], odt, kernel.fn, shape, like)
+    block, consts = cfg["BLOCK"], (*call[n_in + 2:], *bound.kept.tail)
+    if shape is None:
+        return _Direct(bound, consts, block, odt, kernel.fn, None, 0)
+    # the general path: the argument _new_output allocates like (-1: none, out= given)
+    tensors = [i for i, a in enumerate(call[:n_in]) if isinstance(a, _Tensor)]
+    like = next((i for i in tensors if call[i].shape == shape), tensors[0] if tensors else -1)
+    numel = shape.numel()
+    run = bound.runner(((numel + block - 1) // block, 1, 1))
+    return _Direct(bound, consts, block, odt, kernel.fn, shape, like, numel, run)
 
 
 _GIVEN = object()  # a general key's last item where the call gave ``out``

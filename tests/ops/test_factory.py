@@ -31,6 +31,33 @@ def test_to_dtype(src, dst):
         assert torch.equal(out.cpu(), ref)
 
 
+def test_to_dtype_serves_no_grad_calls_and_leaves_the_rest_to_the_composite():
+    """tensor.to(dtype) is taken over on the Autograd key: without a graph, one cast
+    kernel (the same dtype: the tensor itself, as aten; copy=True: a copy); with one,
+    aten's composite (its _to_copy is flag_gems', its backward casts back); and
+    ``unused=["_to_copy"]`` leaves casts to aten's _to_copy (whose copy_ is flag_gems'
+    unless switched off too)."""
+    from tests.helpers import count_kernels
+
+    x = rand((6, 10), torch.float32)
+    with ran("copy"):
+        y = x.to(torch.bfloat16)
+    assert y.dtype == torch.bfloat16 and y.grad_fn is None
+    assert_close(y, to_reference(x), torch.bfloat16)
+    with flag_gems.use_gems():
+        assert x.to(torch.float32) is x
+        c = x.to(torch.float32, copy=True)
+    assert c is not x and torch.equal(c, x)
+    w = x.clone().requires_grad_()
+    with ran("copy"):
+        h = w.to(torch.bfloat16)
+        h.float().sum().backward()
+    assert h.grad_fn is not None and torch.equal(w.grad, torch.ones_like(x))
+    with count_kernels() as launched, flag_gems.use_gems(unused=["_to_copy", "copy_"]):
+        z = x.to(torch.bfloat16)
+    assert not launched and torch.equal(z, x.to(torch.bfloat16))
+
+
 def test_copy_strided_broadcast_and_cast():
     dst = torch.empty(8, 10, device=DEVICE, dtype=torch.float16)[:, ::2]
     src = rand((8, 5), torch.float32).t().contiguous().t()  # column-major source

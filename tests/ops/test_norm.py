@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import DEVICE, FLOAT_DTYPES, assert_close, gems_ran, to_reference
+import flag_gems
+from tests.helpers import DEVICE, FLOAT_DTYPES, assert_close, count_kernels, gems_ran, to_reference
 
 
 def _leaf(t):
@@ -76,6 +77,10 @@ def test_layer_norm_without_grad_stores_no_stats(monkeypatch, dtype, params):
         y = F.layer_norm(x, (40,), w, b, eps=1e-5)
     assert stats == [False, True]
     assert_close(y, expect, dtype)
+    xc = x.contiguous()  # (aten's own .contiguous() would run flag_gems' copy)
+    with count_kernels() as launched, flag_gems.use_gems(unused=["native_layer_norm"]):
+        F.layer_norm(xc, (40,), w if params != "fp32 weight only" else None, b, eps=1e-5)  # (aten: one dtype)
+    assert not launched
 
 
 def test_layer_norm_noncontiguous_weight_only():
