@@ -67,26 +67,27 @@ def cat_kernel(
     K: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # input k is a (rows, w_k) block at column c_k of (rows, out_row); its rows are
-    # (rows / R1, R1) with strides (so_k, si_k)
+    # (rows / R1, R1) with strides (so_k, si_k). Slots from K on are all None (constexprs:
+    # no arguments to pass), so only the first K are read.
     pid = tl.program_id(0)
     nb0 = tl.cdiv(w0, BLOCK)
-    nb1 = tl.cdiv(w1, BLOCK)
-    nb2 = tl.cdiv(w2, BLOCK)
-    nb3 = tl.cdiv(w3, BLOCK)
     e1 = rows * nb0
-    e2 = e1 + rows * nb1
-    e3 = e2 + rows * nb2
     if pid < e1:
         _copy_rows(X0, so0, si0, R1, out, pid, nb0, w0, c0, out_row, BLOCK)
     if K > 1:
+        nb1 = tl.cdiv(w1, BLOCK)
+        e2 = e1 + rows * nb1
         if (pid >= e1) & (pid < e2):
             _copy_rows(X1, so1, si1, R1, out, pid - e1, nb1, w1, c1, out_row, BLOCK)
-    if K > 2:
-        if (pid >= e2) & (pid < e3):
-            _copy_rows(X2, so2, si2, R1, out, pid - e2, nb2, w2, c2, out_row, BLOCK)
-    if K > 3:
-        if pid >= e3:
-            _copy_rows(X3, so3, si3, R1, out, pid - e3, nb3, w3, c3, out_row, BLOCK)
+        if K > 2:
+            nb2 = tl.cdiv(w2, BLOCK)
+            e3 = e2 + rows * nb2
+            if (pid >= e2) & (pid < e3):
+                _copy_rows(X2, so2, si2, R1, out, pid - e2, nb2, w2, c2, out_row, BLOCK)
+            if K > 3:
+                nb3 = tl.cdiv(w3, BLOCK)
+                if pid >= e3:
+                    _copy_rows(X3, so3, si3, R1, out, pid - e3, nb3, w3, c3, out_row, BLOCK)
 
 
 def _launch(out: torch.Tensor, out_row: int, rows: int, r1: int, parts: list[tuple[torch.Tensor, int, int, int, int]]) -> tuple | None:
@@ -99,8 +100,7 @@ def _launch(out: torch.Tensor, out_row: int, rows: int, r1: int, parts: list[tup
     for p in parts:
         args += p
         ptrs |= p[0].data_ptr()
-    for _ in range(GROUP - len(parts)):  # unused slots: never reached (K); None, no pointer to check
-        args += (None, 1, 0, 0, 0)
+    args += (None,) * (5 * (GROUP - len(parts)))  # unused slots: constexprs, nothing passed
     total = args[4] = rows * sum([p[1] for p in parts])
     # direct relaunch key: each int argument's specialization (as tuner.launch keys it), so
     # a KV cache growing by a row a step keeps hitting; none for 64-bit ints or misalignment
@@ -165,18 +165,18 @@ def _signature(tensors: Sequence[torch.Tensor], dim: int) -> tuple:
 def _relaunch(plan: _Plan, tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
     """The plan's launch for these inputs; None where it cannot (another device, an
     input not 16-byte aligned)."""
-    stream = plan.bound.stream()
-    if stream is None:
+    bound = plan.bound
+    if bound.current_device() != bound.device:
         return None
     args = list(plan.template)
     ptrs = 0
     for pos, i in plan.tensor_args:
         t = args[pos] = tensors[i]
         ptrs |= t.data_ptr()
-    buf = args[0] = torch.empty(size=plan.shape, dtype=args[5].dtype, device=args[5].device)
+    buf = args[0] = torch.empty(size=plan.shape, dtype=t.dtype, device=t.device)  # (one dtype: the signature's)
     if (ptrs | buf.data_ptr()) & 15:
         return None
-    plan.bound.launch(plan.grid, args, stream, cat_kernel.fn)
+    bound.launch(plan.grid, args, bound.current_stream(bound.device), cat_kernel.fn)
     return buf
 
 
