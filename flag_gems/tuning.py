@@ -730,8 +730,9 @@ for _kind in ("rows_short", "rows_long", "inner"):
 
 @register_replay("flag_gems.ops.cat.cat_kernel")
 def _replay_cat(raw: dict) -> Job | None:
-    # the key is the elements copied (total) and the dtypes (out's, then each input slot's;
-    # None: unused): k parts along dim 0 (an older key filled unused slots with X0's dtype)
+    # the key is the elements copied (total) and the dtypes: out's, each input's, then None
+    # for each argument of the unused slots: k parts along dim 0 (an older key filled the
+    # unused slots with X0's dtype)
     n, (dt, *slots) = raw["total"], raw["dtypes"]
     k = sum(d is not None for d in slots) if None in slots else 2
     if n < k or any(d not in (None, dt) for d in slots):

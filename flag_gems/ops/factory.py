@@ -85,8 +85,8 @@ def _to_copy(
 @register("to.dtype", autograd=True)
 def to_dtype(self: torch.Tensor, dtype: torch.dtype, non_blocking: bool = False, copy: bool = False, memory_format: Any = None) -> torch.Tensor:
     """``tensor.to(dtype)`` without a graph to record: the cast kernel, without aten's
-    composite ``to`` dispatching again to ``_to_copy`` (about a third of the call's host
-    time). Anything else (autograd, a memory format, other dtypes) takes that composite."""
+    composite ``to`` going through the dispatcher a second time for ``_to_copy``. Anything
+    else (autograd, a memory format, other dtypes) takes that composite."""
     if (memory_format is None and type(self) is torch.Tensor and dtype in TL_DTYPES and self.dtype in TL_DTYPES
             and _TO_COPY_ON() and not (self.requires_grad and torch.is_grad_enabled()) and self.layout == torch.strided):
         if dtype == self.dtype and not copy:
