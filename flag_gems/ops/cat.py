@@ -220,6 +220,9 @@ def _cat_lean(tensors: Sequence[torch.Tensor], dim: int) -> torch.Tensor | None:
     nd = len(shape)
     if not nd or not -nd <= dim < nd:
         return None
+    if len(live) == 1:  # HF's first cache update, cat([tensor([]), k]): a copy (of a transposed k, often)
+        buf = torch.empty(size=shape, dtype=dtype, device=live[0].device)
+        return COPY(live[0], out=buf)  # (the pointwise copy relaunches a repeated layout directly)
     dim %= nd
     head, rest = shape[:dim], shape[dim + 1:]
     tail = math.prod(rest)
