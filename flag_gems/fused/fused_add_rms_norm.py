@@ -17,8 +17,7 @@ def fused_add_rms_norm(
     n = x.shape[-1]
     x2, r2 = as_rows(x, n), as_rows(residual, n)
     rms_norm_rows(x2, x2, weight, eps, residual=r2)
-    # as_rows copied a tensor it could not view: write the result back
-    # as_rows copied a tensor it could not view (a view starts at the same address)
+    # as_rows copied a tensor it could not view (a view starts at the same address): write the result back
     if x2.data_ptr() != x.data_ptr():
         x.copy_(x2.view(x.shape))
     if r2.data_ptr() != residual.data_ptr():

@@ -93,7 +93,11 @@ def _relaunch(key: tuple, grid: tuple, args: tuple) -> bool:
 
 
 def as_rows(t: torch.Tensor, n: int) -> torch.Tensor:
-    """``t`` as a 2-D (rows, n) view with unit column stride; a copy only if none exists."""
+    """``t`` as rows of ``n`` for ``rms_norm_rows``: itself where it is contiguous with a
+    last dim of ``n`` (no view to make), else a 2-D (rows, n) view with unit column stride;
+    a copy only if none exists (a copy starts at another address)."""
+    if t.is_contiguous() and t.shape[-1] == n:
+        return t
     if t.numel() and t.stride(-1) != 1:
         t = t.contiguous()
     try:
@@ -146,10 +150,6 @@ def rms_norm_rows(
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm over the last dim: ``x / sqrt(mean(x^2) + eps) * weight``."""
-    if x.is_contiguous():
-        y = torch.empty_like(x)
-        rms_norm_rows(x, y, weight, eps)
-    else:
-        y = torch.empty(size=x.shape, dtype=x.dtype, device=x.device)
-        rms_norm_rows(as_rows(x, x.shape[-1]), y, weight, eps)
+    y = torch.empty_like(x) if x.is_contiguous() else torch.empty(size=x.shape, dtype=x.dtype, device=x.device)
+    rms_norm_rows(as_rows(x, x.shape[-1]), y, weight, eps)
     return y

@@ -76,12 +76,6 @@ def rms_norm_bwd_dw_kernel(DY, X, Rstd, DW, M, N, BLOCK_M: tl.constexpr, BLOCK_N
     tl.store(DW + cols, tl.sum(acc, axis=0).to(DW.dtype.element_ty), mask=cm)
 
 
-def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
-    """``t`` as rows of ``n`` for ``rms_norm_rows``: itself where its last dim is the row
-    and it is contiguous (no view to make), else a 2-D view or copy."""
-    return t if t.is_contiguous() and t.shape[-1] == n else as_rows(t, n)
-
-
 def _eps(x: torch.Tensor, eps: float | None) -> float:
     return torch.finfo(x.dtype).eps if eps is None else eps
 
@@ -91,7 +85,7 @@ def _forward(x: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Ten
     n = math.prod(normalized_shape)
     y = torch.empty(size=x.shape, dtype=x.dtype, device=x.device)
     rstd = torch.empty(x.numel() // n if n else 0, dtype=torch.float32, device=x.device)
-    rms_norm_rows(_rows(x, n), _rows(y, n), weight, eps, rstd=rstd)
+    rms_norm_rows(as_rows(x, n), as_rows(y, n), weight, eps, rstd=rstd)
     return y, rstd
 
 
@@ -145,5 +139,5 @@ def rms_norm(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch
         rms_norm_rows(input, y, weight, eps if eps is not None else _eps(input, eps))
         return y
     y = torch.empty(size=input.shape, dtype=input.dtype, device=input.device)
-    rms_norm_rows(_rows(input, n), _rows(y, n), weight, eps if eps is not None else _eps(input, eps))
+    rms_norm_rows(as_rows(input, n), as_rows(y, n), weight, eps if eps is not None else _eps(input, eps))
     return y

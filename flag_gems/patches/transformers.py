@@ -245,7 +245,7 @@ def make_decoder_layer_forward(original, norm_cls):
             return hidden_states + mods["mlp"](norm(hidden_states))
         n = attn.shape[-1]
         normed = torch.empty_like(attn)
-        rms_norm_rows(hidden_states if hidden_states.is_contiguous() else as_rows(hidden_states, n), normed, weight,
+        rms_norm_rows(as_rows(hidden_states, n), normed, weight,
                       norm.variance_epsilon, residual=attn)  # attn now holds hidden_states + attn
         return attn + mods["mlp"](normed)
 
