@@ -1,4 +1,4 @@
-"""The host side of a small HF Llama's decode step, on CPU, without a GPU (issue 8).
+"""The host side of a small HF Llama's decode (or prefill) step, on CPU, without a GPU (issue 8).
 
 A 2-layer Llama (hidden 256, bf16) decodes 8 sequences x 1 token over a 32-token cache
 with plain ``flag_gems.enable()`` or with the transformers patches, every Triton launch
@@ -7,7 +7,7 @@ timed is HF's Python, torch's dispatch and allocations, and flag_gems' own Pytho
 GPU host path minus Triton's runner. Prints the median step; ``--agg`` adds a cProfile of
 100 steps, own time per package and the flag_gems functions with the most.
 
-    PYTHONPATH=.:benchmarks python benchmarks/host_llama_cpu.py plain|patches [--agg]
+    PYTHONPATH=.:benchmarks python benchmarks/host_llama_cpu.py plain|patches [--agg] [--phase prefill]
 """
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("mode", choices=["plain", "patches"])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--agg", action="store_true")
+    ap.add_argument("--phase", choices=["decode", "prefill"], default="decode")
     opts = ap.parse_args()
     model = _model()
     with torch.no_grad():
@@ -78,7 +79,11 @@ def main() -> None:
         flag_gems.apply_gems_patches_to_transformers()
     flag_gems.enable()
 
-    step = decode_step(model, cache, tok, ctx=32)
+    if opts.phase == "decode":
+        step = decode_step(model, cache, tok, ctx=32)
+    else:  # one sequence of 512 tokens, as bench_llama's prefill
+        ids = torch.randint(0, 512, (1, 512))
+        step = lambda: model(input_ids=ids, use_cache=True)  # noqa: E731
     with torch.no_grad():
         for _ in range(20):
             step()
@@ -87,7 +92,7 @@ def main() -> None:
             t = time.perf_counter()
             step()
             times.append(time.perf_counter() - t)
-        print(f"{opts.mode}: decode step median {statistics.median(times) * 1e3:.3f} ms (host only, stand-in launches)")
+        print(f"{opts.mode}: {opts.phase} step median {statistics.median(times) * 1e3:.3f} ms (host only, stand-in launches)")
         if opts.agg:
             prof = cProfile.Profile()
             prof.enable()
