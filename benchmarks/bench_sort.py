@@ -9,7 +9,7 @@ side's host time per call, and whether both gave the same indices (stable sort) 
 values. The path is the eager one; in a graph capture a long 32-bit-or-narrower sort
 takes the radix sort whatever its size.
 
-    PYTHONPATH=. python benchmarks/bench_sort.py [--paths]
+    PYTHONPATH=. python benchmarks/bench_sort.py [--paths | --topk]
 """
 from __future__ import annotations
 
@@ -118,6 +118,27 @@ def paths() -> None:
             print(f"| {name} | {t:.1f} | {m:.1f} | {r:.1f} | {tg:.1f} | {mg:.1f} | {rg:.1f} | {th:.1f} | {mh:.1f} | {rh:.1f} |")
 
 
+def topk_sizes() -> None:
+    """``--topk``: torch.topk at sampling sizes (rows x vocabulary, several k), both sides'
+    graph-replay device time, and whether flag_gems' values and indices equal a stable
+    descending sort's first k (the lowest index first among equal values)."""
+    print("\n| topk | k | torch us, graph | flag_gems us, graph | speedup | exact |")
+    print("|---|---|---|---|---|---|")
+    sizes = [(64, 128256, 50), (8, 128256, 50), (1, 128256, 50), (64, 32000, 50), (8, 32000, 50),
+             (64, 128256, 1), (64, 128256, 8), (64, 128256, 100), (64, 128256, 256), (64, 152064, 20)]
+    for dtype in (torch.float32, torch.bfloat16):
+        for rows, n, k in sizes:
+            x = torch.randn(rows, n, device="cuda", dtype=dtype)
+            fn = lambda: torch.topk(x, k)  # noqa: E731
+            t = _graph_us(fn)
+            with flag_gems.use_gems():
+                v, i = fn()
+                g = _graph_us(fn)
+            ref = torch.sort(x, dim=-1, descending=True, stable=True)
+            exact = torch.equal(v, ref.values[:, :k]) and torch.equal(i, ref.indices[:, :k])
+            print(f"| {str(dtype).split('.')[-1]} {rows}x{n} | {k} | {t:.1f} | {g:.1f} | {t / g:.2f}x | {exact} |")
+
+
 def _path(ran) -> str:
     """Which sort ran: radix passes, chunk sorts and merges, or one program a row."""
     if ran["radix_scatter_kernel"]:
@@ -130,4 +151,9 @@ def _path(ran) -> str:
 if __name__ == "__main__":
     import sys
 
-    paths() if "--paths" in sys.argv else main()
+    if "--paths" in sys.argv:
+        paths()
+    elif "--topk" in sys.argv:
+        topk_sizes()
+    else:
+        main()

@@ -276,12 +276,57 @@ def test_topk_long_row_stages(monkeypatch):
     # rows longer than MAX_SORT go through reduction stages (shrunk: the interpreter is slow)
     monkeypatch.setattr(sort_mod, "MAX_SORT", 64)
     x = torch.randn(2, 1000, device=DEVICE)
-    with gems_ran("sort_kernel") as launched:
+    with gems_ran("sort_kernel", "segment_best_kernel") as launched:
         v, i = torch.topk(x, 7)
     assert launched["sort_kernel"] == 3  # 1000 -> 32 segments * 7 = 224 -> 7 * 7 = 49 -> final
+    assert launched["segment_best_kernel"] == 1  # the first stage's threshold
     rv, ri = torch.topk(x, 7)
     same(v, rv)
     same(i, ri)
+
+
+def test_topk_stages_of_small_segments(monkeypatch):
+    """Candidates too few for a stage of MAX_SORT / 2 but many for one program's final
+    sort go through a stage of MAX_SORT / 8 segments first."""
+    from flag_gems.ops import sort as sort_mod
+
+    monkeypatch.setattr(sort_mod, "MAX_SORT", 256)
+    x = torch.randn(2, 3000, device=DEVICE)
+    with gems_ran("sort_kernel", "segment_best_kernel") as launched:
+        v, i = torch.topk(x, 7)
+    # 3000 -> 24 segments of 128, 7 each: 168 -> 6 of 32: 42 -> final
+    assert launched["sort_kernel"] == 3 and launched["segment_best_kernel"] == 1
+    rv, ri = torch.topk(x, 7)
+    same(v, rv)
+    same(i, ri)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int32])
+@pytest.mark.parametrize("largest", [True, False])
+def test_topk_first_stage_threshold(monkeypatch, dtype, largest):
+    """The first stage keeps, per segment, only keys at least as good as the k-th best of
+    the segments' bests: all of them where they fit in k slots (written in order), else
+    the segment's own top k. Ties: rows of few distinct values put many keys on the
+    threshold (every segment over k), NaN is the largest, and a row of one value is all
+    ties; the indices must still be the first ones among equal values, as a stable sort's."""
+    from flag_gems.ops import sort as sort_mod
+
+    monkeypatch.setattr(sort_mod, "MAX_SORT", 64)
+    rows = [
+        rand((1000,), dtype),  # few candidates a segment: the compacting branch
+        (rand((1000,), torch.float32) * 3).round().to(dtype),  # few distinct values: the sorting branch
+        torch.full((1000,), 2, dtype=dtype, device=DEVICE),
+    ]
+    if dtype.is_floating_point:
+        nan = rand((1000,), dtype)
+        nan[[5, 500, 501, 990]] = float("nan")
+        rows.append(nan)
+    x = torch.stack(rows)
+    with gems_ran("segment_best_kernel"):
+        v, i = torch.topk(x, 7, largest=largest)
+    ref = torch.sort(x.float(), dim=-1, descending=largest, stable=True)
+    torch.testing.assert_close(v.float(), ref.values[:, :7], equal_nan=True, rtol=0, atol=0)
+    same(i, ref.indices[:, :7])
 
 
 @pytest.mark.parametrize("return_inverse", [False, True])
