@@ -25,7 +25,8 @@ topk of a row longer than one program's sort keeps the top k of each segment, st
 stage, until one program sorts what is left. Its first stage, where the row has at least
 k segments, keeps only keys at least as good as the k-th best of the segments' best keys
 (a bound no better than the row's k-th best): for sampling logits a few per segment,
-written in order without a sort.
+written in order without a sort; later stages move a segment's filled slots the same way
+where it has at most k.
 
 Every path is stable, as torch's stable sort; NaN sorts last (first when descending), as
 in torch.
@@ -101,21 +102,30 @@ def segment_best_kernel(x, best, N, seg, nseg, stride, DESC: tl.constexpr, BLOCK
 
 
 @triton.jit
+def row_threshold_kernel(best, thresh, nseg, K, NSEG: tl.constexpr):
+    """thresh[row]: the K-th smallest of the row's nseg segment best keys (NSEG >= nseg
+    >= K). They are nseg different elements of the row, so it is no better than the
+    row's K-th best key: only keys at least as good can be in the row's top K."""
+    row = tl.program_id(0)
+    b = tl.arange(0, NSEG)
+    bests = tl.sort(tl.load(best + row * nseg + b, mask=b < nseg, other=0x7FFFFFFF))
+    tl.store(thresh + row, tl.sum(tl.where(b == K - 1, bests, 0), axis=0))
+
+
+@triton.jit
 def sort_kernel(
-    x, ids, best, vals_out, idx_out, N, seg, nseg, stride, K,
-    HAS_IDS: tl.constexpr, DESC: tl.constexpr, BLOCK: tl.constexpr, KP: tl.constexpr, NSEG: tl.constexpr,
+    x, ids, thresh, vals_out, idx_out, N, seg, nseg, stride, K,
+    HAS_IDS: tl.constexpr, DESC: tl.constexpr, BLOCK: tl.constexpr, KP: tl.constexpr, FILTER: tl.constexpr,
 ):
     """Program (row, s) sorts elements [s*seg, s*seg+seg) of row ``row`` and writes the
     first K: values and indices (through ``ids`` when set: an earlier stage's indices;
     an index < 0 marks an empty slot). KP < BLOCK (a power of two >= K): only the first
     KP are ordered, by a bitonic top-k, which discards half of the rest at each merge.
 
-    ``best`` (a top-k's first stage, NSEG >= nseg): each segment's best key
-    (segment_best_kernel). The K-th best of those nseg keys, t, is no better than the
-    row's K-th best key (they are nseg different elements), so only keys at least as good
-    as t can be in the row's top K. Where a segment holds at most K of them (sampling
-    logits: a few), they are written in their order, the rest of its K slots empty, and
-    no sort runs."""
+    A top-k's stages before its last (FILTER): with ``thresh`` (row_threshold_kernel) only
+    keys at least as good as the row's threshold are candidates, without it every filled
+    slot is. Where a segment holds at most K candidates (sampling logits: a few), they are
+    written in their order, the rest of its K slots empty, and no sort runs."""
     pid = tl.program_id(0)
     row = pid // nseg
     start = (pid % nseg) * seg
@@ -126,21 +136,22 @@ def sort_kernel(
     if HAS_IDS:
         idv = tl.load(ids + row.to(tl.int64) * stride + pos, mask=m, other=-1)
         m = m & (idv >= 0)
+    else:
+        idv = pos.to(tl.int64)
     xv = tl.load(base + pos, mask=m, other=0)
     key = _key32(xv)
     if DESC:
         key = ~key
     key = tl.where(m, key, 0x7FFFFFFF)  # empty slots sort last (their o is larger)
-    if best is not None:
-        b = tl.arange(0, NSEG)
-        bests = tl.sort(tl.load(best + row * nseg + b, mask=b < nseg, other=0x7FFFFFFF))
-        t = tl.sum(tl.where(b == K - 1, bests, 0), axis=0)
-        cand = m & (key <= t)
+    if FILTER:
+        cand = m
+        if thresh is not None:
+            cand = cand & (key <= tl.load(thresh + row))
         n_cand = tl.sum(cand.to(tl.int32), axis=0)
         if n_cand <= K:
             slot = pid.to(tl.int64) * K + tl.cumsum(cand.to(tl.int32), axis=0) - 1
             tl.store(vals_out + slot, xv, mask=cand)
-            tl.store(idx_out + slot, pos.to(tl.int64), mask=cand)
+            tl.store(idx_out + slot, idv, mask=cand)
             e = tl.arange(0, KP)
             tl.store(idx_out + pid.to(tl.int64) * K + e, tl.full((KP,), -1, tl.int64), mask=(e >= n_cand) & (e < K))
         else:
@@ -176,10 +187,10 @@ def _top_of_segment(ids, vals_out, idx_out, N, seg, stride, K, pid, row, start, 
 
 
 def _sort_rows(x2d: torch.Tensor, k: int, desc: bool, ids: torch.Tensor | None = None, seg: int | None = None,
-               best: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               thresh: torch.Tensor | None = None, compact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Sort each row of contiguous (R, N) ``x2d`` in segments of ``seg``; first k of each
-    (a top-k where k is under the segment). ``best``: the segments' best keys (a top-k's
-    first stage, see sort_kernel; at least k segments a row).
+    (a top-k where k is under the segment). ``thresh``, ``compact``: a top-k's stage
+    before its last (see sort_kernel).
 
     Not tuned: BLOCK is the segment rounded up to a power of two (the whole segment sits
     in registers), fully determined by the shape, and num_warps follows it."""
@@ -192,21 +203,25 @@ def _sort_rows(x2d: torch.Tensor, k: int, desc: bool, ids: torch.Tensor | None =
     if R * nseg and k:
         kp = min(max(next_power_of_2(k), 2), block) if _HAS_TOPK else block  # (Triton 3.6's top-k needs k >= 2)
         sort_kernel[(R * nseg,)](
-            x2d, ids, best, vals, idx, N, seg, nseg, N, k,
-            HAS_IDS=ids is not None, DESC=desc, BLOCK=block, KP=kp, NSEG=next_power_of_2(nseg) if best is not None else 1,
+            x2d, ids, thresh, vals, idx, N, seg, nseg, N, k,
+            HAS_IDS=ids is not None, DESC=desc, BLOCK=block, KP=kp, FILTER=compact or thresh is not None,
             num_warps=4 if block <= 1024 else 8,
         )
     return vals, idx
 
 
-def _segment_bests(x2d: torch.Tensor, seg: int, desc: bool) -> torch.Tensor:
-    """(R, nseg) int32: each segment's best key (segment_best_kernel)."""
+def _thresholds(x2d: torch.Tensor, seg: int, k: int, desc: bool) -> torch.Tensor:
+    """(R,) int32: each row's top-k threshold over its segments of ``seg`` (at least k of
+    them; see row_threshold_kernel)."""
     R, N = x2d.shape
     nseg = cdiv(N, seg)
     best = torch.empty(size=(R, nseg), dtype=torch.int32, device=x2d.device)
     block = next_power_of_2(seg)
     segment_best_kernel[(R * nseg,)](x2d, best, N, seg, nseg, N, DESC=desc, BLOCK=block, num_warps=4 if block <= 1024 else 8)
-    return best
+    thresh = torch.empty(size=(R,), dtype=torch.int32, device=x2d.device)
+    nb = next_power_of_2(nseg)
+    row_threshold_kernel[(R,)](best, thresh, nseg, k, NSEG=nb, num_warps=4 if nb <= 1024 else 8)
+    return thresh
 
 
 # -- long rows (small sorts and 64-bit keys): chunk sort + merge passes -----------------
@@ -610,20 +625,21 @@ def topk(x: torch.Tensor, k: int, dim: int = -1, largest: bool = True, sorted: b
     if x.dtype in WIDE_DTYPES or (n > MAX_SORT and 2 * k > seg):  # a full sort, cut to k
         vals, idx = _sort_rows_long(rows, largest)
         return _back(vals[:, :k], x, d, k), _back(idx[:, :k], x, d, k)
-    # long rows: stages keep the top k of each segment until one segment holds the rest;
-    # the first stage keeps only what can be in the top k (sort_kernel's ``best``), where
-    # the row has at least k segments of at least 4k elements
+    # long rows: stages keep the top k of each segment until one segment holds the rest.
+    # The first keeps only keys that can be in the top k (a row's threshold: at least k
+    # segments of at least k elements, at most MAX_SORT of them); the later ones move the
+    # filled slots of a segment that has at most k without sorting them.
     vals, ids = rows, None
     if n > MAX_SORT:
         first = min(seg, _floor_pow2(n // k))
-        if first >= 4 * k:
-            vals, ids = _sort_rows(rows, k, largest, None, first, best=_segment_bests(rows, first, largest))
+        if first >= k and cdiv(n, first) <= MAX_SORT:
+            vals, ids = _sort_rows(rows, k, largest, None, first, thresh=_thresholds(rows, first, k, largest))
     # then segments of MAX_SORT / 2 while wider than one program's sort, and of MAX_SORT / 8
     # while wide enough to spread over several programs a row (a final sort of a whole
     # row in one program is the slowest step where rows are few)
     small = MAX_SORT // 8
     while vals.shape[1] > MAX_SORT or (vals.shape[1] >= 4 * small and 4 * k <= small):
-        vals, ids = _sort_rows(vals, k, largest, ids, seg if vals.shape[1] > MAX_SORT else small)
+        vals, ids = _sort_rows(vals, k, largest, ids, seg if vals.shape[1] > MAX_SORT else small, compact=True)
     vals, idx = _sort_rows(vals, k, largest, ids)
     return _back(vals, x, d, k), _back(idx, x, d, k)
 

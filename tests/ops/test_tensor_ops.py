@@ -276,10 +276,10 @@ def test_topk_long_row_stages(monkeypatch):
     # rows longer than MAX_SORT go through reduction stages (shrunk: the interpreter is slow)
     monkeypatch.setattr(sort_mod, "MAX_SORT", 64)
     x = torch.randn(2, 1000, device=DEVICE)
-    with gems_ran("sort_kernel", "segment_best_kernel") as launched:
+    with gems_ran("sort_kernel", "segment_best_kernel", "row_threshold_kernel") as launched:
         v, i = torch.topk(x, 7)
     assert launched["sort_kernel"] == 3  # 1000 -> 32 segments * 7 = 224 -> 7 * 7 = 49 -> final
-    assert launched["segment_best_kernel"] == 1  # the first stage's threshold
+    assert launched["segment_best_kernel"] == launched["row_threshold_kernel"] == 1  # the first stage's threshold
     rv, ri = torch.topk(x, 7)
     same(v, rv)
     same(i, ri)
@@ -303,12 +303,15 @@ def test_topk_stages_of_small_segments(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int32])
 @pytest.mark.parametrize("largest", [True, False])
-def test_topk_first_stage_threshold(monkeypatch, dtype, largest):
+@pytest.mark.parametrize("k", [7, 16])
+def test_topk_first_stage_threshold(monkeypatch, dtype, largest, k):
     """The first stage keeps, per segment, only keys at least as good as the k-th best of
     the segments' bests: all of them where they fit in k slots (written in order), else
-    the segment's own top k. Ties: rows of few distinct values put many keys on the
-    threshold (every segment over k), NaN is the largest, and a row of one value is all
-    ties; the indices must still be the first ones among equal values, as a stable sort's."""
+    the segment's own top k; a later stage moves the filled slots of a segment with at
+    most k the same way. Ties: rows of few distinct values put many keys on the threshold
+    (every segment over k), NaN is the largest, and a row of one value is all ties; the
+    indices must still be the first ones among equal values, as a stable sort's. k=16:
+    segments of 2k (32) elements, at most k slots each."""
     from flag_gems.ops import sort as sort_mod
 
     monkeypatch.setattr(sort_mod, "MAX_SORT", 64)
@@ -323,10 +326,10 @@ def test_topk_first_stage_threshold(monkeypatch, dtype, largest):
         rows.append(nan)
     x = torch.stack(rows)
     with gems_ran("segment_best_kernel"):
-        v, i = torch.topk(x, 7, largest=largest)
+        v, i = torch.topk(x, k, largest=largest)
     ref = torch.sort(x.float(), dim=-1, descending=largest, stable=True)
-    torch.testing.assert_close(v.float(), ref.values[:, :7], equal_nan=True, rtol=0, atol=0)
-    same(i, ref.indices[:, :7])
+    torch.testing.assert_close(v.float(), ref.values[:, :k], equal_nan=True, rtol=0, atol=0)
+    same(i, ref.indices[:, :k])
 
 
 @pytest.mark.parametrize("return_inverse", [False, True])
