@@ -301,6 +301,26 @@ def test_topk_stages_of_small_segments(monkeypatch):
     same(i, ri)
 
 
+def test_topk_stages_replay_their_launches(monkeypatch):
+    """A staged top-k files its launches (threshold, stages) on its first call; the next
+    top-k of the same signature replays them on its own tensors (no launcher key), with
+    the same results as a first call; another k files its own."""
+    from flag_gems.ops import sort as sort_mod
+
+    monkeypatch.setattr(sort_mod, "MAX_SORT", 64)
+    results = []
+    with kept_launches() as counts, gems_ran("sort_kernel", "segment_best_kernel", "row_threshold_kernel"):
+        for k, replayed in ((7, False), (7, True), (7, True), (5, False)):
+            counts.clear()
+            x = torch.randn(2, 1000, device=DEVICE)
+            results.append((x, k, torch.topk(x, k, largest=k != 5)))
+            assert (counts["keyed"] == 0) is replayed
+    for x, k, (v, i) in results:
+        rv, ri = torch.topk(x, k, largest=k != 5)
+        same(v, rv)
+        same(i, ri)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int32])
 @pytest.mark.parametrize("largest", [True, False])
 @pytest.mark.parametrize("k", [7, 16])
