@@ -632,9 +632,10 @@ def _topk_stages(n: int, k: int) -> tuple[int | None, list[int]]:
     keeps only keys that can be in the top k (a row's threshold: at least k segments of
     at least k elements, at most MAX_SORT of them); the later ones move the filled slots
     of a segment that has at most k without sorting them. Segments are MAX_SORT / 2 while
-    a row is wider than one program's sort, then MAX_SORT / 8 while wide enough to spread
-    over several programs a row (a final sort of a whole row in one program is the
-    slowest step where rows are few)."""
+    a row is wider than one program's sort, then, after a first stage, MAX_SORT / 8 while
+    wide enough to spread over several programs a row (a final sort of a whole row in one
+    program is the slowest step where rows are few). A row one program can sort takes
+    that one sort."""
     seg, small = MAX_SORT // 2, MAX_SORT // 8
     first, segs, width = None, [], n
     if n > MAX_SORT:
@@ -642,7 +643,7 @@ def _topk_stages(n: int, k: int) -> tuple[int | None, list[int]]:
         if f >= k and cdiv(n, f) <= MAX_SORT:
             first, width = f, cdiv(n, f) * k
             segs.append(f)
-    while width > MAX_SORT or (width >= 4 * small and 4 * k <= small):
+    while width > MAX_SORT or (segs and width >= 4 * small and 4 * k <= small):
         s = seg if width > MAX_SORT else small
         segs.append(s)
         width = cdiv(width, s) * k

@@ -301,6 +301,21 @@ def test_topk_stages_of_small_segments(monkeypatch):
     same(i, ri)
 
 
+def test_topk_stage_plan_at_sampling_sizes():
+    """The planned stages (first stage's segment where it takes a threshold; every stage's
+    segment) at the real MAX_SORT: vocabulary rows take the threshold stage, and the final
+    one-program sort covers well under MAX_SORT slots; a row one program sorts takes one
+    sort; a k too large for k segments of k takes the halving stages."""
+    from flag_gems.ops.sort import MAX_SORT, _topk_stages
+
+    assert MAX_SORT == 4096
+    assert _topk_stages(128256, 50) == (2048, [2048, 512, 350])
+    assert _topk_stages(32000, 50) == (512, [512, 512, 350])
+    assert _topk_stages(128256, 256) == (256, [256, 2048, 2048, 2048])
+    assert _topk_stages(4096, 50) == (None, [4096])
+    assert _topk_stages(128256, 1024) == (None, [2048] * 5 + [4096])
+
+
 def test_topk_stages_replay_their_launches(monkeypatch):
     """A staged top-k files its launches (threshold, stages) on its first call; the next
     top-k of the same signature replays them on its own tensors (no launcher key), with
