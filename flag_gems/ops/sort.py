@@ -215,7 +215,7 @@ def _launch_sort(launch: Callable[[tuple], Callable[..., Any]], x2d: torch.Tenso
         launch((R * nseg,))(
             x2d, ids, thresh, vals, idx, N, seg, nseg, N, k,
             HAS_IDS=ids is not None, DESC=desc, BLOCK=block, KP=kp, FILTER=compact or thresh is not None,
-            num_warps=4 if block <= 1024 else 8,
+            num_warps=_follower_warps(block),
         )
 
 
@@ -674,8 +674,8 @@ def _topk_rows(rows: torch.Tensor, k: int, desc: bool) -> tuple[torch.Tensor, to
     if first is not None:
         nseg = cdiv(n, first)
         block, nb = next_power_of_2(first), next_power_of_2(nseg)
-        plan.launch(segment_best_kernel, (R * nseg,), rows, best, n, first, nseg, n, DESC=desc, BLOCK=block, num_warps=4 if block <= 1024 else 8)
-        plan.launch(row_threshold_kernel, (R,), best, thresh, nseg, k, NSEG=nb, num_warps=4 if nb <= 1024 else 8)
+        plan.launch(segment_best_kernel, (R * nseg,), rows, best, n, first, nseg, n, DESC=desc, BLOCK=block, num_warps=_follower_warps(block))
+        plan.launch(row_threshold_kernel, (R,), best, thresh, nseg, k, NSEG=nb, num_warps=_follower_warps(nb))
     filed = lambda grid: functools.partial(plan.launch, sort_kernel, grid)  # noqa: E731  (sort_kernel[grid], filed)
     src, ids = rows, None
     for i, (s, (vals, idx)) in enumerate(zip(segs, outs)):
@@ -746,7 +746,7 @@ def unique2(x: torch.Tensor, sorted: bool = True, return_inverse: bool = False, 
     if not return_inverse and n <= MAX_SORT and not x.is_floating_point():  # (floats: keys order NaN)
         block = next_power_of_2(n)
         sv, perm = torch.empty_like(flat), None
-        sort_values_kernel[(1,)](flat, sv, n, BLOCK=block, num_warps=4 if block <= 1024 else 8)
+        sort_values_kernel[(1,)](flat, sv, n, BLOCK=block, num_warps=_follower_warps(block))
     elif x.dtype in KEY_DTYPES and n <= MAX_SORT:
         sv, perm = _sort_rows(flat.view(1, n), n, False)
     else:
