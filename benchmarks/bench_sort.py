@@ -9,7 +9,7 @@ side's host time per call, and whether both gave the same indices (stable sort) 
 values. The path is the eager one; in a graph capture a long 32-bit-or-narrower sort
 takes the radix sort whatever its size.
 
-    PYTHONPATH=. python benchmarks/bench_sort.py [--paths | --topk]
+    PYTHONPATH=. python benchmarks/bench_sort.py [--paths | --topk | --topk-paths]
 """
 from __future__ import annotations
 
@@ -139,6 +139,42 @@ def topk_sizes() -> None:
             print(f"| {str(dtype).split('.')[-1]} {rows}x{n} | {k} | {t:.1f} | {g:.1f} | {t / g:.2f}x | {exact} |")
 
 
+def topk_paths() -> None:
+    """``--topk-paths``: each top-k by the path it takes (``_selects``) and by the other
+    one forced (the threshold stages, or for k > MAX_SORT / 2 a full sort cut to k,
+    against the radix select), graph-replay device time beside torch's, host time per
+    call, and whether each equals a stable descending sort's first k: where
+    SELECT_MIN_K belongs."""
+    from flag_gems.ops import sort as sort_mod
+
+    print("\n| topk | k | torch graph | stages/sort graph | select graph | torch host | stages host | select host "
+          "| exact stages / select |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    sizes = [(64, 128256), (8, 128256), (1, 128256), (64, 32000)]
+    ks = [50, 100, 128, 256, 512, 1024, 2048, 4096]
+    default = sort_mod.SELECT_MIN_K, sort_mod._selects
+    for dtype in (torch.float32, torch.bfloat16):
+        for rows, n in sizes:
+            x = torch.randn(rows, n, device="cuda", dtype=dtype)
+            ref = torch.sort(x, dim=-1, descending=True, stable=True)
+            for k in ks:
+                fn = lambda: torch.topk(x, k)  # noqa: E731
+                row, exact = [_graph_us(fn), _host_us(fn)], []
+                for select in (False, True):
+                    sort_mod._selects = (lambda *a: select) if not select else default[1]
+                    sort_mod.SELECT_MIN_K = 1
+                    try:
+                        with flag_gems.use_gems():
+                            v, i = fn()
+                            row += [_graph_us(fn), _host_us(fn)]
+                        exact.append(torch.equal(v, ref.values[:, :k]) and torch.equal(i, ref.indices[:, :k]))
+                    finally:
+                        sort_mod.SELECT_MIN_K, sort_mod._selects = default
+                t, th, s, sh, r, rh = row
+                name = f"{str(dtype).split('.')[-1]} {rows}x{n}"
+                print(f"| {name} | {k} | {t:.1f} | {s:.1f} | {r:.1f} | {th:.1f} | {sh:.1f} | {rh:.1f} | {exact[0]} / {exact[1]} |")
+
+
 def _path(ran) -> str:
     """Which sort ran: radix passes, chunk sorts and merges, or one program a row."""
     if ran["radix_scatter_kernel"]:
@@ -153,6 +189,8 @@ if __name__ == "__main__":
 
     if "--paths" in sys.argv:
         paths()
+    elif "--topk-paths" in sys.argv:
+        topk_paths()
     elif "--topk" in sys.argv:
         topk_sizes()
     else:

@@ -55,6 +55,8 @@ def _calls():
     yield lambda: (F.pad(pg, (2, 3), mode="reflect").sum() + F.group_norm(gg, 2, torch.ones(4, requires_grad=True)).sum()).backward()
     yield lambda: F.embedding(ids, tg, scale_grad_by_freq=True).sum().backward()
     yield _radix_sorts
+    # the radix select of a top-k: fp32's four digit passes, bf16's two
+    yield lambda: (torch.topk(torch.randn(2, 5000), 200), torch.topk(torch.randn(5000, dtype=bf16), 300, largest=False))
 
 
 def _radix_sorts():
@@ -74,7 +76,7 @@ def test_kernels_compile_for_cuda(tmp_path):
             call()
     kernels = {s["name"] for s in specs}
     for name in ("_reduce_kernel", "_mm_kernel", "cat_kernel", "rms_norm_fwd_kernel", "rotary_kernel", "embedding_fwd_kernel",
-                 "index_select_rows_kernel", "radix_scatter_kernel"):
+                 "index_select_rows_kernel", "radix_scatter_kernel", "select_hist_kernel", "select_write_kernel"):
         assert name in kernels, sorted(kernels)  # the recorder saw the launches
     path = tmp_path / "specs.json"
     path.write_text(json.dumps(specs))

@@ -617,6 +617,9 @@ def topk(x: torch.Tensor, k: int, dim: int = -1, largest: bool = True, sorted: b
     if x.dtype not in SORT_DTYPES or x.numel() == 0 or k == 0:
         return aten_fallback("topk")(x, k, dim, largest, sorted)
     rows, d = _rows(x, dim)
+    if _selects(x, n, k):
+        vals, idx = _topk_select(rows, k, largest)
+        return _back(vals, x, d, k), _back(idx, x, d, k)
     if x.dtype in WIDE_DTYPES or (n > MAX_SORT and 2 * k > seg):  # a full sort, cut to k
         vals, idx = _sort_rows_long(rows, largest)
         return _back(vals[:, :k], x, d, k), _back(idx[:, :k], x, d, k)
@@ -683,6 +686,194 @@ def _topk_rows(rows: torch.Tensor, k: int, desc: bool) -> tuple[torch.Tensor, to
         src, ids = vals, idx
     _file(sig, plan)
     return outs[-1]
+
+
+# -- topk of a large k: radix select ------------------------------------------------------
+# The k-th best key of each row, found 8 bits at a time from the top: each pass
+# histograms the digit of the keys that match the digits chosen so far, and the row's
+# last program to finish (an atomic ticket) chooses the next digit. A count and a write
+# pass then put the keys better than the k-th best and the first of its equals, exactly k
+# a row, in slots for one program's sort: P + 2 reads of the row (P: 4 for fp32, 2 for
+# bf16) for any k up to MAX_SORT, where the threshold stages above grow slow from k of
+# about 512. Most of the time is the 256-bin histograms (Triton's tl.histogram, ~40 us a
+# pass at 64x128256 on an H200); 4-bit digits measured slower (twice the passes, 23 us).
+SELECT_SHIFTS = {  # the 8-bit digits a key's order depends on, top first: the other bits
+    # are the same for keys equal in these (see RADIX_SHIFTS)
+    torch.float32: (24, 16, 8, 0), torch.int32: (24, 16, 8, 0), torch.float16: (24, 16, 8),
+    torch.bfloat16: (24, 16), torch.int16: (24, 8, 0), torch.int8: (24, 0), torch.uint8: (0,), torch.bool: (0,),
+}
+SELECT_MIN_K = 512  # smaller k take the threshold stages where the row has them (faster up to 256)
+# elements a program reads (under 2**16: counts are packed 16 bits), halved (not below
+# SELECT_SEG_MIN) while the rows give under 512 programs, a few per streaming multiprocessor
+SELECT_SEG = 4096
+SELECT_SEG_MIN = 1024
+SELECT_MAX_SEGS = 4096  # segments a row may have (its last program scans their counts at once)
+
+
+@triton.jit
+def _select_key(x, row, N, pos, m, DESC: tl.constexpr):
+    """The keys at row positions ``pos`` (best first, see sort_kernel) as unsigned order
+    in int32 bits (sign bit turned), and the values."""
+    xv = tl.load(x + row.to(tl.int64) * N + pos, mask=m, other=0)
+    key = _key32(xv)
+    if DESC:
+        key = ~key
+    return key ^ -2147483648, xv
+
+
+@triton.jit
+def _select_rows(scratch, row, W, PASSES: tl.constexpr):
+    """A row's zeroed scratch: PASSES histograms of 256 digits, PASSES + 1 tickets (how
+    many of the row's programs finished each launch), and the state: the digits of the
+    row's K-th best key chosen so far (``prefix``, on the bits of ``mask``) and how many
+    keys rank before the keys with that prefix (``below``)."""
+    hist = scratch + row.to(tl.int64) * W
+    tickets = hist + PASSES * 256
+    state = tickets + PASSES + 1
+    return hist, tickets, state
+
+
+@triton.jit
+def _last_of_row(tickets, nseg):
+    """Whether this program is the last of its row to finish the launch (its earlier
+    writes released to, and the others' acquired by, the last)."""
+    return tl.atomic_add(tickets, 1, sem="acq_rel") == nseg - 1
+
+
+@triton.jit
+def select_hist_kernel(x, scratch, N, W, seg, nseg, K, PASS: tl.constexpr, PASSES: tl.constexpr, SHIFTS: tl.constexpr,
+                       DESC: tl.constexpr, BLOCK: tl.constexpr):
+    """Histogram PASS += how many keys of this segment match the digits the earlier
+    passes chose and have digit d at this pass's shift (SHIFTS: 5 bits a pass). The row's
+    last program then chooses this pass's digit, once for every later launch."""
+    pid = tl.program_id(0)
+    row = pid // nseg
+    o = tl.arange(0, BLOCK)
+    pos = (pid % nseg) * seg + o
+    m = (o < seg) & (pos < N)
+    u, _ = _select_key(x, row, N, pos, m, DESC)
+    hist, tickets, state = _select_rows(scratch, row, W, PASSES)
+    prefix, mask = tl.load(state), tl.load(state + 1)
+    shift = (SHIFTS >> (5 * PASS)) & 31
+    m = m & ((u & mask) == prefix)
+    b = tl.arange(0, 256)
+    # keys outside the segment or the prefix count as digit 0: take them off
+    h = tl.histogram(tl.where(m, (u >> shift) & 255, 0), 256) - tl.where(b == 0, BLOCK - tl.sum(m.to(tl.int32), axis=0), 0)
+    tl.atomic_add(hist + PASS * 256 + b, h, mask=h != 0, sem="relaxed")
+    if _last_of_row(tickets + PASS, nseg):
+        h = tl.atomic_add(hist + PASS * 256 + b, tl.zeros_like(b), sem="relaxed")  # (read where the adds went)
+        below = tl.load(state + 2)
+        before = tl.cumsum(h, axis=0) < K - below  # digits whose keys all rank before the K-th best
+        tl.store(state, prefix | (tl.sum(before.to(tl.int32), axis=0) << shift))
+        tl.store(state + 1, mask | (tl.full((), 255, tl.int32) << shift))
+        tl.store(state + 2, below + tl.sum(tl.where(before, h, 0), axis=0))
+
+
+@triton.jit
+def _select_split(x, scratch, row, N, W, pos, m, PASSES: tl.constexpr, DESC: tl.constexpr):
+    """The values at ``pos``, which keys are better than the row's K-th best (lt) and
+    equal to it (eq), the row's tickets and how many keys rank before its equals."""
+    u, xv = _select_key(x, row, N, pos, m, DESC)
+    _, tickets, state = _select_rows(scratch, row, W, PASSES)
+    prefix, mask = tl.load(state), tl.load(state + 1)
+    um = u & mask
+    lt = m & ((um ^ -2147483648) < (prefix ^ -2147483648))  # unsigned compare
+    return xv, lt, m & (um == prefix), tickets, tl.load(state + 2)
+
+
+@triton.jit
+def select_count_kernel(x, scratch, counts, offsets, N, W, seg, nseg, PASSES: tl.constexpr, DESC: tl.constexpr,
+                        BLOCK: tl.constexpr, NSEG: tl.constexpr):
+    """How many of the segment's keys are better than the row's K-th best and equal to
+    it (packed: lt << 16 | eq); the row's last program turns them into each segment's
+    start among the row's (offsets[row, 0 / 1, s]: lt / eq keys of earlier segments)."""
+    pid = tl.program_id(0)
+    row = pid // nseg
+    o = tl.arange(0, BLOCK)
+    pos = (pid % nseg) * seg + o
+    _, lt, eq, tickets, _ = _select_split(x, scratch, row, N, W, pos, (o < seg) & (pos < N), PASSES, DESC)
+    tl.store(counts + pid, tl.sum(lt.to(tl.int32) * 65536 + eq.to(tl.int32), axis=0))
+    if _last_of_row(tickets + PASSES, nseg):
+        j = tl.arange(0, NSEG)
+        c = tl.atomic_add(counts + row * nseg + j, tl.zeros_like(j), mask=j < nseg, sem="relaxed")
+        c = tl.where(j < nseg, c, 0)
+        lt_c, eq_c = c >> 16, c & 65535
+        out = offsets + row.to(tl.int64) * 2 * nseg + j
+        tl.store(out, tl.cumsum(lt_c, axis=0) - lt_c, mask=j < nseg)
+        tl.store(out + nseg, tl.cumsum(eq_c, axis=0) - eq_c, mask=j < nseg)
+
+
+@triton.jit
+def select_write_kernel(x, scratch, offsets, vals_out, idx_out, N, W, seg, nseg, K, PASSES: tl.constexpr,
+                        DESC: tl.constexpr, BLOCK: tl.constexpr):
+    """Row slots [0, below): the keys better than the K-th best, in row order; then the
+    first K - below keys equal to it, in row order. Equal keys are in row order within
+    either group: a stable sort of the slots is the row's stable top K."""
+    pid = tl.program_id(0)
+    row = pid // nseg
+    o = tl.arange(0, BLOCK)
+    pos = (pid % nseg) * seg + o
+    m = (o < seg) & (pos < N)
+    xv, lt, eq, _, below = _select_split(x, scratch, row, N, W, pos, m, PASSES, DESC)
+    start = offsets + row.to(tl.int64) * 2 * nseg + pid % nseg
+    seen = tl.cumsum(lt.to(tl.int32) * 65536 + eq.to(tl.int32), axis=0)  # both ranks in one scan
+    eq_rank = tl.load(start + nseg) + (seen & 65535) - 1
+    take = lt | (eq & (eq_rank < K - below))
+    slot = tl.where(lt, tl.load(start) + (seen >> 16) - 1, below + eq_rank)
+    out = row.to(tl.int64) * K + slot
+    tl.store(vals_out + out, xv, mask=take)
+    tl.store(idx_out + out, pos.to(tl.int64), mask=take)
+
+
+def _select_seg(R: int, n: int) -> int:
+    """Elements per program: SELECT_SEG, halved while the rows give few programs."""
+    seg = SELECT_SEG
+    while seg > SELECT_SEG_MIN and R * cdiv(n, seg) < 512:
+        seg //= 2
+    return seg
+
+
+def _selects(x: torch.Tensor, n: int, k: int) -> bool:
+    """Whether a top-k of rows of n takes the radix select (see SELECT_SHIFTS)."""
+    if n <= MAX_SORT or k > MAX_SORT or x.dtype not in SELECT_SHIFTS or cdiv(n, SELECT_SEG) > SELECT_MAX_SEGS:
+        return False
+    return k >= SELECT_MIN_K or 2 * k > MAX_SORT // 2 or _topk_stages(n, k)[0] is None
+
+
+def _topk_select(rows: torch.Tensor, k: int, desc: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top k of each row of contiguous (R, n) ``rows``: radix select, then one sort of
+    k a row. Launches filed and replayed as ``_topk_rows``'."""
+    R, n = rows.shape
+    dev = rows.device
+    src = rows.view(torch.uint8) if rows.dtype == torch.bool else rows
+    shifts = SELECT_SHIFTS[rows.dtype]
+    passes, packed = len(shifts), sum(s << (5 * i) for i, s in enumerate(shifts))
+    seg = _select_seg(R, n)
+    nseg = cdiv(n, seg)
+    block = next_power_of_2(seg)
+    width = passes * 256 + passes + 4  # histograms, tickets, state (see _select_rows)
+    scratch = torch.zeros(size=(R, width), dtype=torch.int32, device=dev)  # zeroed every call
+    counts = torch.empty(size=(R, nseg), dtype=torch.int32, device=dev)
+    offsets = torch.empty(size=(R, 2, nseg), dtype=torch.int32, device=dev)
+    sel_vals = torch.empty(size=(R, k), dtype=src.dtype, device=dev)
+    sel_idx = torch.empty(size=(R, k), dtype=torch.int64, device=dev)
+    vals = torch.empty(size=(R, k), dtype=rows.dtype, device=dev)
+    idx = torch.empty(size=(R, k), dtype=torch.int64, device=dev)
+    out_vals = vals.view(torch.uint8) if rows.dtype == torch.bool else vals
+    tensors = (src, scratch, counts, offsets, sel_vals, sel_idx, out_vals, idx)
+    sig = ("topk-select", R, n, rows.dtype, k, desc, not rows.data_ptr() & 15, rows.get_device())
+    if _replayed(sig, tensors):
+        return vals, idx
+    plan = Replay(tensors)
+    grid, common = (R * nseg,), dict(PASSES=passes, DESC=desc, BLOCK=block, num_warps=_follower_warps(block))
+    for p in range(passes):
+        plan.launch(select_hist_kernel, grid, src, scratch, n, width, seg, nseg, k, PASS=p, SHIFTS=packed, **common)
+    plan.launch(select_count_kernel, grid, src, scratch, counts, offsets, n, width, seg, nseg, NSEG=next_power_of_2(nseg), **common)
+    plan.launch(select_write_kernel, grid, src, scratch, offsets, sel_vals, sel_idx, n, width, seg, nseg, k, **common)
+    filed = lambda grid: functools.partial(plan.launch, sort_kernel, grid)  # noqa: E731  (sort_kernel[grid], filed)
+    _launch_sort(filed, sel_vals, sel_idx, None, out_vals, idx, k, desc, k, False)
+    _file(sig, plan)
+    return vals, idx
 
 
 # -- unique ------------------------------------------------------------------------------

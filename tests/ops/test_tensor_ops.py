@@ -587,16 +587,89 @@ def test_sort_empty_and_scalar():
     assert s.item() == 7 and j.item() == 0
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
 @pytest.mark.parametrize("largest", [True, False])
-def test_topk_long_rows_large_k(small_chunks, dtype, largest):
-    """k too large for the reduction stages (or a 64-bit dtype): a full sort, cut to k."""
+def test_topk_long_rows_64bit(small_chunks, dtype, largest):
+    """64-bit keys (no radix select): a full sort, cut to k."""
     x = rand((2, 200), dtype)
     with gems_ran(*long_sort_kernels(dtype)):
         v, i = torch.topk(x, 40, largest=largest)
     rv, _ = torch.topk(x, 40, largest=largest)
     same(v, rv)
     same(x.gather(1, i), rv)
+
+
+SELECT_KERNELS = ("select_hist_kernel", "select_count_kernel", "select_write_kernel", "sort_kernel")
+
+
+@pytest.fixture
+def small_selects(monkeypatch):
+    from flag_gems.ops import sort as sort_mod
+
+    monkeypatch.setattr(sort_mod, "MAX_SORT", 64)
+    monkeypatch.setattr(sort_mod, "SELECT_SEG", 64)
+    monkeypatch.setattr(sort_mod, "SELECT_SEG_MIN", 32)
+    monkeypatch.setattr(sort_mod, "SELECT_MIN_K", 1)  # every k (the sizes below would take the stages)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int32, torch.int16, torch.int8, torch.uint8])
+@pytest.mark.parametrize("largest", [True, False])
+def test_topk_radix_select(small_selects, dtype, largest):
+    """A k too large for the threshold stages takes the radix select: one histogram pass
+    per 8-bit digit the dtype's order depends on, then the keys better than the k-th
+    best and the first of its equals, sorted. Exact against a stable sort's first k
+    (values and indices) on rows of random keys, of few distinct values (ties across the
+    k-th), of one value, and for floats with NaN (the largest) and -0.0 beside 0.0."""
+    from flag_gems.ops.sort import SELECT_SHIFTS
+
+    k = 40
+    if dtype.is_floating_point:
+        rows = [rand((300,), dtype), (rand((300,), torch.float32) * 2).round().to(dtype), torch.full((300,), 2.0, dtype=dtype, device=DEVICE)]
+        special = rand((300,), dtype)
+        special[::23] = float("nan")
+        special[5::29], special[6::29] = -0.0, 0.0
+        rows.append(special)
+    else:
+        lo = 0 if dtype == torch.uint8 else -100
+        rows = [rand((300,), dtype, lo, 100), rand((300,), dtype, lo, lo + 6), torch.full((300,), 3, dtype=dtype, device=DEVICE)]
+    x = torch.stack(rows)
+    with gems_ran(*SELECT_KERNELS) as launched:
+        v, i = torch.topk(x, k, largest=largest)
+    assert launched["select_hist_kernel"] == len(SELECT_SHIFTS[dtype])
+    assert launched["select_count_kernel"] == launched["select_write_kernel"] == launched["sort_kernel"] == 1
+    ref = torch.sort(x.double(), dim=-1, descending=largest, stable=True)
+    torch.testing.assert_close(v.double(), ref.values[:, :k], equal_nan=True, rtol=0, atol=0)
+    same(i, ref.indices[:, :k])
+
+
+def test_topk_radix_select_replays_and_every_k(small_selects):
+    """k = 1 and k = MAX_SORT (one program's final sort), along dim 0 (a non-contiguous
+    row), and a repeated signature: its launches replayed (no launcher key) on new data,
+    the histograms zeroed again."""
+    results = []
+    with kept_launches() as counts, gems_ran("select_hist_kernel"):
+        for k, replayed in ((1, False), (64, False), (64, True)):
+            counts.clear()
+            x = rand((300, 3), torch.float32)
+            results.append((x, k, torch.topk(x, k, dim=0)))
+            assert (counts["keyed"] == 0) is replayed
+    for x, k, (v, i) in results:
+        rv, ri = torch.sort(x, dim=0, descending=True, stable=True)
+        same(v, rv[:k])
+        same(i, ri[:k])
+
+
+def test_topk_paths_at_sampling_sizes():
+    """Which top-k a vocabulary row takes at the real sizes: k up to 256 the threshold
+    stages (faster there), k from SELECT_MIN_K, or where the stages have no threshold, up
+    to MAX_SORT the radix select; larger k, and 64-bit keys, a full sort."""
+    from flag_gems.ops.sort import _selects, _topk_stages
+
+    f32, i64 = torch.empty(0), torch.empty(0, dtype=torch.int64)
+    assert not _selects(f32, 128256, 50) and not _selects(f32, 128256, 256) and not _selects(f32, 4096, 1000)
+    assert _topk_stages(128256, 400)[0] is None and _selects(f32, 128256, 400)  # no threshold: the select
+    assert _selects(f32, 128256, 512) and _selects(f32, 128256, 1024) and _selects(f32, 32000, 4096)
+    assert not _selects(f32, 128256, 4097) and not _selects(i64, 128256, 1024)
 
 
 def test_unique_tuned_by_its_first_call(isolated_store, monkeypatch):
