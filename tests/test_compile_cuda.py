@@ -76,7 +76,7 @@ def test_kernels_compile_for_cuda(tmp_path):
             call()
     kernels = {s["name"] for s in specs}
     for name in ("_reduce_kernel", "_mm_kernel", "cat_kernel", "rms_norm_fwd_kernel", "rotary_kernel", "embedding_fwd_kernel",
-                 "index_select_rows_kernel", "radix_scatter_kernel", "select_hist_kernel", "select_write_kernel"):
+                 "index_select_rows_kernel", "radix_scatter_kernel", "select_hist_kernel", "select_gather_kernel", "select_write_kernel"):
         assert name in kernels, sorted(kernels)  # the recorder saw the launches
     path = tmp_path / "specs.json"
     path.write_text(json.dumps(specs))

@@ -691,12 +691,13 @@ def _topk_rows(rows: torch.Tensor, k: int, desc: bool) -> tuple[torch.Tensor, to
 # -- topk of a large k: radix select ------------------------------------------------------
 # The k-th best key of each row, found 8 bits at a time from the top: each pass
 # histograms the digit of the keys that match the digits chosen so far, and the row's
-# last program to finish (an atomic ticket) chooses the next digit. A count and a write
+# last program to finish (an atomic ticket) chooses the next digit. Where three or more
+# passes follow the first (fp32, int32, fp16, int16), the keys with the k-th best's top
+# digit are gathered after it and the later passes read only them. A count and a write
 # pass then put the keys better than the k-th best and the first of its equals, exactly k
-# a row, in slots for one program's sort: P + 2 reads of the row (P: 4 for fp32, 2 for
-# bf16) for any k up to MAX_SORT, where the threshold stages above grow slow from k of
-# about 512. Most of the time is the 256-bin histograms (Triton's tl.histogram, ~40 us a
-# pass at 64x128256 on an H200); 4-bit digits measured slower (twice the passes, 23 us).
+# a row, in slots for one program's sort: for any k up to MAX_SORT, where the threshold
+# stages above grow slow from k of about 512. A 256-bin tl.histogram pass costs ~40 us at
+# 64x128256 on an H200 (instruction-bound); 4-bit digits measured slower (docs/performance.md).
 SELECT_SHIFTS = {  # the 8-bit digits a key's order depends on, top first: the other bits
     # are the same for keys equal in these (see RADIX_SHIFTS)
     torch.float32: (24, 16, 8, 0), torch.int32: (24, 16, 8, 0), torch.float16: (24, 16, 8),
@@ -725,8 +726,9 @@ def _select_key(x, row, N, pos, m, DESC: tl.constexpr):
 def _select_rows(scratch, row, W, PASSES: tl.constexpr):
     """A row's zeroed scratch: PASSES histograms of 256 digits, PASSES + 1 tickets (how
     many of the row's programs finished each launch), and the state: the digits of the
-    row's K-th best key chosen so far (``prefix``, on the bits of ``mask``) and how many
-    keys rank before the keys with that prefix (``below``)."""
+    row's K-th best key chosen so far (``prefix``, on the bits of ``mask``), how many
+    keys rank before the keys with that prefix (``below``), and how many keys share the
+    K-th best's top digit (gathered for the later passes)."""
     hist = scratch + row.to(tl.int64) * W
     tickets = hist + PASSES * 256
     state = tickets + PASSES + 1
@@ -741,25 +743,35 @@ def _last_of_row(tickets, nseg):
 
 
 @triton.jit
-def select_hist_kernel(x, scratch, N, W, seg, nseg, K, PASS: tl.constexpr, PASSES: tl.constexpr, SHIFTS: tl.constexpr,
-                       DESC: tl.constexpr, BLOCK: tl.constexpr):
+def select_hist_kernel(x, cand, scratch, N, W, seg, nseg, K, PASS: tl.constexpr, PASSES: tl.constexpr,
+                       SHIFTS: tl.constexpr, GATHERED: tl.constexpr, DESC: tl.constexpr, BLOCK: tl.constexpr):
     """Histogram PASS += how many keys of this segment match the digits the earlier
-    passes chose and have digit d at this pass's shift (SHIFTS: 5 bits a pass). The row's
-    last program then chooses this pass's digit, once for every later launch."""
+    passes chose and have digit d at this pass's shift (SHIFTS: 5 bits a pass): the row's
+    keys, or (GATHERED) those select_gather_kernel gathered into ``cand``. The row's last
+    program then chooses this pass's digit, once for every later launch."""
     pid = tl.program_id(0)
     row = pid // nseg
     o = tl.arange(0, BLOCK)
-    pos = (pid % nseg) * seg + o
-    m = (o < seg) & (pos < N)
-    u, _ = _select_key(x, row, N, pos, m, DESC)
+    start = (pid % nseg) * seg
+    pos = start + o
     hist, tickets, state = _select_rows(scratch, row, W, PASSES)
+    if GATHERED:
+        limit = tl.load(state + 3)
+    else:
+        limit = N
+    m = (o < seg) & (pos < limit)
     prefix, mask = tl.load(state), tl.load(state + 1)
     shift = (SHIFTS >> (5 * PASS)) & 31
-    m = m & ((u & mask) == prefix)
     b = tl.arange(0, 256)
-    # keys outside the segment or the prefix count as digit 0: take them off
-    h = tl.histogram(tl.where(m, (u >> shift) & 255, 0), 256) - tl.where(b == 0, BLOCK - tl.sum(m.to(tl.int32), axis=0), 0)
-    tl.atomic_add(hist + PASS * 256 + b, h, mask=h != 0, sem="relaxed")
+    if start < limit:  # (the gathered keys fill the first segments of a row's)
+        if GATHERED:
+            u = tl.load(cand + row.to(tl.int64) * N + pos, mask=m, other=0)
+        else:
+            u, _ = _select_key(x, row, N, pos, m, DESC)
+        m = m & ((u & mask) == prefix)
+        # keys outside the segment or the prefix count as digit 0: take them off
+        h = tl.histogram(tl.where(m, (u >> shift) & 255, 0), 256) - tl.where(b == 0, BLOCK - tl.sum(m.to(tl.int32), axis=0), 0)
+        tl.atomic_add(hist + PASS * 256 + b, h, mask=h != 0, sem="relaxed")
     if _last_of_row(tickets + PASS, nseg):
         h = tl.atomic_add(hist + PASS * 256 + b, tl.zeros_like(b), sem="relaxed")  # (read where the adds went)
         below = tl.load(state + 2)
@@ -767,6 +779,24 @@ def select_hist_kernel(x, scratch, N, W, seg, nseg, K, PASS: tl.constexpr, PASSE
         tl.store(state, prefix | (tl.sum(before.to(tl.int32), axis=0) << shift))
         tl.store(state + 1, mask | (tl.full((), 255, tl.int32) << shift))
         tl.store(state + 2, below + tl.sum(tl.where(before, h, 0), axis=0))
+
+
+@triton.jit
+def select_gather_kernel(x, cand, scratch, N, W, seg, nseg, PASSES: tl.constexpr, DESC: tl.constexpr, BLOCK: tl.constexpr):
+    """After the first pass: the row's keys with the K-th best's top digit, appended to
+    ``cand[row]`` in any order (the later passes only count them), so those passes read
+    a few keys instead of the row."""
+    pid = tl.program_id(0)
+    row = pid // nseg
+    o = tl.arange(0, BLOCK)
+    pos = (pid % nseg) * seg + o
+    u, _ = _select_key(x, row, N, pos, (o < seg) & (pos < N), DESC)
+    _, _, state = _select_rows(scratch, row, W, PASSES)
+    hit = (o < seg) & (pos < N) & ((u & tl.load(state + 1)) == tl.load(state))
+    n_hit = tl.sum(hit.to(tl.int32), axis=0)
+    if n_hit > 0:
+        at = tl.atomic_add(state + 3, n_hit, sem="relaxed") + tl.cumsum(hit.to(tl.int32), axis=0) - 1
+        tl.store(cand + row.to(tl.int64) * N + at, u, mask=hit)
 
 
 @triton.jit
@@ -851,8 +881,10 @@ def _topk_select(rows: torch.Tensor, k: int, desc: bool) -> tuple[torch.Tensor, 
     seg = _select_seg(R, n)
     nseg = cdiv(n, seg)
     block = next_power_of_2(seg)
-    width = passes * 256 + passes + 4  # histograms, tickets, state (see _select_rows)
+    width = passes * 256 + passes + 5  # histograms, tickets, state (see _select_rows)
     scratch = torch.zeros(size=(R, width), dtype=torch.int32, device=dev)  # zeroed every call
+    gather = passes > 2  # (for one pass after the first, reading the row costs less than gathering)
+    cand = torch.empty(size=(R, n if gather else 1), dtype=torch.int32, device=dev)  # (a row may share one digit)
     counts = torch.empty(size=(R, nseg), dtype=torch.int32, device=dev)
     offsets = torch.empty(size=(R, 2, nseg), dtype=torch.int32, device=dev)
     sel_vals = torch.empty(size=(R, k), dtype=src.dtype, device=dev)
@@ -860,14 +892,17 @@ def _topk_select(rows: torch.Tensor, k: int, desc: bool) -> tuple[torch.Tensor, 
     vals = torch.empty(size=(R, k), dtype=rows.dtype, device=dev)
     idx = torch.empty(size=(R, k), dtype=torch.int64, device=dev)
     out_vals = vals.view(torch.uint8) if rows.dtype == torch.bool else vals
-    tensors = (src, scratch, counts, offsets, sel_vals, sel_idx, out_vals, idx)
+    tensors = (src, cand, scratch, counts, offsets, sel_vals, sel_idx, out_vals, idx)
     sig = ("topk-select", R, n, rows.dtype, k, desc, not rows.data_ptr() & 15, rows.get_device())
     if _replayed(sig, tensors):
         return vals, idx
     plan = Replay(tensors)
     grid, common = (R * nseg,), dict(PASSES=passes, DESC=desc, BLOCK=block, num_warps=_follower_warps(block))
     for p in range(passes):
-        plan.launch(select_hist_kernel, grid, src, scratch, n, width, seg, nseg, k, PASS=p, SHIFTS=packed, **common)
+        if p == 1 and gather:
+            plan.launch(select_gather_kernel, grid, src, cand, scratch, n, width, seg, nseg, **common)
+        plan.launch(select_hist_kernel, grid, src, cand, scratch, n, width, seg, nseg, k, PASS=p, SHIFTS=packed,
+                    GATHERED=p > 0 and gather, **common)
     plan.launch(select_count_kernel, grid, src, scratch, counts, offsets, n, width, seg, nseg, NSEG=next_power_of_2(nseg), **common)
     plan.launch(select_write_kernel, grid, src, scratch, offsets, sel_vals, sel_idx, n, width, seg, nseg, k, **common)
     filed = lambda grid: functools.partial(plan.launch, sort_kernel, grid)  # noqa: E731  (sort_kernel[grid], filed)

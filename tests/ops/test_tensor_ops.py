@@ -616,7 +616,8 @@ def small_selects(monkeypatch):
 @pytest.mark.parametrize("largest", [True, False])
 def test_topk_radix_select(small_selects, dtype, largest):
     """A k too large for the threshold stages takes the radix select: one histogram pass
-    per 8-bit digit the dtype's order depends on, then the keys better than the k-th
+    per 8-bit digit the dtype's order depends on (for 3 passes or more, the later ones over
+    the keys gathered after the first: a row of one value gathers all of them), then the keys better than the k-th
     best and the first of its equals, sorted. Exact against a stable sort's first k
     (values and indices) on rows of random keys, of few distinct values (ties across the
     k-th), of one value, and for floats with NaN (the largest) and -0.0 beside 0.0."""
@@ -635,7 +636,9 @@ def test_topk_radix_select(small_selects, dtype, largest):
     x = torch.stack(rows)
     with gems_ran(*SELECT_KERNELS) as launched:
         v, i = torch.topk(x, k, largest=largest)
-    assert launched["select_hist_kernel"] == len(SELECT_SHIFTS[dtype])
+    passes = len(SELECT_SHIFTS[dtype])
+    assert launched["select_hist_kernel"] == passes
+    assert launched["select_gather_kernel"] == (passes > 2)  # the later passes read the gathered keys
     assert launched["select_count_kernel"] == launched["select_write_kernel"] == launched["sort_kernel"] == 1
     ref = torch.sort(x.double(), dim=-1, descending=largest, stable=True)
     torch.testing.assert_close(v.double(), ref.values[:, :k], equal_nan=True, rtol=0, atol=0)
