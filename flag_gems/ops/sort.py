@@ -90,13 +90,21 @@ def _key32(v):
 
 
 @triton.jit
+def _segment(N, seg, nseg, BLOCK: tl.constexpr):
+    """Program (row, s) of a launch over segments of ``seg`` of rows of N: the program id,
+    the row, the segment's start, its positions in the row and which of them are in it."""
+    pid = tl.program_id(0)
+    o = tl.arange(0, BLOCK)
+    start = (pid % nseg) * seg
+    pos = start + o
+    return pid, pid // nseg, start, pos, (o < seg) & (pos < N)
+
+
+@triton.jit
 def segment_best_kernel(x, best, N, seg, nseg, stride, DESC: tl.constexpr, BLOCK: tl.constexpr):
     """best[row, s]: the smallest key (see sort_kernel: bit-inverted when DESC, so the
     best element's) of elements [s*seg, s*seg+seg) of row ``row``."""
-    pid = tl.program_id(0)
-    row = pid // nseg
-    pos = (pid % nseg) * seg + tl.arange(0, BLOCK)
-    m = (tl.arange(0, BLOCK) < seg) & (pos < N)
+    pid, row, _, pos, m = _segment(N, seg, nseg, BLOCK)
     key = _key32(tl.load(x + row.to(tl.int64) * stride + pos, mask=m, other=0))
     if DESC:
         key = ~key
@@ -128,12 +136,7 @@ def sort_kernel(
     keys at least as good as the row's threshold are candidates, without it every filled
     slot is. Where a segment holds at most K candidates (sampling logits: a few), they are
     written in their order, the rest of its K slots empty, and no sort runs."""
-    pid = tl.program_id(0)
-    row = pid // nseg
-    start = (pid % nseg) * seg
-    o = tl.arange(0, BLOCK)
-    pos = start + o
-    m = (o < seg) & (pos < N)
+    pid, row, start, pos, m = _segment(N, seg, nseg, BLOCK)
     base = x + row.to(tl.int64) * stride
     if HAS_IDS:
         idv = tl.load(ids + row.to(tl.int64) * stride + pos, mask=m, other=-1)
@@ -749,17 +752,13 @@ def select_hist_kernel(x, cand, scratch, N, W, seg, nseg, K, PASS: tl.constexpr,
     passes chose and have digit d at this pass's shift (SHIFTS: 5 bits a pass): the row's
     keys, or (GATHERED) those select_gather_kernel gathered into ``cand``. The row's last
     program then chooses this pass's digit, once for every later launch."""
-    pid = tl.program_id(0)
-    row = pid // nseg
-    o = tl.arange(0, BLOCK)
-    start = (pid % nseg) * seg
-    pos = start + o
+    _, row, start, pos, m = _segment(N, seg, nseg, BLOCK)
     hist, tickets, state = _select_rows(scratch, row, W, PASSES)
     if GATHERED:
         limit = tl.load(state + 3)
     else:
         limit = N
-    m = (o < seg) & (pos < limit)
+    m = m & (pos < limit)
     prefix, mask = tl.load(state), tl.load(state + 1)
     shift = (SHIFTS >> (5 * PASS)) & 31
     b = tl.arange(0, 256)
@@ -767,7 +766,7 @@ def select_hist_kernel(x, cand, scratch, N, W, seg, nseg, K, PASS: tl.constexpr,
         if GATHERED:
             u = tl.load(cand + row.to(tl.int64) * N + pos, mask=m, other=0)
         else:
-            u, _ = _select_key(x, row, N, pos, m, DESC)
+            u, _vals = _select_key(x, row, N, pos, m, DESC)  # (not `_`: a branch may not retype a name)
         m = m & ((u & mask) == prefix)
         # keys outside the segment or the prefix count as digit 0: take them off
         h = tl.histogram(tl.where(m, (u >> shift) & 255, 0), 256) - tl.where(b == 0, BLOCK - tl.sum(m.to(tl.int32), axis=0), 0)
@@ -786,13 +785,10 @@ def select_gather_kernel(x, cand, scratch, N, W, seg, nseg, PASSES: tl.constexpr
     """After the first pass: the row's keys with the K-th best's top digit, appended to
     ``cand[row]`` in any order (the later passes only count them), so those passes read
     a few keys instead of the row."""
-    pid = tl.program_id(0)
-    row = pid // nseg
-    o = tl.arange(0, BLOCK)
-    pos = (pid % nseg) * seg + o
-    u, _ = _select_key(x, row, N, pos, (o < seg) & (pos < N), DESC)
+    _, row, _, pos, m = _segment(N, seg, nseg, BLOCK)
+    u, _ = _select_key(x, row, N, pos, m, DESC)
     _, _, state = _select_rows(scratch, row, W, PASSES)
-    hit = (o < seg) & (pos < N) & ((u & tl.load(state + 1)) == tl.load(state))
+    hit = m & ((u & tl.load(state + 1)) == tl.load(state))
     n_hit = tl.sum(hit.to(tl.int32), axis=0)
     if n_hit > 0:
         at = tl.atomic_add(state + 3, n_hit, sem="relaxed") + tl.cumsum(hit.to(tl.int32), axis=0) - 1
@@ -817,11 +813,8 @@ def select_count_kernel(x, scratch, counts, offsets, N, W, seg, nseg, PASSES: tl
     """How many of the segment's keys are better than the row's K-th best and equal to
     it (packed: lt << 16 | eq); the row's last program turns them into each segment's
     start among the row's (offsets[row, 0 / 1, s]: lt / eq keys of earlier segments)."""
-    pid = tl.program_id(0)
-    row = pid // nseg
-    o = tl.arange(0, BLOCK)
-    pos = (pid % nseg) * seg + o
-    _, lt, eq, tickets, _ = _select_split(x, scratch, row, N, W, pos, (o < seg) & (pos < N), PASSES, DESC)
+    pid, row, _, pos, m = _segment(N, seg, nseg, BLOCK)
+    _, lt, eq, tickets, _ = _select_split(x, scratch, row, N, W, pos, m, PASSES, DESC)
     tl.store(counts + pid, tl.sum(lt.to(tl.int32) * 65536 + eq.to(tl.int32), axis=0))
     if _last_of_row(tickets + PASSES, nseg):
         j = tl.arange(0, NSEG)
@@ -839,11 +832,7 @@ def select_write_kernel(x, scratch, offsets, vals_out, idx_out, N, W, seg, nseg,
     """Row slots [0, below): the keys better than the K-th best, in row order; then the
     first K - below keys equal to it, in row order. Equal keys are in row order within
     either group: a stable sort of the slots is the row's stable top K."""
-    pid = tl.program_id(0)
-    row = pid // nseg
-    o = tl.arange(0, BLOCK)
-    pos = (pid % nseg) * seg + o
-    m = (o < seg) & (pos < N)
+    pid, row, _, pos, m = _segment(N, seg, nseg, BLOCK)
     xv, lt, eq, _, below = _select_split(x, scratch, row, N, W, pos, m, PASSES, DESC)
     start = offsets + row.to(tl.int64) * 2 * nseg + pid % nseg
     seen = tl.cumsum(lt.to(tl.int32) * 65536 + eq.to(tl.int32), axis=0)  # both ranks in one scan
