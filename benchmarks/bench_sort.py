@@ -125,7 +125,8 @@ def topk_sizes() -> None:
     print("\n| topk | k | torch us, graph | flag_gems us, graph | speedup | exact |")
     print("|---|---|---|---|---|---|")
     sizes = [(64, 128256, 50), (8, 128256, 50), (1, 128256, 50), (64, 32000, 50), (8, 32000, 50),
-             (64, 128256, 1), (64, 128256, 8), (64, 128256, 100), (64, 128256, 256), (64, 152064, 20)]
+             (64, 128256, 1), (64, 128256, 8), (64, 128256, 100), (64, 128256, 256), (64, 152064, 20),
+             (64, 128256, 1024), (8, 128256, 1024)]  # (k=1024: the radix select)
     for dtype in (torch.float32, torch.bfloat16):
         for rows, n, k in sizes:
             x = torch.randn(rows, n, device="cuda", dtype=dtype)
