@@ -656,6 +656,11 @@ def _topk_stages(n: int, k: int) -> tuple[int | None, list[int]]:
     return first, segs + [width]
 
 
+def _filed_sort(plan: Replay) -> Callable[[tuple], Callable[..., Any]]:
+    """``sort_kernel[grid]`` as a launch filed in ``plan`` (what _launch_sort takes)."""
+    return lambda grid: functools.partial(plan.launch, sort_kernel, grid)
+
+
 def _topk_rows(rows: torch.Tensor, k: int, desc: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The top k of each row of contiguous (R, n) ``rows`` by sort_kernel stages (see
     _topk_stages). Every buffer is allocated first, so that a repeat of the signature
@@ -682,10 +687,9 @@ def _topk_rows(rows: torch.Tensor, k: int, desc: bool) -> tuple[torch.Tensor, to
         block, nb = next_power_of_2(first), next_power_of_2(nseg)
         plan.launch(segment_best_kernel, (R * nseg,), rows, best, n, first, nseg, n, DESC=desc, BLOCK=block, num_warps=_follower_warps(block))
         plan.launch(row_threshold_kernel, (R,), best, thresh, nseg, k, NSEG=nb, num_warps=_follower_warps(nb))
-    filed = lambda grid: functools.partial(plan.launch, sort_kernel, grid)  # noqa: E731  (sort_kernel[grid], filed)
     src, ids = rows, None
     for i, (s, (vals, idx)) in enumerate(zip(segs, outs)):
-        _launch_sort(filed, src, ids, thresh if i == 0 else None, vals, idx, k, desc, s, i < len(segs) - 1)
+        _launch_sort(_filed_sort(plan), src, ids, thresh if i == 0 else None, vals, idx, k, desc, s, i < len(segs) - 1)
         src, ids = vals, idx
     _file(sig, plan)
     return outs[-1]
@@ -894,8 +898,7 @@ def _topk_select(rows: torch.Tensor, k: int, desc: bool) -> tuple[torch.Tensor, 
                     GATHERED=p > 0 and gather, **common)
     plan.launch(select_count_kernel, grid, src, scratch, counts, offsets, n, width, seg, nseg, NSEG=next_power_of_2(nseg), **common)
     plan.launch(select_write_kernel, grid, src, scratch, offsets, sel_vals, sel_idx, n, width, seg, nseg, k, **common)
-    filed = lambda grid: functools.partial(plan.launch, sort_kernel, grid)  # noqa: E731  (sort_kernel[grid], filed)
-    _launch_sort(filed, sel_vals, sel_idx, None, out_vals, idx, k, desc, k, False)
+    _launch_sort(_filed_sort(plan), sel_vals, sel_idx, None, out_vals, idx, k, desc, k, False)
     _file(sig, plan)
     return vals, idx
 
