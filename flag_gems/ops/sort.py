@@ -90,6 +90,15 @@ def _key32(v):
 
 
 @triton.jit
+def _best_first(v, DESC: tl.constexpr):
+    """``_key32(v)``, bit-inverted for a descending order: the smallest key is the best."""
+    key = _key32(v)
+    if DESC:
+        key = ~key
+    return key
+
+
+@triton.jit
 def _segment(N, seg, nseg, BLOCK: tl.constexpr):
     """Program (row, s) of a launch over segments of ``seg`` of rows of N: the program id,
     the row, the segment's start, its positions in the row and which of them are in it."""
@@ -105,9 +114,7 @@ def segment_best_kernel(x, best, N, seg, nseg, stride, DESC: tl.constexpr, BLOCK
     """best[row, s]: the smallest key (see sort_kernel: bit-inverted when DESC, so the
     best element's) of elements [s*seg, s*seg+seg) of row ``row``."""
     pid, row, _, pos, m = _segment(N, seg, nseg, BLOCK)
-    key = _key32(tl.load(x + row.to(tl.int64) * stride + pos, mask=m, other=0))
-    if DESC:
-        key = ~key
+    key = _best_first(tl.load(x + row.to(tl.int64) * stride + pos, mask=m, other=0), DESC)
     tl.store(best + pid, tl.min(tl.where(m, key, 0x7FFFFFFF), axis=0))
 
 
@@ -144,9 +151,7 @@ def sort_kernel(
     else:
         idv = pos.to(tl.int64)
     xv = tl.load(base + pos, mask=m, other=0)
-    key = _key32(xv)
-    if DESC:
-        key = ~key
+    key = _best_first(xv, DESC)
     key = tl.where(m, key, 0x7FFFFFFF)  # empty slots sort last (their o is larger)
     if FILTER:
         cand = m
@@ -298,10 +303,7 @@ def sort_chunk_kernel(
         key = tl.where(m, key, 0x7FFFFFFFFFFFFFFF)  # empty slots sort last (their o is larger)
         key, loc = _sort_pairs(key, o, LOG_CHUNK)
     else:
-        k32 = _key32(v)
-        if DESC:
-            k32 = ~k32
-        k32 = tl.where(m, k32, 0x7FFFFFFF)
+        k32 = tl.where(m, _best_first(v, DESC), 0x7FFFFFFF)
         comp = tl.sort((k32.to(tl.int64) << 32) | o.to(tl.int64))
         key = comp >> 32  # arithmetic: the int32 key, sign-extended
         loc = (comp & 0xFFFFFFFF).to(tl.int32)
@@ -429,9 +431,7 @@ def _radix_digit(x, keys, base, o, m, shift, FIRST: tl.constexpr, DESC: tl.const
     """Keys at row positions ``o`` (FIRST: made from the values) and their digit at
     ``shift``; the top digit's sign bit is turned, so signed keys sort as unsigned."""
     if FIRST:
-        key = _key32(tl.load(x + base + o, mask=m, other=0))
-        if DESC:
-            key = ~key
+        key = _best_first(tl.load(x + base + o, mask=m, other=0), DESC)
     else:
         key = tl.load(keys + base + o, mask=m, other=0)
     return key, ((key >> shift) & 15) ^ tl.where(shift == 28, 8, 0)
@@ -723,10 +723,7 @@ def _select_key(x, row, N, pos, m, DESC: tl.constexpr):
     """The keys at row positions ``pos`` (best first, see sort_kernel) as unsigned order
     in int32 bits (sign bit turned), and the values."""
     xv = tl.load(x + row.to(tl.int64) * N + pos, mask=m, other=0)
-    key = _key32(xv)
-    if DESC:
-        key = ~key
-    return key ^ -2147483648, xv
+    return _best_first(xv, DESC) ^ -2147483648, xv
 
 
 @triton.jit
