@@ -310,6 +310,45 @@ def direct_cache() -> dict:
     return cache
 
 
+class KeptCache(dict):
+    """A caller's call signature -> the kernel (a ``Bound``) a launch of that signature
+    kept, or None where nothing was kept (the interpreter). The signature must fix every
+    input of the tuner's key and of the launcher's (aligned tensors only); a repeat then
+    relaunches with neither. A ``direct_cache()``: emptied by ``forget_direct``."""
+
+    LIMIT = 4096
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn  # the jit function (what ``observer`` reports)
+        _DIRECT.append(self)
+
+    def relaunch(self, key: Any, grid: Any, args: Sequence[Any]) -> bool:
+        """Launch the kernel kept for ``key`` on ``grid`` (a 3-tuple, or a function of the
+        kept config's constexprs); False where none is kept (or not on this device)."""
+        bound = self.get(key)
+        if bound is None:
+            return False
+        device = bound.device
+        if bound.current_device() != device:
+            return False
+        kept = bound.kept
+        if callable(grid):
+            grid = grid(kept.meta)
+        (kept.runners.get(grid) or kept.runner(grid))(*args, *kept.tail, stream=bound.current_stream(device))
+        if observer is not None:
+            observer(self.fn)
+        return True
+
+    def file(self, key: Any, found: tuple | None) -> None:
+        """Keep what ``LibTuner.kept`` found for the call just launched under ``key``."""
+        if key in self:
+            return
+        if len(self) >= self.LIMIT:
+            self.clear()
+        self[key] = found[0] if found else None
+
+
 def forget_direct() -> None:
     """Empty every ``direct_cache()``: its kernels or configs may be stale."""
     for cache in _DIRECT:

@@ -80,16 +80,7 @@ rms_norm_fwd_kernel = rc.row_tuners(rms_norm_fwd_kernel)  # the name now holds t
 _LAUNCH: dict = {}  # the kernel's tuner key -> its Launch
 # the whole call's signature (aligned tensors only) -> the kept kernel (a tuner.launch.Bound), or
 # None where nothing was kept (the interpreter): a repeat launches it with no tuner or launcher key
-_DIRECT: dict = launching.direct_cache()
-
-
-def _relaunch(key: tuple, grid: tuple, args: tuple) -> bool:
-    """Launch the kernel kept for ``key``; False where none is (or not on this device)."""
-    bound = _DIRECT.get(key)
-    if bound is None or bound.current_device() != bound.device:
-        return False
-    bound.launch(grid, args, bound.current_stream(bound.device), _KERNEL)
-    return True
+_KEPT = launching.KeptCache(_KERNEL)
 
 
 def as_rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -138,14 +129,13 @@ def rms_norm_rows(
     # to check (an absent weight, rare, stands in as x: the tuning key keeps its dtype)
     args = (x, xs, residual, rs, y, ys, weight if weight is not None else x, rstd, N, eps)
     key = (N, xs, rs, ys, x.dtype, rd, y.dtype, wd, rstd is not None) if not ptrs & 15 else None
-    if key is not None and _relaunch(key, (M, 1, 1), args):
+    if key is not None and _KEPT.relaunch(key, (M, 1, 1), args):
         return
     lc = rms_norm_fwd_kernel.launcher(N, _LAUNCH, (N, x.dtype, rd, y.dtype, wd, rstd is not None))
     kw = {"HAS_W": weight is not None, "HAS_RES": residual is not None, "STORE_RSTD": rstd is not None}
     lc.fixed((M,), *args, **kw)
-    if key is not None and key not in _DIRECT:
-        found = lc.tuner.kept(args, kw)
-        _DIRECT[key] = found[0] if found else None
+    if key is not None and key not in _KEPT:
+        _KEPT.file(key, lc.tuner.kept(args, kw))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:

@@ -17,6 +17,7 @@ import triton.language as tl
 from flag_gems.ops import _reduce_common as rc
 from flag_gems.registry import as_from_outside, aten_fallback, register, switched_on
 from flag_gems.utils import cdiv
+from tuner import launch as launching
 from tuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def layer_norm_fwd_kernel(
 # to 8192, 4/8/16 warps), see _reduce_common.ROW_CLASSES
 layer_norm_fwd_kernel = rc.row_tuners(layer_norm_fwd_kernel)  # the name now holds the tuners; .fn is the kernel
 _FWD: dict = {}
+_FWD_KEPT = launching.KeptCache(layer_norm_fwd_kernel.fn)  # the forward's signature -> its kept kernel
 
 
 @libtuner(configs=ROW_CONFIGS, key=["N"], strategy=["log"], default=ROW_DEFAULT)
@@ -178,7 +180,9 @@ def layer_norm(
 ) -> torch.Tensor:
     """Without a graph to record, only y: no mean and rstd to allocate and store (aten's
     composite layer_norm would call native_layer_norm for all three)."""
-    if not _NATIVE_ON() or torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
+    if not _NATIVE_ON() or torch.is_grad_enabled() and (
+        input.requires_grad or weight is not None and weight.requires_grad or bias is not None and bias.requires_grad
+    ):
         # aten's composite: native_layer_norm (flag_gems') with autograd's backward (flag_gems')
         return as_from_outside(_COMPOSITE, input, normalized_shape, weight, bias, eps, cudnn_enable)
     M, N, _ = _dims(input, normalized_shape)
@@ -215,9 +219,15 @@ def _forward(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, bias
     ptrs = x.data_ptr() | y.data_ptr() | w.data_ptr() | b.data_ptr()
     if stats:
         ptrs |= mean.data_ptr() | rstd.data_ptr()
-    layer_norm_fwd_kernel.launcher(N, _FWD, key).fixed(
-        (M,), x, y, w, b, mean, rstd, N, eps, direct=type(eps) if not ptrs & 15 else None,
-        HAS_W=has_w, HAS_B=has_b, STORE_STATS=stats)
+    args = (x, y, w, b, mean, rstd, N, eps)
+    sig = (*key, type(eps)) if not ptrs & 15 else None  # fixes the tuner's key and the launcher's
+    if sig is not None and _FWD_KEPT.relaunch(sig, (M, 1, 1), args):
+        return
+    lc = layer_norm_fwd_kernel.launcher(N, _FWD, key)
+    kw = {"HAS_W": has_w, "HAS_B": has_b, "STORE_STATS": stats}
+    lc.fixed((M,), *args, **kw)
+    if sig is not None and sig not in _FWD_KEPT:
+        _FWD_KEPT.file(sig, lc.tuner.kept(args, kw))
 
 
 _DIMS: dict = {}
