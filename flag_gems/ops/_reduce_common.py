@@ -224,6 +224,12 @@ class Launch:
         hit = None if direct is None else _DIRECT.get((self, direct))
         return None if hit is None else hit[0]
 
+    def filed(self, direct: Any) -> tuple | None:
+        """(the kept kernel, its grid) filed by a ``__call__`` under the caller's key
+        ``direct``, or None."""
+        hit = None if direct is None else _DIRECT.get((self, direct))
+        return None if hit is None or hit[1] is None else hit
+
     def config(self) -> dict | None:
         """The resolved config, once a call has resolved it."""
         return None if self.key is None else self.tuner.cache.get(self.key)
