@@ -288,7 +288,7 @@ class Pointwise:
                             dkey = (*dkey, out.dtype) if given else None
                         hit = self._direct.get(dkey) if dkey is not None else None
                         if hit is not None:
-                            bound, consts, block, odt, fn, _, _, _, _ = hit
+                            bound, consts, block, odt, fn, _, _, _, _, _ = hit
                             device = bound.device
                             if bound.current_device() == device:  # (Bound.stream, inline: this is the hot path)
                                 dst = out if out is not None else _empty_like(t0) if odt is None else _empty_like(t0, dtype=odt)
@@ -355,7 +355,7 @@ class Pointwise:
     def _relaunch(self, hit: "_Direct", args: Sequence[Any], out: torch.Tensor | None) -> torch.Tensor | None:
         """The general path's direct relaunch of a filed call (see _general_key); None
         where it cannot (another device, an unaligned new output)."""
-        bound, consts, _, odt, fn, shape, like, numel, run = hit
+        bound, consts, _, odt, fn, shape, like, numel, run, alloc = hit
         device = bound.device
         if bound.current_device() != device:
             return None
@@ -363,7 +363,7 @@ class Pointwise:
             if like < 0:  # no tensor to place it by (not filed by a call that needed one)
                 return None
             src = args[like]
-            out = _empty_like(src, dtype=odt) if src.shape == shape else torch.empty(size=shape, dtype=odt, device=src.device)
+            out = _empty_like(src) if alloc == _LIKE else _empty_like(src, dtype=odt) if alloc == _LIKE_AS else torch.empty(size=shape, dtype=odt, device=src.device)
             if out.data_ptr() & 15:
                 return None
         run(*args, out, numel, *consts, stream=bound.current_stream(device))
@@ -429,6 +429,12 @@ class _Direct(NamedTuple):
     like: int  # the general path's new output: empty_like of this argument where its shape is the output's, else torch.empty on its device (as _new_output); -1: no tensor argument
     numel: int = 0  # the general path's output elements, and the runner of its grid (both fixed by its key)
     run: Any = None
+    alloc: int = 0  # the general path's new output: _LIKE, _LIKE_AS or _SHAPED (fixed by its key)
+
+
+# how the general path's relaunch allocates a new output: empty_like(args[like]) (same shape
+# and dtype), the same with dtype=odt, or torch.empty of its shape on args[like]'s device
+_LIKE, _LIKE_AS, _SHAPED = 0, 1, 2
 
 
 def _direct(kernel: Any, call: tuple, n_in: int, odt: torch.dtype | None, shape: torch.Size | None = None) -> _Direct | None:
@@ -443,9 +449,10 @@ def _direct(kernel: Any, call: tuple, n_in: int, odt: torch.dtype | None, shape:
     # the general path: the argument _new_output allocates like (-1: none, out= given)
     tensors = [i for i, a in enumerate(call[:n_in]) if isinstance(a, _Tensor)]
     like = next((i for i in tensors if call[i].shape == shape), tensors[0] if tensors else -1)
+    alloc = _SHAPED if like < 0 or call[like].shape != shape else _LIKE if call[like].dtype == odt else _LIKE_AS
     numel = shape.numel()
     run = bound.runner(((numel + block - 1) // block, 1, 1))
-    return _Direct(bound, consts, block, odt, kernel.fn, shape, like, numel, run)
+    return _Direct(bound, consts, block, odt, kernel.fn, shape, like, numel, run, alloc)
 
 
 _GIVEN = object()  # a general key's last item where the call gave ``out``
@@ -461,9 +468,10 @@ def _general_key(args: Sequence[Any], out: torch.Tensor | None, out_dtype: torch
     ptrs = 0
     for a in args:
         if isinstance(a, _Tensor):
-            if not a.dim():
+            shape = a.shape
+            if not shape:
                 return None
-            key.append((a.dtype, a.shape, a.stride()))
+            key.append((a.dtype, shape, a.stride()))
             ptrs |= a.data_ptr()
         elif type(a) is int:
             key.append(int_spec(a))

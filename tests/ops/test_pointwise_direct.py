@@ -133,7 +133,7 @@ def test_direct_launches_compute_the_op():
 
 
 # -- the general path (broadcasting, strided operands, out=): its own direct relaunch ----
-@pytest.mark.parametrize("case", ["broadcast", "transposed", "out", "scalar_first", "bool_out", "fill_out"])
+@pytest.mark.parametrize("case", ["broadcast", "transposed", "out", "scalar_first", "bool_out", "fill_out", "outer", "promoted"])
 def test_the_general_path_relaunches_what_it_launched(case):
     """On stand-in compiled kernels: the second call of a general-path key relaunches
     with the grid, arguments and stream the launcher's kept path would pass."""
@@ -150,6 +150,8 @@ def test_the_general_path_relaunches_what_it_launched(case):
             "scalar_first": lambda: ADD(2.0, a.t()),
             "bool_out": lambda: CMP["lt"](a, b),
             "fill_out": lambda: FILL(1.5, out=torch.empty(6, 8), compute=torch.float32),  # no tensor argument
+            "outer": lambda: ADD(b, a[:1]),  # no operand of the output's shape: a new (6, 8) tensor
+            "promoted": lambda: ADD(a.to(torch.bfloat16), b),  # shaped like a, the dtype of b
         }
         fn = calls[case]
         relaunched = []
