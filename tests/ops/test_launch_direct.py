@@ -7,8 +7,6 @@ The interpreter compiles nothing, so the compiled kernel is a stand-in that reco
 launches (see tests/tuner/test_launch.py); the op tests check the results."""
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 import triton
@@ -23,7 +21,9 @@ from tuner import libtuner
 from tuner.launch import forget_direct
 from tuner.libtuner import clear_caches
 
-rms_ops = importlib.import_module("flag_gems.fused.rms_norm")  # (flag_gems.fused.rms_norm is also a function)
+from flag_gems.ops import reduction as red_ops
+from tuner import launch as launching
+from tuner.launch import KeptCache
 
 pytestmark = pytest.mark.usefixtures("stand_in_kernels")  # stand-ins must not outlive a test
 
@@ -180,14 +180,16 @@ def test_a_call_sites_direct_relaunch_passes_what_the_launcher_would(monkeypatch
     rec = _Recording(monkeypatch)
     fn = _ops()[name]
     relaunched = []
-    relaunch, cat_relaunch, rotary_relaunch = rc.Launch._relaunch, cat_ops._relaunch, rotary_ops._relaunch
-    rms_relaunch = rms_ops._relaunch
-    monkeypatch.setattr(rc.Launch, "_relaunch", lambda *a: relaunched.append(relaunch(*a)) or relaunched[-1])
-    # cat's repeated signatures relaunch their own plan (which a Launch filed)
-    monkeypatch.setattr(cat_ops, "_relaunch", lambda *a: relaunched.append(cat_relaunch(*a)) or relaunched[-1])
-    monkeypatch.setattr(rotary_ops, "_relaunch", lambda *a: relaunched.append(rotary_relaunch(*a)) or relaunched[-1])
-    # rms_norm keeps its own per-signature cache (no Launch on the repeat)
-    monkeypatch.setattr(rms_ops, "_relaunch", lambda *a: relaunched.append(rms_relaunch(*a)) or relaunched[-1])
+
+    def spy(owner, attr):
+        orig = getattr(owner, attr)
+        monkeypatch.setattr(owner, attr, lambda *a: relaunched.append(orig(*a)) or relaunched[-1])
+
+    spy(rc.Launch, "_relaunch")
+    spy(cat_ops, "_relaunch")  # cat's repeated signatures relaunch their own plan (which a Launch filed)
+    spy(rotary_ops, "_relaunch")
+    spy(red_ops, "_repeat")  # a one-launch reduction's own per-signature cache
+    spy(KeptCache, "relaunch")  # rms_norm's, layer_norm's and embedding's (no Launch on the repeat)
     forget_direct()
     with flag_gems.use_gems():
         fn()  # compiles (the stand-in), files the direct relaunches
@@ -196,8 +198,12 @@ def test_a_call_sites_direct_relaunch_passes_what_the_launcher_would(monkeypatch
         fn()
         direct = rec.log[start:]
         assert relaunched and all(x is not None and x is not False for x in relaunched), f"not relaunched directly: {relaunched}"
-        filed = {**rc._DIRECT, **rms_ops._DIRECT}
-        monkeypatch.setattr(rc.Launch, "_file", lambda *a, **k: None)
+        filed = {**rc._DIRECT, **red_ops._REPEAT}
+        for cache in launching._DIRECT:
+            if isinstance(cache, KeptCache):
+                filed.update({(id(cache), k): v for k, v in cache.items()})
+        for owner, attr in ((rc.Launch, "_file"), (red_ops, "_file_repeat"), (KeptCache, "file")):
+            monkeypatch.setattr(owner, attr, lambda *a, **k: None)
         forget_direct()
         start = len(rec.log)
         fn()
