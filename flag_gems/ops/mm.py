@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from flag_gems.ops.binary import MUL
-from flag_gems.registry import aten_fallback, register
+from flag_gems.registry import as_from_outside, aten_fallback, register, switched_on
 from flag_gems.utils import cdiv, next_power_of_2
 from tuner import launch as launching
 from tuner import libtuner, settings
@@ -614,6 +614,63 @@ def _file_mm(key: tuple, a: torch.Tensor, b: torch.Tensor, res: torch.Tensor) ->
         if len(_MM_PLANS) >= 4096:
             _MM_PLANS.clear()
         _MM_PLANS[key] = (res.shape, plan)
+
+
+# F.linear's repeats: (input's, weight's and bias's dtype, shape and strides, the precision)
+# -> (the output's shape, the direct plan gemm() filed for the call on input's rows)
+_LINEAR_PLANS: dict = direct_cache()
+
+
+@register("linear", autograd=True)
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` without a graph to record: the GEMM of input's rows by the weight read
+    transposed in place, where aten's composite dispatches linear, matmul, a view and mm
+    (and a reshape back, for a 3-D input) to reach it. With a graph to record, or an input
+    the kernel does not serve, aten's composite (whose mm and addmm are flag_gems')."""
+    if _MM_ON() and not (torch.is_grad_enabled() and (
+            input.requires_grad or weight.requires_grad or bias is not None and bias.requires_grad)):
+        key = (input.dtype, input.shape, input.stride(), weight.dtype, weight.shape, weight.stride(),
+               None if bias is None else (bias.dtype, bias.shape, bias.stride()), input.dtype is torch.float32 and _precision(input.dtype))
+        hit = _LINEAR_PLANS.get(key)
+        if hit is not None:
+            res = torch.empty(size=hit[0], device=input.device, dtype=input.dtype)
+            ptrs = input.data_ptr() | weight.data_ptr() | res.data_ptr() | (0 if bias is None else bias.data_ptr())
+            if not ptrs & 15 and _launch_direct(hit[1], input, weight, res, bias):
+                return res
+        res = _linear(input, weight, bias, key)
+        if res is not None:
+            return res
+    return as_from_outside(_LINEAR, input, weight, bias)
+
+
+def _linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, key: tuple) -> torch.Tensor | None:
+    """The GEMM on a (rows, K) view of ``input``, its plan filed under ``key``; None where
+    aten's composite must run (dtypes, ranks, shapes it checks, an input with no such view)."""
+    if not _on_kernel(input, weight, bias) or input.dim() < 2 or weight.dim() != 2 or (bias is not None and bias.dim() > 1):
+        return None
+    k, n = input.shape[-1], weight.shape[0]
+    if weight.shape[1] != k or (bias is not None and bias.numel() not in (1, n)):
+        return None
+    try:
+        a = input.view(-1, k)  # the same memory: a repeat passes input itself
+    except RuntimeError:
+        return None
+    res = torch.empty(size=(*input.shape[:-1], n), device=input.device, dtype=input.dtype)
+    out, wt = res.view(-1, n), weight.t()
+    full = None if bias is None else bias.expand(out.shape)
+    gemm(a, wt, out, full)
+    if res.numel() and not (input.data_ptr() | weight.data_ptr() | res.data_ptr() | (0 if bias is None else bias.data_ptr())) & 15:
+        strides = (a.stride(), wt.stride(), out.stride(), None if full is None else full.stride())
+        plan = _DIRECT.get(_plan_key(a, wt, out, full, strides, 1.0, 1.0))
+        if plan is not None:
+            if len(_LINEAR_PLANS) >= 4096:
+                _LINEAR_PLANS.clear()
+            _LINEAR_PLANS[key] = (res.shape, plan)
+    return res
+
+
+_LINEAR = aten_fallback("linear")
+_MM_ON = switched_on("mm")  # unused=["mm"]: linear on aten's composite too
 
 
 @register("addmm", "addmm.out")

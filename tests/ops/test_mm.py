@@ -61,6 +61,60 @@ def test_linear_reaches_gemm(dtype):
     check(y2, F.linear(x.double(), w.double()), dtype, 48)
 
 
+def _linear_input(case, dtype):
+    if case == "row views":  # rows of 48 in a 64-wide buffer: viewable as (15, 48), read in place
+        return rand(3, 5, 64, dtype=dtype)[..., :48]
+    return rand(5, 48, dtype=dtype) if case == "2-D" else rand(3, 5, 48, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("case", ["2-D", "3-D", "row views"])
+@pytest.mark.parametrize("bias", [None, "n", "one"])
+def test_linear_is_one_gemm_without_a_graph(monkeypatch, dtype, case, bias):
+    """F.linear without autograd is served on the Autograd key: one GEMM on input's rows,
+    not aten's composite (linear, matmul, a view, mm)."""
+    x, w = _linear_input(case, dtype), rand(24, 48, dtype=dtype)
+    b = None if bias is None else rand(24 if bias == "n" else 1, dtype=dtype)
+    monkeypatch.setattr(mm_ops, "as_from_outside", lambda *a, **k: pytest.fail("took aten's composite"))
+    with gems_ran("_mm_kernel") as ran:
+        y = F.linear(x, w, b)
+    assert ran["_mm_kernel"] == 1 and y.shape == (*x.shape[:-1], 24)
+    check(y, F.linear(x.double(), w.double(), None if b is None else b.double()), dtype, 48)
+
+
+@pytest.mark.parametrize("case", ["grad", "transposed input", "1-D input", "mixed dtypes", "unused mm"])
+def test_linear_takes_atens_composite_where_it_must(monkeypatch, case):
+    """With a graph to record, an input with no (rows, K) view, a 1-D input or mixed dtypes,
+    linear takes aten's composite (its mm is flag_gems' where it serves the call);
+    ``unused=["mm"]`` leaves linear to aten altogether."""
+    x, w, b = rand(4, 6, 48), rand(24, 48), rand(24)
+    if case == "grad":
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+    elif case == "transposed input":
+        x = rand(4, 48, 6).transpose(1, 2)  # K strided: no (rows, K) view
+    elif case == "1-D input":
+        x = rand(48)
+    elif case == "mixed dtypes":
+        b = b.half()
+    composite = []
+    orig = mm_ops.as_from_outside
+    monkeypatch.setattr(mm_ops, "as_from_outside", lambda fn, *a: composite.append(fn) or orig(fn, *a))
+    if case == "mixed dtypes":  # aten's own error
+        with flag_gems.use_gems(), pytest.raises(RuntimeError):
+            F.linear(x, w, b)
+        assert composite == [mm_ops._LINEAR]
+        return
+    ref = F.linear(x.detach().double(), w.detach().double(), b.double())
+    with flag_gems.use_gems(unused=["mm"] if case == "unused mm" else None):
+        y = F.linear(x, w, b)
+    assert composite == [mm_ops._LINEAR]
+    check(y, ref, torch.float32, 48)
+    if case == "grad":
+        y.sum().backward()
+        check(w.grad, torch.ones(4 * 6, 24, dtype=torch.float64).t() @ x.detach().double().reshape(-1, 48), torch.float32, 24)
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("split", [2, 4, 8])
 def test_split_k_configs(dtype, split):

@@ -89,6 +89,23 @@ def test_a_repeated_mm_relaunches_before_gemms_own_checks(log, monkeypatch):
     assert log[-1][2][0] is a and log[-1][2][2] is out
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_repeated_linear_relaunches_with_its_own_tensors(log, monkeypatch, bias):
+    """F.linear's repeats take the plan gemm() filed for input's rows, passing input, the
+    weight and the bias themselves (no views made)."""
+    import torch.nn.functional as F
+
+    w, b = mat(48, 32), mat(48) if bias else None
+    F.linear(mat(2, 4, 32), w, b)
+    monkeypatch.setattr(mm_ops, "gemm", lambda *a, **k: pytest.fail("went through gemm()"))
+    x = mat(2, 4, 32)
+    out = F.linear(x, w, b)
+    assert kinds(log) == ["tuner", "triton", "fast"] and out.shape == (2, 4, 48)
+    args = log[-1][2]
+    assert args[0] is x and args[1] is w and args[2] is out and args[3] is b
+    assert args[5:9] == (8, 48, 32, 1)  # M (rows of x), N, K, BATCH
+
+
 @pytest.mark.parametrize("change", ["M", "transposed_b", "misaligned", "dtype", "bias", "alpha", "device"])
 def test_what_the_keys_would_see_goes_through_them(log, change):
     a, b = mat(8, 32), mat(32, 48)
