@@ -11,7 +11,7 @@ for docs/performance.md: each mode's median round, its ratio to eager's, and wit
 (steadier on a host whose speed drifts). ``--first-call`` also times the first prefill in fresh
 processes (run ``gems-pretune workloads/llama7b.yaml`` first for the pretuned-DB figure).
 
-    python benchmarks/bench_llama.py [--layers 2] [--iters 20] [--rounds 1] [--first-call]
+    python benchmarks/bench_llama.py [--layers 2] [--iters 20] [--rounds 1] [--first-call] [--no-triton-launch]
 """
 from __future__ import annotations
 
@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--first-call", action="store_true")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--no-triton-launch", action="store_true", help="skip the modes that launch through Triton's own path")
     args = ap.parse_args()
     import flag_gems
     import tuner
@@ -130,14 +131,16 @@ def main() -> None:
         run("torch eager")
         flag_gems.enable()
         run("flag_gems enable()")
-        launch.set_enabled(False)  # side by side: every kernel through Triton's own launch path
-        run("enable(), Triton's launch")
-        launch.set_enabled(None)
+        if not args.no_triton_launch:
+            launch.set_enabled(False)  # side by side: every kernel through Triton's own launch path
+            run("enable(), Triton's launch")
+            launch.set_enabled(None)
         flag_gems.apply_gems_patches_to_transformers()
         run("enable() + patches")
-        launch.set_enabled(False)
-        run("enable() + patches, Triton's launch")
-        launch.set_enabled(None)
+        if not args.no_triton_launch:
+            launch.set_enabled(False)
+            run("enable() + patches, Triton's launch")
+            launch.set_enabled(None)
         flag_gems.revert_transformers_patches()
         flag_gems.disable()
     spread = {name: " ".join(f"{r[0]:.2f}/{r[1]:.2f}" for r in runs) for name, runs in rows.items()}
