@@ -112,7 +112,7 @@ def test_linear_takes_atens_composite_where_it_must(monkeypatch, case):
     check(y, ref, torch.float32, 48)
     if case == "grad":
         y.sum().backward()
-        check(w.grad, torch.ones(4 * 6, 24, dtype=torch.float64).t() @ x.detach().double().reshape(-1, 48), torch.float32, 24)
+        check(w.grad, torch.ones(4 * 6, 24, dtype=torch.float64, device=DEVICE).t() @ x.detach().double().reshape(-1, 48), torch.float32, 24)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
