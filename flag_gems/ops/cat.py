@@ -26,6 +26,7 @@ from flag_gems.ops.factory import COPY
 from flag_gems.registry import register
 from flag_gems.utils import cdiv
 from tuner import libtuner
+from tuner import launch as launching
 from tuner.launch import direct_cache
 from tuner.keys import next_power_of_2
 
@@ -148,8 +149,8 @@ class _Plan(NamedTuple):
 
     shape: tuple
     bound: Any  # tuner.launch.Bound
-    grid: tuple
-    template: tuple
+    run: Any  # its runner of the plan's grid
+    template: tuple  # every argument, the kept kernel's constexprs included
     tensor_args: tuple  # (argument position, input index)
 
 
@@ -176,7 +177,9 @@ def _relaunch(plan: _Plan, tensors: Sequence[torch.Tensor]) -> torch.Tensor | No
     buf = args[0] = torch.empty(size=plan.shape, dtype=t.dtype, device=t.device)  # (one dtype: the signature's)
     if (ptrs | buf.data_ptr()) & 15:
         return None
-    bound.launch(plan.grid, args, bound.current_stream(bound.device), cat_kernel.fn)
+    plan.run(*args, stream=bound.current_stream(bound.device))
+    if launching.observer is not None:
+        launching.observer(cat_kernel.fn)
     return buf
 
 
@@ -189,7 +192,7 @@ def _file(sig: tuple, inputs: list[int], found: tuple | None) -> None:
     slots = tuple((5 + 5 * k, inputs[k]) for k in range(len(inputs)))
     if len(_PLANS) >= 4096:
         _PLANS.clear()
-    _PLANS[sig] = _Plan(tuple(args[0].shape), bound, grid, tuple(args), slots)
+    _PLANS[sig] = _Plan(tuple(args[0].shape), bound, bound.runner(grid), (*args, *bound.kept.tail), slots)
 
 
 def _cat_lean(tensors: Sequence[torch.Tensor], dim: int) -> torch.Tensor | None:
