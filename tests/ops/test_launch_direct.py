@@ -15,7 +15,7 @@ import triton.language as tl
 from flag_gems.ops import _reduce_common as rc
 from flag_gems.fused import rotary_embedding as rotary_ops
 from flag_gems.ops import cat as cat_ops
-from tests.helpers import DEVICE
+from tests.helpers import DEVICE, assert_close, count_kernels
 from tests.tuner.test_launch import FakeJit
 from tuner import libtuner
 from tuner.launch import forget_direct
@@ -235,3 +235,47 @@ def test_a_cat_plan_takes_each_calls_own_inputs(monkeypatch):
     assert kind == "fast" and passed[0] is out and out.shape == (2, 6, 8)
     tensors = [p for p in passed[1:] if isinstance(p, torch.Tensor)]
     assert tensors[0] is a and tensors[1] is b and all(t is a for t in tensors[2:])
+
+
+# -- repeats compute the op: fresh inputs each call (on a GPU the repeats are direct) -----
+def _repeated_ops():
+    import torch.nn.functional as F
+
+    bf = torch.bfloat16
+
+    def r(*shape, dtype=bf):
+        return torch.randn(*shape, device=DEVICE, dtype=dtype)
+
+    w, b, table = r(64), r(64), r(50, 64)
+    return {  # name -> (inputs(), op(*inputs), the float64 reference, reduced length)
+        "rms_norm": (lambda: (r(6, 64),), lambda x: F.rms_norm(x, (64,), w, 1e-6),
+                     lambda x: F.rms_norm(x.double(), (64,), w.double(), 1e-6), 64),
+        "layer_norm": (lambda: (r(6, 64),), lambda x: F.layer_norm(x, (64,), w, b),
+                       lambda x: F.layer_norm(x.double(), (64,), w.double(), b.double()), 64),
+        "embedding": (lambda: (torch.randint(0, 50, (3, 5), device=DEVICE),), lambda i: F.embedding(i, table),
+                      lambda i: F.embedding(i, table.double()), 1),
+        "sum": (lambda: (r(6, 64),), lambda x: x.sum(-1), lambda x: x.double().sum(-1), 64),
+        "mean": (lambda: (r(6, 64),), lambda x: x.mean(-1), lambda x: x.double().mean(-1), 64),
+        "linear 3-D": (lambda: (r(2, 3, 64),), lambda x: F.linear(x, table), lambda x: F.linear(x.double(), table.double()), 64),
+        "linear bias": (lambda: (r(5, 64),), lambda x: F.linear(x, table, b[:50]),
+                        lambda x: F.linear(x.double(), table.double(), b[:50].double()), 64),
+        "cat kv": (lambda: (r(2, 4, 7, 16), r(2, 4, 1, 16)), lambda c, n: torch.cat([c, n], dim=-2),
+                   lambda c, n: torch.cat([c.double(), n.double()], dim=-2), 1),
+        "mul broadcast": (lambda: (r(6, 64),), lambda x: x * w, lambda x: x.double() * w.double(), 1),
+    }
+
+
+@pytest.mark.parametrize("name", list(_repeated_ops()))
+def test_repeats_compute_the_op(name):
+    """Three calls of one signature with fresh inputs each give each call's own result:
+    what a direct relaunch passes is this call's tensors (on a GPU, where repeats are
+    direct, a stale tensor or a wrong argument shows here)."""
+    import flag_gems
+
+    inputs, op, ref, n = _repeated_ops()[name]
+    calls = [inputs() for _ in range(3)]
+    with count_kernels() as ran, flag_gems.use_gems():
+        outs = [op(*c) for c in calls]
+    assert sum(ran.values()) == 3, dict(ran)
+    for c, out in zip(calls, outs):
+        assert_close(out, ref(*c), torch.bfloat16, reduce_dim=n)
