@@ -335,6 +335,7 @@ class KeptCache(dict):
         kept = bound.kept
         if callable(grid):
             grid = grid(kept.meta)
+        # Bound.launch, inline (every repeat runs this)
         (kept.runners.get(grid) or kept.runner(grid))(*args, *kept.tail, stream=bound.current_stream(device))
         if observer is not None:
             observer(self.fn)

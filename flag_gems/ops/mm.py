@@ -601,19 +601,23 @@ def mm(self: torch.Tensor, mat2: torch.Tensor, *, out: torch.Tensor | None = Non
     res = _out_like(self, (self.shape[0], mat2.shape[1]), out)
     gemm(self, mat2, res)
     if out is None and res.numel():
-        _file_mm(key, self, mat2, res)
+        _file_plan(_MM_PLANS, key, self, mat2, res, None)
     return res
 
 
-def _file_mm(key: tuple, a: torch.Tensor, b: torch.Tensor, res: torch.Tensor) -> None:
-    """File what gemm() kept for ``mm(a, b)`` (nothing where it kept nothing)."""
-    if (a.data_ptr() | b.data_ptr() | res.data_ptr()) & 15 or key in _MM_PLANS:
+def _file_plan(plans: dict, key: tuple, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None,
+               shape: torch.Size | None = None) -> None:
+    """File in ``plans`` under the caller's ``key`` (``shape``: the output's as the caller
+    allocates it, default ``out``'s) the direct plan gemm() filed for ``gemm(a, b, out,
+    bias)``; nothing where it filed none."""
+    if (a.data_ptr() | b.data_ptr() | out.data_ptr() | (0 if bias is None else bias.data_ptr())) & 15 or key in plans:
         return
-    plan = _DIRECT.get(_plan_key(a, b, res, None, (a.stride(), b.stride(), res.stride(), None), 1.0, 1.0))
+    strides = (a.stride(), b.stride(), out.stride(), None if bias is None else bias.stride())
+    plan = _DIRECT.get(_plan_key(a, b, out, bias, strides, 1.0, 1.0))
     if plan is not None:
-        if len(_MM_PLANS) >= 4096:
-            _MM_PLANS.clear()
-        _MM_PLANS[key] = (res.shape, plan)
+        if len(plans) >= 4096:
+            plans.clear()
+        plans[key] = (out.shape if shape is None else shape, plan)
 
 
 # F.linear's repeats: (input's, weight's and bias's dtype, shape and strides, the precision)
@@ -659,13 +663,8 @@ def _linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     out, wt = res.view(-1, n), weight.t()
     full = None if bias is None else bias.expand(out.shape)
     gemm(a, wt, out, full)
-    if res.numel() and not (input.data_ptr() | weight.data_ptr() | res.data_ptr() | (0 if bias is None else bias.data_ptr())) & 15:
-        strides = (a.stride(), wt.stride(), out.stride(), None if full is None else full.stride())
-        plan = _DIRECT.get(_plan_key(a, wt, out, full, strides, 1.0, 1.0))
-        if plan is not None:
-            if len(_LINEAR_PLANS) >= 4096:
-                _LINEAR_PLANS.clear()
-            _LINEAR_PLANS[key] = (res.shape, plan)
+    if res.numel():
+        _file_plan(_LINEAR_PLANS, key, a, wt, out, full, res.shape)
     return res
 
 
