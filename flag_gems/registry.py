@@ -209,12 +209,21 @@ def as_from_outside(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         _local.inside = was
 
 
+# An op served on the Autograd key runs before any tensor subclass or dispatch mode sees
+# the call (they sit on the Python key, below Autograd): torch.compile's FakeTensors, a
+# FunctionalTensor, a DTensor. Those calls take aten's composite, whose smaller ops reach
+# the subclass (and, with real tensors, flag_gems' kernels); flag_gems' own launches need
+# the memory of a plain tensor (or a Parameter) as their first argument.
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def _wrap(entry: OpEntry) -> Callable[..., Any]:
     fn = entry.fn
     local = _local
+    plain = _PLAIN if entry.autograd else None
 
     def impl(*args: Any, **kwargs: Any) -> Any:
-        if entry.on and not getattr(local, "inside", False):
+        if entry.on and not getattr(local, "inside", False) and (plain is None or type(args[0]) in plain):
             rec = STATE.recorder
             if rec is not None:
                 rec.log(entry.name, args, kwargs)

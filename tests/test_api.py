@@ -174,3 +174,29 @@ def test_import_registers_nothing_and_parses_no_argv():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_torch_compile_traces_ops_served_on_the_autograd_key(backend):
+    """torch.compile traces with FakeTensors, which reach an op served on the Autograd key
+    before fake mode does: such calls take aten's composite (no launch on a tensor without
+    memory). The compiled function still runs flag_gems' kernels on real tensors."""
+    import torch.nn.functional as F
+
+    x, w, b = (torch.randn(*s, device=DEVICE) for s in ((4, 3, 8), (6, 8), (6,)))
+
+    def f(x, w, b):
+        y = F.linear(x, w, b)
+        y = F.layer_norm(y, (6,)) + F.rms_norm(y, (6,), eps=1e-6)
+        return y.to(torch.float16), torch.isfinite(y), torch.outer(b, b)
+
+    ref = f(x, w, b)
+    torch._dynamo.reset()
+    with count_kernels() as ran, flag_gems.use_gems():
+        got = torch.compile(f, backend=backend, fullgraph=True)(x, w, b)
+    assert sum(ran.values()) > 0
+    for g, r in zip(got, ref):
+        if g.dtype == torch.bool:
+            assert torch.equal(g, r)
+        else:
+            torch.testing.assert_close(g.float(), r.float(), rtol=2e-3, atol=2e-3)
