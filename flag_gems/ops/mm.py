@@ -592,8 +592,8 @@ def mm(self: torch.Tensor, mat2: torch.Tensor, *, out: torch.Tensor | None = Non
         key = (self.dtype, self.shape, self.stride(), mat2.dtype, mat2.shape, mat2.stride(), self.dtype is torch.float32 and _precision(self.dtype))
         hit = _MM_PLANS.get(key)
         if hit is not None:
-            res = torch.empty(size=hit[0], device=self.device, dtype=self.dtype)
-            if not (self.data_ptr() | mat2.data_ptr() | res.data_ptr()) & 15 and _launch_direct(hit[1], self, mat2, res, None):
+            res = _relaunch_plan(hit, self, mat2, None)
+            if res is not None:
                 return res
     if not _on_kernel(self, mat2, out):
         return _on_aten("mm", out, self, mat2)
@@ -603,6 +603,16 @@ def mm(self: torch.Tensor, mat2: torch.Tensor, *, out: torch.Tensor | None = Non
     if out is None and res.numel():
         _file_plan(_MM_PLANS, key, self, mat2, res, None)
     return res
+
+
+def _relaunch_plan(hit: tuple, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """A plan ``_file_plan`` filed (the output's shape, gemm()'s direct plan) launched on
+    these operands into a new output; None where it cannot (a misaligned operand, another
+    device)."""
+    res = torch.empty(size=hit[0], device=a.device, dtype=a.dtype)
+    if (a.data_ptr() | b.data_ptr() | res.data_ptr() | (0 if bias is None else bias.data_ptr())) & 15:
+        return None
+    return res if _launch_direct(hit[1], a, b, res, bias) else None
 
 
 def _file_plan(plans: dict, key: tuple, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None,
@@ -637,9 +647,8 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
                None if bias is None else (bias.dtype, bias.shape, bias.stride()), input.dtype is torch.float32 and _precision(input.dtype))
         hit = _LINEAR_PLANS.get(key)
         if hit is not None:
-            res = torch.empty(size=hit[0], device=input.device, dtype=input.dtype)
-            ptrs = input.data_ptr() | weight.data_ptr() | res.data_ptr() | (0 if bias is None else bias.data_ptr())
-            if not ptrs & 15 and _launch_direct(hit[1], input, weight, res, bias):
+            res = _relaunch_plan(hit, input, weight, bias)
+            if res is not None:
                 return res
         res = _linear(input, weight, bias, key)
         if res is not None:
