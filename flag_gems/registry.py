@@ -21,7 +21,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 import torch
 
@@ -42,6 +42,10 @@ class OpEntry:
     keyset: Any = None
     tensor_slots: tuple[tuple[int, str], ...] = ()  # (position, name) of Tensor arguments
     off_via: str | None = None  # switched off, run this overload's aten kernel instead (see register)
+    # An autograd entry's twin on the backend key: a call that skips the Autograd keys
+    # (torch.inference_mode) reaches aten's composite there, which would decompose the op
+    # into smaller ones (rms_norm: five kernels); the same fn serves it in one.
+    below: OpEntry | None = None
 
     @property
     def base(self) -> str:
@@ -103,7 +107,7 @@ def register(*names: str, autograd: bool = False, off_via: str | None = None) ->
         for name in names:
             if name in _ENTRIES and _ENTRIES[name].fn is not fn:
                 raise ValueError(f"aten op {name} registered twice ({_ENTRIES[name].fn.__qualname__}, {fn.__qualname__})")
-            _ENTRIES[name] = OpEntry(name, fn, autograd, off_via=off_via)
+            _ENTRIES[name] = OpEntry(name, fn, autograd, off_via=off_via, below=OpEntry(name, fn) if autograd else None)
         return fn
 
     return deco
@@ -269,7 +273,7 @@ def install() -> None:
     lib = torch.library.Library("aten", "IMPL")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
-        for entry in load_ops().values():
+        for entry in _with_twins(load_ops().values()):
             op_key = f"Autograd{key}" if entry.autograd else key
             entry.on = False
             entry.keyset = torch._C.DispatchKeySet(op_key)
@@ -279,11 +283,18 @@ def install() -> None:
     STATE.lib = lib
 
 
+def _with_twins(entries: Iterable[OpEntry]) -> Iterator[OpEntry]:
+    for entry in entries:
+        yield entry
+        if entry.below is not None:
+            yield entry.below
+
+
 def uninstall() -> None:
     if STATE.lib is not None:
         STATE.lib._destroy()
         STATE.lib = None
-    for entry in _ENTRIES.values():
+    for entry in _with_twins(_ENTRIES.values()):
         entry.on = False
         entry.original = None
     close_recorders()
@@ -309,6 +320,8 @@ def resolve_unused(unused: Iterable[str] | None) -> set[str]:
 def switch(on_names: set[str]) -> None:
     for name, entry in _ENTRIES.items():
         entry.on = name in on_names
+        if entry.below is not None:
+            entry.below.on = entry.on
 
 
 def snapshot() -> tuple[frozenset[str], Recorder | None]:

@@ -177,7 +177,8 @@ def test_import_registers_nothing_and_parses_no_argv():
 
 
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-def test_torch_compile_traces_ops_served_on_the_autograd_key(backend):
+@pytest.mark.parametrize("inference", [False, True], ids=["grad", "inference_mode"])
+def test_torch_compile_traces_ops_served_on_the_autograd_key(backend, inference):
     """torch.compile traces with FakeTensors, which reach an op served on the Autograd key
     before fake mode does: such calls take aten's composite (no launch on a tensor without
     memory). The compiled function still runs flag_gems' kernels on real tensors."""
@@ -192,7 +193,7 @@ def test_torch_compile_traces_ops_served_on_the_autograd_key(backend):
 
     ref = f(x, w, b)
     torch._dynamo.reset()
-    with count_kernels() as ran, flag_gems.use_gems():
+    with torch.inference_mode(inference), count_kernels() as ran, flag_gems.use_gems():
         got = torch.compile(f, backend=backend, fullgraph=True)(x, w, b)
     assert sum(ran.values()) > 0
     for g, r in zip(got, ref):
@@ -200,3 +201,45 @@ def test_torch_compile_traces_ops_served_on_the_autograd_key(backend):
             assert torch.equal(g, r)
         else:
             torch.testing.assert_close(g.float(), r.float(), rtol=2e-3, atol=2e-3)
+
+
+def _autograd_key_cases():
+    import torch.nn.functional as F
+
+    g = torch.Generator(device=DEVICE).manual_seed(3)
+    x, w, v = (torch.randn(*s, device=DEVICE, generator=g) for s in ((4, 3, 40), (40,), (7,)))
+    m = torch.randn(6, 40, device=DEVICE, generator=g)
+    odd = x.clone()
+    odd[0, 0, 0], odd[1, 2, 3] = float("inf"), float("nan")
+    return {  # op -> (call, the kernel that serves it)
+        "rms_norm": (lambda t: F.rms_norm(t(x), (40,), t(w), 1e-6), "rms_norm_fwd_kernel"),
+        "layer_norm": (lambda t: F.layer_norm(t(x), (40,), t(w), t(w)), "layer_norm_fwd_kernel"),
+        "linear": (lambda t: F.linear(t(x), t(m)), "_mm_kernel"),
+        "outer": (lambda t: torch.outer(t(v), t(v)), None),
+        "to.dtype": (lambda t: t(x).to(torch.float16), None),
+        "isfinite": (lambda t: torch.isfinite(t(odd)), "isfinite_t_flat"),
+        "_pad_circular": (lambda t: F.pad(t(x), (2, 3), mode="circular"), "pad_kernel"),
+    }
+
+
+def test_ops_served_on_the_autograd_key_serve_inference_mode_too():
+    """torch.inference_mode skips the Autograd keys, where aten's composite would break
+    rms_norm into five kernels (pow, mean, add, rsqrt, mul) and isfinite into four: each
+    such op is served on the backend key too, by one launch; unused= switches both off."""
+    from tests.helpers import assert_close, to_reference
+
+    cases = _autograd_key_cases()
+    assert set(cases) == {n for n, e in registry.entries().items() if e.autograd}  # a new one needs a case
+    for name, (call, kernel) in cases.items():
+        expect = call(to_reference)
+        with torch.inference_mode(), count_kernels() as ran, flag_gems.use_gems():
+            got = call(lambda t: t)
+        assert sum(ran.values()) == 1 and (kernel is None or ran[kernel] == 1), f"{name}: {dict(ran)}"
+        if got.dtype == torch.bool:
+            assert torch.equal(got, expect), name
+        else:
+            assert_close(got, expect, got.dtype)
+    call, kernel = cases["rms_norm"]
+    with torch.inference_mode(), count_kernels() as ran, flag_gems.use_gems(unused=["rms_norm"]):
+        call(lambda t: t)
+    assert ran[kernel] == 0 and sum(ran.values()) > 1  # aten's composite, of flag_gems' smaller ops

@@ -1,10 +1,7 @@
 """rms_norm: aten ``rms_norm`` is CompositeImplicitAutograd, so it is taken over on the
-Autograd key with its own backward (an autograd.Function).
-
-Not covered: under ``torch.inference_mode`` the Autograd key is skipped and aten's
-composite runs (``_fused_rms_norm``). Registering ``_fused_rms_norm{,_backward}`` on the
-backend key would cover it on CUDA, but on CPU ``_fused_rms_norm_backward`` has no
-kernel to fall back to, which the registry (one entry per overload, all devices) needs.
+Autograd key with its own backward (an autograd.Function). The registry serves it on the
+backend key too, for calls that skip Autograd (``torch.inference_mode``), where aten's
+composite would run torch's ``_fused_rms_norm`` (CUDA) or five smaller ops (CPU).
 
 The forward row kernel lives in ``flag_gems.fused.rms_norm``; the backward is here.
 """
