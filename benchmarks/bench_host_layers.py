@@ -8,12 +8,14 @@ pieces every path pays (the output allocation, by ``empty_like`` and by ``empty`
 size positional or by keyword, the current stream, aten's dispatch into a trivial Python
 kernel), and the issue's reference point: a naive Python-registered Triton op
 (``kernel[grid](...)`` per call). Then a table of small ops end to end, torch beside
-flag_gems.
+flag_gems (``--inference-mode``: that table under ``torch.inference_mode``, which skips
+the Autograd keys).
 
-    PYTHONPATH=.:benchmarks python benchmarks/bench_host_layers.py [--ops]
+    PYTHONPATH=.:benchmarks python benchmarks/bench_host_layers.py [--ops] [--inference-mode]
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -122,8 +124,11 @@ def main() -> None:
         print("\n| layer (add of 2 x 16 bf16) | host us/call |\n|---|---|")
         for name, us in layers().items():
             print(f"| {name} | {us:.2f} |")
-    print("\n| op (4x64 bf16) | torch us/call | flag_gems us/call | ratio |\n|---|---|---|---|")
-    for name, t, g in ops():
+    inference = "--inference-mode" in sys.argv
+    print(f"\n| op (4x64 bf16{', inference_mode' if inference else ''}) | torch us/call | flag_gems us/call | ratio |\n|---|---|---|---|")
+    with torch.inference_mode() if inference else contextlib.nullcontext():
+        table = ops()
+    for name, t, g in table:
         print(f"| {name} | {t:.2f} | {g:.2f} | {g / t:.2f}x |")
 
 

@@ -12,6 +12,7 @@ for docs/performance.md: each mode's median round, its ratio to eager's, and wit
 processes (run ``gems-pretune workloads/llama7b.yaml`` first for the pretuned-DB figure).
 
     python benchmarks/bench_llama.py [--layers 2] [--iters 20] [--rounds 1] [--first-call] [--no-triton-launch]
+                                      [--inference-mode]
 """
 from __future__ import annotations
 
@@ -76,12 +77,13 @@ def timed(fn, iters: int) -> float:
     return times[len(times) // 2]
 
 
-def measure(model, ids: torch.Tensor, decode_from, iters: int):
+def measure(model, ids: torch.Tensor, decode_from, iters: int, inference: bool = False):
     """Warm prefill and decode times, and the prefill's logits. ``decode_from``: the
     (KV cache of 8 x 512 tokens, next tokens) every mode decodes from; made once, in
-    eager mode, so its 8 x 512 prefill is not among the shapes under test."""
+    eager mode, so its 8 x 512 prefill is not among the shapes under test. ``inference``:
+    under torch.inference_mode (which skips the Autograd keys) instead of no_grad."""
     cache, tok = decode_from
-    with torch.no_grad():
+    with torch.inference_mode() if inference else torch.no_grad():
         prefill_ms = timed(lambda: _prefill(model, ids), iters)
         decode_ms = timed(decode_step(model, cache, tok), iters)
         logits = model(input_ids=ids).logits.float()
@@ -111,6 +113,7 @@ def main() -> None:
     ap.add_argument("--first-call", action="store_true")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--no-triton-launch", action="store_true", help="skip the modes that launch through Triton's own path")
+    ap.add_argument("--inference-mode", action="store_true", help="run the steps under torch.inference_mode, not no_grad")
     args = ap.parse_args()
     import flag_gems
     import tuner
@@ -123,7 +126,7 @@ def main() -> None:
     rows: dict[str, list] = {}
 
     def run(name: str) -> None:
-        rows.setdefault(name, []).append(measure(model, ids, decode_from, args.iters))
+        rows.setdefault(name, []).append(measure(model, ids, decode_from, args.iters, args.inference_mode))
 
     # --rounds > 1 interleaves the modes, round after round: on a host whose speed drifts,
     # each mode then samples the same stretches of time (the table shows the median round)
