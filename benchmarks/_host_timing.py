@@ -2,10 +2,23 @@
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
-from typing import Callable, ContextManager
+from contextlib import contextmanager, nullcontext
+from typing import Callable, ContextManager, Iterator
 
 import torch
+
+
+@contextmanager
+def gems_only() -> Iterator[None]:
+    """``flag_gems.use_gems()`` for a block, then ``disable()``: the wrappers removed, not
+    only switched off. A switched-off wrapper still routes its op through Python (about 2
+    us a call), which torch's timings after the block would otherwise carry. The next
+    block installs them again (milliseconds, outside any timed loop)."""
+    import flag_gems
+
+    with flag_gems.use_gems():
+        yield
+    flag_gems.disable()
 
 
 def host_us(fn: Callable[[], object], n: int, warmup: int = 100, repeats: int = 5) -> float:
@@ -29,8 +42,8 @@ def host_us_interleaved(cases: dict[str, tuple[Callable[[], object], Callable[[]
     """Host us per call of each case, its best loop of ``n`` calls over ``rounds`` rounds
     that run every case in turn. A noisy host slows whole stretches of time; interleaving
     spreads them over every case, so the ratios between cases hold. A case is
-    ``(fn, context)``: ``context()`` (e.g. ``flag_gems.use_gems``) is entered around each
-    of its loops, or None."""
+    ``(fn, context)``: ``context()`` (flag_gems' side: ``gems_only``) is entered around
+    each of its loops, or None."""
     best = dict.fromkeys(cases, float("inf"))
     for fn, ctx in cases.values():  # warm-up: compile, tune, fill caches
         with ctx() if ctx else nullcontext():

@@ -26,8 +26,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-import flag_gems  # noqa: E402
-from _host_timing import host_us_interleaved  # noqa: E402  (benchmarks/, the script's own folder)
+from _host_timing import gems_only, host_us_interleaved  # noqa: E402  (benchmarks/, the script's own folder)
 
 BF16 = torch.bfloat16
 
@@ -52,7 +51,7 @@ def layers() -> dict[str, float]:
 
     x, y = torch.randn(16, device="cuda", dtype=BF16), torch.randn(16, device="cuda", dtype=BF16)
     out = torch.empty_like(x)
-    gems = flag_gems.use_gems
+    gems = gems_only
     ADD(x, y)  # compiles and tunes the kernel below, keeps it
     kernel = ADD.kernel((True, True), 0)
     args = (x, y, out, 16, tl.float32, tl.float32, False, False)
@@ -114,7 +113,7 @@ def ops() -> list[tuple[str, float, float]]:
         "linear 4x64x64": lambda: torch.nn.functional.linear(x, table),
         "cat (KV append)": lambda: torch.cat([cache, new], dim=-2),
     }
-    timed = host_us_interleaved({f"{side} {name}": (fn, ctx) for name, fn in cases.items() for side, ctx in (("torch", None), ("gems", flag_gems.use_gems))})
+    timed = host_us_interleaved({f"{side} {name}": (fn, ctx) for name, fn in cases.items() for side, ctx in (("torch", None), ("gems", gems_only))})
     return [(name, timed[f"torch {name}"], timed[f"gems {name}"]) for name in cases]
 
 

@@ -26,7 +26,7 @@ from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 
 import flag_gems  # noqa: E402
 import tuner  # noqa: E402
-from _host_timing import host_us_interleaved  # noqa: E402  (benchmarks/, the script's own folder)
+from _host_timing import gems_only, host_us_interleaved  # noqa: E402  (benchmarks/, the script's own folder)
 from flag_gems import fused  # noqa: E402
 from tests.helpers import count_kernels  # noqa: E402  (run from the repo root, PYTHONPATH=.)
 
@@ -135,7 +135,7 @@ def main() -> None:
         try:
             t_torch, g_torch = do_bench(torch_fn, warmup=25, rep=100), _graph_us(torch_fn)
             if gems_fn is None:
-                with flag_gems.use_gems():
+                with gems_only():
                     with count_kernels() as ran:
                         torch_fn()  # tune once, untimed; and prove a flag_gems kernel ran
                     t_gems, g_gems = do_bench(torch_fn, warmup=25, rep=100), _graph_us(torch_fn)
@@ -158,7 +158,7 @@ def main() -> None:
             fn()
         assert ran, f"{name}: no Triton kernel ran"
     # torch and flag_gems in turn, round after round: a noisy host shifts both alike
-    timed = host_us_interleaved({f"{side} {name}": (fn, ctx) for name, fn in rows for side, ctx in (("torch", None), ("gems", flag_gems.use_gems))})
+    timed = host_us_interleaved({f"{side} {name}": (fn, ctx) for name, fn in rows for side, ctx in (("torch", None), ("gems", gems_only))})
     print("\n| op (16 elements) | torch host us/call | flag_gems host us/call |")
     print("|---|---|---|")
     for name, _ in rows:
