@@ -20,7 +20,7 @@ for step in $steps; do
   case $step in
     tests) # -rfE: failures are named at the end; a time-out still leaves each one's traceback (tail)
            FLAGGEMS_TEST_DEVICE=cuda timeout "${TEST_TIMEOUT:-400}" $py -m pytest -q -rfE -n "${JOBS:-12}" -p no:cacheprovider \
-             tests/tuner/test_libtuner.py tests/tuner/test_launch.py tests/ops tests/integrations > "$out/tests.log" 2>&1
+             tests/test_api.py tests/tuner/test_libtuner.py tests/tuner/test_launch.py tests/ops tests/integrations > "$out/tests.log" 2>&1
            grep -E "^(FAILED|ERROR) |passed|failed" "$out/tests.log" | tail -n 40 ;;
     hit) timeout 120 $py benchmarks/bench_libtuner_hit.py > "$out/hit.md" 2>&1; cat "$out/hit.md" ;;
     ops) timeout "${OPS_TIMEOUT:-240}" $py benchmarks/bench_ops.py > "$out/ops.md" 2>&1; cat "$out/ops.md" ;;
