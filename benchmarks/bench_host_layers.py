@@ -6,8 +6,8 @@ op through aten dispatch (flag_gems on), the ``Pointwise`` object called directl
 LibTuner call, the kept compiled kernel, the compiled kernel launched by hand, and the
 pieces every path pays (the output allocation, by ``empty_like`` and by ``empty`` with the
 size positional or by keyword, the current stream, aten's dispatch into a trivial Python
-kernel), and the issue's reference point: a naive Python-registered Triton op
-(``kernel[grid](...)`` per call). Then a table of small ops end to end, torch beside
+kernel, torch's own op with flag_gems' wrappers switched off), and the issue's reference
+point: a naive Python-registered Triton op (``kernel[grid](...)`` per call). Then a table of small ops end to end, torch beside
 flag_gems (``--inference-mode``: that table under ``torch.inference_mode``, which skips
 the Autograd keys).
 
@@ -26,6 +26,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+import flag_gems  # noqa: E402
 from _host_timing import gems_only, host_us_interleaved  # noqa: E402  (benchmarks/, the script's own folder)
 
 BF16 = torch.bfloat16
@@ -44,6 +45,15 @@ def _naive_add(a: torch.Tensor, b: torch.Tensor, alpha: float = 1) -> torch.Tens
     n = a.numel()
     _naive_add_kernel[(triton.cdiv(n, 1024),)](a, b, out, n, BLOCK=1024)
     return out
+
+
+@contextlib.contextmanager
+def _switched_off():
+    """flag_gems' wrappers installed and switched off, as after a ``use_gems()`` block."""
+    with flag_gems.use_gems():
+        pass
+    yield
+    flag_gems.disable()
 
 
 def layers() -> dict[str, float]:
@@ -72,6 +82,9 @@ def layers() -> dict[str, float]:
     cases = {
         "torch.add, eager": (lambda: torch.add(x, y), None),
         "torch.add, flag_gems on (dispatch + op)": (lambda: torch.add(x, y), gems),
+        "torch.add, flag_gems' wrappers switched off": (lambda: torch.add(x, y), _switched_off),
+        "torch.mul(x, 2.0), eager": (lambda: torch.mul(x, 2.0), None),
+        "torch.mul(x, 2.0), flag_gems' wrappers switched off": (lambda: torch.mul(x, 2.0), _switched_off),
         "ADD(x, y): the Pointwise object (direct launch)": (lambda: ADD(x, y), None),
         "LibTuner run (key, config, launcher)": (lambda: kernel.run(*args, grid=grid), None),
         "LibTuner key_of alone": (lambda: kernel.key_of(args, {}), None),

@@ -56,16 +56,18 @@ class OpEntry:
         numbers as Python scalars; a boxed call needs them as tensors again."""
         if self.off_via is not None:
             return _ENTRIES[self.off_via].call_original(args, kwargs)
+        n = len(args)
         for i, name in self.tensor_slots:
-            if i < len(args):
-                if isinstance(args[i], _NUMBER):
+            if i < n:
+                if type(args[i]) in _NUMBER_TYPES:
                     args = args[:i] + (_as_wrapped(args[i], args),) + args[i + 1:]
-            elif isinstance(kwargs.get(name), _NUMBER):
+            elif kwargs and type(kwargs.get(name)) in _NUMBER_TYPES:
                 kwargs = dict(kwargs, **{name: _as_wrapped(kwargs[name], args)})
         return self.original.call_boxed(self.keyset, *args, **kwargs)
 
 
 _NUMBER = (int, float, bool, complex)
+_NUMBER_TYPES = frozenset(_NUMBER)  # the dispatcher hands Python kernels numbers of exactly these types
 
 
 def _category(x: Any) -> int:
@@ -84,11 +86,11 @@ def _as_wrapped(value: Any, args: tuple) -> torch.Tensor:
     precision (float64 / int64: the dimensioned tensor sets the dtype, the kernel reads
     the scalar in its compute type, exactly as for a wrapped number); beside only 0-d
     tensors it takes their dtype; of a higher category it takes torch's default."""
-    ref = next((a for a in args if isinstance(a, torch.Tensor)), None)
-    if ref is not None and _category(ref.dtype) == _category(value):
-        if ref.dim() == 0:
-            return torch.tensor(value, dtype=ref.dtype)
-        return torch.tensor(value, dtype=_WIDEST[_category(value)])
+    for ref in args:
+        if isinstance(ref, torch.Tensor):
+            if _category(ref.dtype) == _category(value):  # (scalar_tensor: half of torch.tensor's host time)
+                return torch.scalar_tensor(value, dtype=ref.dtype if ref.dim() == 0 else _WIDEST[_category(value)])
+            break
     return torch.tensor(value)
 
 
