@@ -7,9 +7,9 @@ LibTuner call, the kept compiled kernel, the compiled kernel launched by hand, a
 pieces every path pays (the output allocation, by ``empty_like`` and by ``empty`` with the
 size positional or by keyword, the current stream, aten's dispatch into a trivial Python
 kernel, torch's own op with flag_gems' wrappers switched off), and the issue's reference
-point: a naive Python-registered Triton op (``kernel[grid](...)`` per call). Then a table of small ops end to end, torch beside
-flag_gems (``--inference-mode``: that table under ``torch.inference_mode``, which skips
-the Autograd keys).
+point: a naive Python-registered Triton op (``kernel[grid](...)`` per call). Then a
+table of small ops end to end, torch beside flag_gems (``--inference-mode``: that table
+under ``torch.inference_mode``, which skips the Autograd keys).
 
     PYTHONPATH=.:benchmarks python benchmarks/bench_host_layers.py [--ops] [--inference-mode]
 """
