@@ -85,9 +85,10 @@ _PREFILL = [
 # Hopper's tensor-memory accelerator: operand tiles loaded through TMA descriptors, a tile
 # per program or persistent (one program per SM walks the tiles; the next tile's loads
 # overlap this one's epilogue)
+# (64 x 64: for M = 65 ... 256 only, where 128 x 128 tiles leave most SMs idle)
 _TMA = [_cfg(*t, tma=TILE_PER_PROGRAM) for t in [
     (128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (64, 256, 64, 4, 4), (128, 64, 64, 4, 4),
-    (128, 128, 128, 8, 3)]] + [_cfg(*t, tma=PERSISTENT) for t in [
+    (128, 128, 128, 8, 3), (64, 64, 128, 4, 4)]] + [_cfg(*t, tma=PERSISTENT) for t in [
     (128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (128, 128, 128, 8, 3)]]
 MM_CONFIGS = [_cfg(*t, group=1, split=s) for t in _DECODE_TILES for s in (1, 2, 4, 8)] + _PREFILL + _TMA
 MAX_ACC_REGS = 128  # fp32 accumulator registers per thread; above this the tile spills
@@ -161,7 +162,7 @@ def prune_mm_configs(configs: list[dict], named: dict) -> list[dict]:
             continue
         if not _fits(c, a.element_size(), smem):
             continue
-        if c.get("TMA") and not tma_ok:
+        if c.get("TMA") and (not tma_ok or m > DECODE_MAX_M and bm * bn <= 64 * 64):
             continue
         if split > 1:  # decode-class only (the key's m_class): partials cost M x N x split
             tiles = cdiv(m, bm) * cdiv(n, bn) * batch

@@ -373,4 +373,6 @@ def test_tma_configs_pruned_where_tma_cannot_serve():
     assert not cands(4096, 4096, 4096, s_ak=4096, s_am=1)  # A not contiguous along K
     assert not cands(4096, 4096, 4096, s_bk=7, s_bn=5)  # B contiguous along neither
     assert not cands(4096, 4096, 4095, s_bn=4095)  # rows that are not 16-byte multiples
+    small = [(c["BLOCK_M"], c["BLOCK_N"]) for c in cands(128, 4096, 4096)]  # M = 128: 64 x 64 tiles fill the SMs
+    assert (64, 64) in small and (64, 64) not in [(c["BLOCK_M"], c["BLOCK_N"]) for c in cands(512, 4096, 4096)]
     assert not cands(16, 4096, 4096)  # decode sizes keep their narrow tiles
