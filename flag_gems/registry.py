@@ -219,17 +219,22 @@ def as_from_outside(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 # the call (they sit on the Python key, below Autograd): torch.compile's FakeTensors, a
 # FunctionalTensor, a DTensor. Those calls take aten's composite, whose smaller ops reach
 # the subclass (and, with real tensors, flag_gems' kernels); flag_gems' own launches need
-# the memory of a plain tensor (or a Parameter) as their first argument.
+# the memory of a plain tensor (or a Parameter) as their first argument. So do calls
+# inside torch.func's transforms (grad, vjp, vmap): their tensors are functorch's wrappers
+# there, and an autograd.Function cannot be applied from inside the Autograd key.
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+_TRANSFORMS_ACTIVE = torch._C._are_functorch_transforms_active
 
 
 def _wrap(entry: OpEntry) -> Callable[..., Any]:
     fn = entry.fn
     local = _local
     plain = _PLAIN if entry.autograd else None
+    transforms = _TRANSFORMS_ACTIVE
 
     def impl(*args: Any, **kwargs: Any) -> Any:
-        if entry.on and not getattr(local, "inside", False) and (plain is None or type(args[0]) in plain):
+        if entry.on and not getattr(local, "inside", False) and (
+                plain is None or type(args[0]) in plain and not transforms()):
             rec = STATE.recorder
             if rec is not None:
                 rec.log(entry.name, args, kwargs)

@@ -244,3 +244,36 @@ def test_ops_served_on_the_autograd_key_serve_inference_mode_too():
         got = call(lambda t: t)
     assert ran[kernel] == 0  # aten's composite: torch's fused kernel (CUDA), flag_gems' smaller ops (CPU)
     assert_close(got, call(to_reference), got.dtype)
+
+
+def test_torch_func_transforms_through_ops_served_on_the_autograd_key():
+    """Inside torch.func's transforms (grad, vmap) tensors are functorch's wrappers, and an
+    autograd.Function cannot be applied from inside the Autograd key: an op served there
+    takes aten's composite, whose smaller ops run flag_gems' kernels on the unwrapped
+    tensors. (Before, rms_norm under torch.func.grad raised.)"""
+    import torch.nn.functional as F
+
+    g = torch.Generator(device=DEVICE).manual_seed(5)
+    x, w, m = (torch.randn(*s, device=DEVICE, generator=g) for s in ((4, 40), (40,), (6, 40)))
+    losses = {
+        "rms_norm": lambda t, w: F.rms_norm(t, (40,), w, 1e-6).pow(2).sum(),
+        "layer_norm": lambda t, w: F.layer_norm(t, (40,), w, w).pow(2).sum(),
+        "linear": lambda t, w: F.linear(t, m.to(t.dtype) * w).pow(2).sum(),
+        "to.dtype": lambda t, w: (t * w).to(torch.float16).float().pow(2).sum(),
+        "_pad_circular": lambda t, w: F.pad((t * w)[None], (2, 3), mode="circular").pow(2).sum(),
+        "outer": lambda t, w: torch.outer(t[0], w).pow(2).sum(),
+    }
+    for name, loss in losses.items():
+        expect = torch.func.grad(loss, argnums=(0, 1))(x.double(), w.double())
+        batch = torch.stack([x, 2 * x])
+        with count_kernels() as ran, flag_gems.use_gems():
+            got = torch.func.grad(loss, argnums=(0, 1))(x, w)
+            mapped = torch.vmap(lambda t: loss(t, w))(batch)
+        assert sum(ran.values()) > 0, name
+        for gt, ex in zip(got, expect):
+            torch.testing.assert_close(gt.double(), ex, rtol=2e-3, atol=2e-3, msg=lambda s: f"{name}: {s}")
+        torch.testing.assert_close(mapped.double(), torch.stack([loss(b.double(), w.double()) for b in batch]).double(),
+                                   rtol=2e-3, atol=2e-3, msg=lambda s: f"{name}: {s}")
+    with flag_gems.use_gems():
+        finite = torch.vmap(torch.isfinite)(torch.stack([x, x / 0]))
+    assert torch.equal(finite, torch.isfinite(torch.stack([x, x / 0])))
