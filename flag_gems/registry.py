@@ -221,20 +221,23 @@ def as_from_outside(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 # the subclass (and, with real tensors, flag_gems' kernels); flag_gems' own launches need
 # the memory of a plain tensor (or a Parameter) as their first argument. So do calls
 # inside torch.func's transforms (grad, vjp, vmap): their tensors are functorch's wrappers
-# there, and an autograd.Function cannot be applied from inside the Autograd key.
+# there, and an autograd.Function cannot be applied from inside the Autograd key. And
+# calls while a forward-mode AD level is open (torch.autograd.forward_ad.dual_level):
+# flag_gems' entries compute no tangents, aten's composite does, op by op.
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _TRANSFORMS_ACTIVE = torch._C._are_functorch_transforms_active
+_FORWARD_AD = torch.autograd.forward_ad  # its _current_level: the open dual level, -1 if none
 
 
 def _wrap(entry: OpEntry) -> Callable[..., Any]:
     fn = entry.fn
     local = _local
     plain = _PLAIN if entry.autograd else None
-    transforms = _TRANSFORMS_ACTIVE
+    transforms, forward_ad = _TRANSFORMS_ACTIVE, _FORWARD_AD
 
     def impl(*args: Any, **kwargs: Any) -> Any:
         if entry.on and not getattr(local, "inside", False) and (
-                plain is None or type(args[0]) in plain and not transforms()):
+                plain is None or type(args[0]) in plain and not transforms() and forward_ad._current_level < 0):
             rec = STATE.recorder
             if rec is not None:
                 rec.log(entry.name, args, kwargs)

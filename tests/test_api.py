@@ -277,3 +277,28 @@ def test_torch_func_transforms_through_ops_served_on_the_autograd_key():
     with flag_gems.use_gems():
         finite = torch.vmap(torch.isfinite)(torch.stack([x, x / 0]))
     assert torch.equal(finite, torch.isfinite(torch.stack([x, x / 0])))
+
+
+def test_forward_mode_ad_through_ops_served_on_the_autograd_key():
+    """flag_gems' entries on the Autograd key compute no tangents: while a forward-mode AD
+    level is open they take aten's composite, op by op. (Before, rms_norm and layer_norm
+    returned no tangent at all.)"""
+    import torch.autograd.forward_ad as fwAD
+    import torch.nn.functional as F
+
+    g = torch.Generator(device=DEVICE).manual_seed(7)
+    x, tx, w, m = (torch.randn(*s, device=DEVICE, generator=g) for s in ((4, 40), (4, 40), (40,), (6, 40)))
+    calls = {
+        "rms_norm": lambda t, w: F.rms_norm(t, (40,), w, 1e-6),
+        "layer_norm": lambda t, w: F.layer_norm(t, (40,), w, w),
+        "linear": lambda t, w: F.linear(t, m.to(t.dtype)),
+        "to.dtype": lambda t, w: t.to(torch.float16),
+        "outer": lambda t, w: torch.outer(t[0], w),
+    }
+    for name, call in calls.items():
+        with fwAD.dual_level():
+            expect = fwAD.unpack_dual(call(fwAD.make_dual(x.double(), tx.double()), w.double())).tangent
+        with flag_gems.use_gems(), fwAD.dual_level():
+            got = fwAD.unpack_dual(call(fwAD.make_dual(x, tx), w)).tangent
+        assert got is not None, f"{name}: no tangent"
+        torch.testing.assert_close(got.double(), expect.double(), rtol=2e-3, atol=2e-3, msg=lambda s: f"{name}: {s}")
