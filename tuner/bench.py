@@ -42,11 +42,11 @@ ROTATE_BYTES = 256 << 20  # working sets under this are copied until they reach 
 MAX_COPIES = 32
 
 
-def rotations(args: tuple, kwargs: dict, device_type: str = "cuda") -> list[tuple[tuple, dict]]:
-    """The arguments, plus copies of every ``device_type`` tensor among them when their
-    storages together are smaller than ``ROTATE_BYTES``. A copy keeps each tensor's
-    storage offset and strides (an expanded bias stays stride 0), and tensors sharing a
-    storage share its copy."""
+def rotations(args: tuple, kwargs: dict, device_type: str = "cuda", max_copies: int = MAX_COPIES) -> list[tuple[tuple, dict]]:
+    """The arguments, plus copies (at most ``max_copies``) of every ``device_type`` tensor
+    among them when their storages together are smaller than ``ROTATE_BYTES``. A copy
+    keeps each tensor's storage offset and strides (an expanded bias stays stride 0), and
+    tensors sharing a storage share its copy."""
     import torch
 
     def ours(a: object) -> bool:
@@ -58,7 +58,7 @@ def rotations(args: tuple, kwargs: dict, device_type: str = "cuda") -> list[tupl
     if not tensors or total >= ROTATE_BYTES:
         return [(args, kwargs)]
     sets = [(args, kwargs)]
-    for _ in range(min(MAX_COPIES, -(-ROTATE_BYTES // max(total, 1))) - 1):
+    for _ in range(min(max_copies + 1, MAX_COPIES, -(-ROTATE_BYTES // max(total, 1))) - 1):
         copies: dict[int, object] = {}
 
         def copy(a: object) -> object:

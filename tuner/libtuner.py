@@ -418,8 +418,8 @@ class LibTuner:
         named = dict(zip(self.arg_names, args)) | kwargs
         cands = self.candidate_configs(args, kwargs)
         bump("benchmarks_run")
-        with self._restoring(named):
-            sets = self._argument_sets(args, kwargs)
+        sets, own = self._argument_sets(args, kwargs)
+        with self._restoring(named, own):
             if len(cands) <= FINALISTS:  # one candidate has nothing to beat: a brief timing
                 timings = [self._time_one(timer, cfg, key, sets, grid, brief=len(cands) == 1) for cfg in cands]
                 full = timings
@@ -441,29 +441,45 @@ class LibTuner:
         """One config timed on these arguments with the benchmark timer (``bench``), as
         ``tune`` times each candidate; a failing config gives a Timing with ``error``."""
         named = dict(zip(self.arg_names, args)) | kwargs
-        with self._restoring(named):
-            return self._time_one(bench.get_timer(), config, key, self._argument_sets(args, kwargs), grid)
+        sets, own = self._argument_sets(args, kwargs)
+        with self._restoring(named, own):
+            return self._time_one(bench.get_timer(), config, key, sets, grid)
 
     @contextmanager
-    def _restoring(self, named: dict) -> Iterator[None]:
-        """Put ``restore_value`` arguments back after benchmark launches wrote them."""
-        saved = {n: named[n].clone() for n in self.restore_value}
+    def _restoring(self, named: dict, own: bool) -> Iterator[None]:
+        """Where timing launches on the call's own tensors (``own``): afterwards put
+        ``restore_value`` arguments back and zero ``reset_to_zero`` ones, so the call's
+        real launch sees what its caller passed."""
+        saved = {n: named[n].clone() for n in self.restore_value if own and named.get(n) is not None}
         try:
             yield
         finally:
             for n, t in saved.items():
                 named[n].copy_(t)
+            for n in self.reset_to_zero if own else ():
+                if named.get(n) is not None:
+                    named[n].zero_()
 
-    def _argument_sets(self, args: tuple, kwargs: dict) -> list[tuple[tuple, dict, list]]:
-        """(args, kwargs, tensors to zero before each launch) per copy of the arguments
-        that timing rotates through (``bench.rotations``; just the call's own under the
-        interpreter)."""
-        sets = [(args, kwargs)] if settings.get().interpret else bench.rotations(args, kwargs)
+    def _argument_sets(self, args: tuple, kwargs: dict) -> tuple[list[tuple[tuple, dict, list]], bool]:
+        """(args, kwargs, tensors to zero before each launch) per set of arguments that
+        timing rotates through, and whether the call's own tensors are among them.
+
+        Timing launches each config many times: an in-place kernel (``out`` is an input,
+        an accumulating scatter) would apply its update every time. So it launches on
+        copies of the arguments (``bench.rotations``' copies; under the interpreter, one),
+        never on the call's own; only a working set too large to copy (``ROTATE_BYTES``)
+        is timed on the call's own tensors, which ``restore_value`` / ``reset_to_zero``
+        then put back (see _restoring)."""
+        interpret = settings.get().interpret
+        sets = bench.rotations(args, kwargs, "cpu", max_copies=1) if interpret else bench.rotations(args, kwargs)
+        own = len(sets) == 1
+        if not own:
+            sets = sets[1:]
         out = []
         for a, kw in sets:
             named = dict(zip(self.arg_names, a)) | kw
-            out.append((a, kw, [named[n] for n in self.reset_to_zero]))
-        return out
+            out.append((a, kw, [named[n] for n in self.reset_to_zero if named.get(n) is not None]))
+        return out, own
 
     def _time_one(self, timer, cfg, key, sets, grid, *, brief: bool = False, count: bool = True) -> Timing:
         turn = itertools.cycle(sets)

@@ -295,7 +295,8 @@ class SizeClassed(LibTuner):
     ``default`` (what tools report) is the class default of ``size`` 4096."""
 
     def __init__(self, fn: Any, classes: Sequence[tuple[int, Sequence[triton.Config], triton.Config]], *,
-                 key: Sequence[str], strategy: Any, name: str, size: str | None = None) -> None:
+                 key: Sequence[str], strategy: Any, name: str, size: str | None = None,
+                 restore_value: Sequence[str] = ()) -> None:
         size = size or key[0]
         self._classes = [(lim, [config_repr(c) for c in cfgs], config_repr(d)) for lim, cfgs, d in classes]
         union: list[triton.Config] = []
@@ -307,7 +308,8 @@ class SizeClassed(LibTuner):
                     union.append(c)
         self._size_arg, self._size_pos = size, list(key).index(size)
         default = next(d for lim, _, d in classes if lim >= 4096)
-        super().__init__(fn, union, key=key, strategy=strategy, default=default, name=name, prune_configs_by=self._prune)
+        super().__init__(fn, union, key=key, strategy=strategy, default=default, name=name, prune_configs_by=self._prune,
+                         restore_value=restore_value)
 
     def _of(self, n: Any) -> tuple:
         n = int(n)
@@ -351,9 +353,10 @@ ROW_CLASSES = [
 ]
 
 
-def row_tuners(fn: Any, key: str = "N") -> SizeClassed:
+def row_tuners(fn: Any, key: str = "N", restore_value: Sequence[str] = ()) -> SizeClassed:
     py = getattr(fn, "fn", fn)
-    return SizeClassed(fn, ROW_CLASSES, key=[key], strategy=["log"], name=f"{py.__module__}.{py.__qualname__}")
+    return SizeClassed(fn, ROW_CLASSES, key=[key], strategy=["log"], name=f"{py.__module__}.{py.__qualname__}",
+                       restore_value=restore_value)
 
 
 _SM: dict[Any, int] = {}

@@ -48,7 +48,8 @@ def embedding_count_kernel(Idx, Counts, n, BLOCK: tl.constexpr):
     tl.atomic_add(Counts + idx, tl.full([BLOCK], 1.0, tl.float32), mask=m)
 
 
-@libtuner(configs=_CONFIGS, key=["D"], strategy=["log"], default=triton.Config({"BLOCK": 1024}, num_warps=4))
+@libtuner(configs=_CONFIGS, key=["D"], strategy=["log"], default=triton.Config({"BLOCK": 1024}, num_warps=4),
+          reset_to_zero=["Acc"])
 @triton.jit
 def embedding_bwd_kernel(G, Idx, Counts, Acc, D, padding_idx, SCALE_BY_FREQ: tl.constexpr, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64)

@@ -114,7 +114,7 @@ def _walk(i, a_off, b_off, i_off, O, A, B, I):
     return i // O, a_off + k * A, b_off + k * B, i_off + k * I
 
 
-@libtuner(configs=_CONFIGS, key=["n"], strategy=["log"], default=_DEFAULT)
+@libtuner(configs=_CONFIGS, key=["n"], strategy=["log"], default=_DEFAULT, restore_value=["a"])  # (ADD: a += ...)
 @triton.jit
 def gather_scatter_kernel(
     idx, a, b, n, AD, value,
