@@ -448,9 +448,10 @@ class LibTuner:
     @contextmanager
     def _restoring(self, named: dict, own: bool) -> Iterator[None]:
         """Where timing launches on the call's own tensors (``own``): afterwards put
-        ``restore_value`` arguments back and zero ``reset_to_zero`` ones, so the call's
-        real launch sees what its caller passed."""
-        saved = {n: named[n].clone() for n in self.restore_value if own and named.get(n) is not None}
+        ``restore_value`` arguments back, and any argument whose memory another one shares
+        (an output that is an input: written in place, undeclared), and zero
+        ``reset_to_zero`` ones, so the call's real launch sees what its caller passed."""
+        saved = {n: named[n].clone() for n in self._written(named)} if own else {}
         try:
             yield
         finally:
@@ -459,6 +460,15 @@ class LibTuner:
             for n in self.reset_to_zero if own else ():
                 if named.get(n) is not None:
                     named[n].zero_()
+
+    def _written(self, named: dict) -> list[str]:
+        """``restore_value``, and the tensor arguments that share a storage with another."""
+        by_storage: dict[int, list[str]] = {}
+        for n, t in named.items():
+            if isinstance(t, self._tensor) and t.numel():
+                by_storage.setdefault(t.untyped_storage().data_ptr(), []).append(n)
+        shared = [n for names in by_storage.values() if len(names) > 1 for n in names]
+        return [n for n in dict.fromkeys([*self.restore_value, *shared]) if named.get(n) is not None]
 
     def _argument_sets(self, args: tuple, kwargs: dict) -> tuple[list[tuple[tuple, dict, list]], bool]:
         """(args, kwargs, tensors to zero before each launch) per set of arguments that

@@ -76,8 +76,8 @@ def rms_norm_fwd_kernel(
 # tuned per size class of N: the default config of each class fits it (BLOCK =
 # next_power_of_2(N) up to 8192, 4/8/16 warps), see _reduce_common.ROW_CLASSES
 _KERNEL = rms_norm_fwd_kernel
-# (in place: y may be x, and the residual is updated; see LibTuner's restore_value)
-rms_norm_fwd_kernel = rc.row_tuners(rms_norm_fwd_kernel, restore_value=["X", "R"])  # the name now holds the tuners; .fn is the kernel
+# (the residual is updated in place: LibTuner's restore_value)
+rms_norm_fwd_kernel = rc.row_tuners(rms_norm_fwd_kernel, restore_value=["R"])  # the name now holds the tuners; .fn is the kernel
 _LAUNCH: dict = {}  # the kernel's tuner key -> its Launch
 # the whole call's signature (aligned tensors only) -> the kept kernel (a tuner.launch.Bound), or
 # None where nothing was kept (the interpreter): a repeat launches it with no tuner or launcher key

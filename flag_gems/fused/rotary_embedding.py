@@ -34,7 +34,6 @@ def _prune_heads(configs: list[dict], named: dict) -> list[dict]:
     strategy=["log", "log", "log"],
     default=triton.Config({"BLOCK_H": 4}, num_warps=4),
     prune_configs_by=_prune_heads,
-    restore_value=["X"],  # in place: Out may be X
 )
 @triton.jit
 def rotary_kernel(

@@ -136,7 +136,7 @@ def _kernel_source(kname: str, is_tensor: Sequence[bool], rank: int) -> str:
         "import triton.language as tl",
         "",
         "",
-        "@libtuner(configs=CONFIGS, key=['n'], strategy=['log'], default=DEFAULT, restore_value=['out0'])",
+        "@libtuner(configs=CONFIGS, key=['n'], strategy=['log'], default=DEFAULT)",
         "@triton.jit",
         f"def {kname}({', '.join(params)}):",
     ] + [f"    {b}" for b in body]
