@@ -560,8 +560,6 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor
         if plan is not None and _launch_direct(plan, a, b, out, bias):
             return out
     upcast = settings.get().interpret and a.dtype == torch.bfloat16
-    if has_bias and bias.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
-        bias = bias.clone()  # in place (addmm_): a tuning miss may time configs on out itself (LibTuner._argument_sets)
     # Bias and WS (the split-K workspace, which _launch allocates for a split config) are
     # None until then: constexprs to Triton, no pointers for its launcher to check
     args = (a, b, out, bias, None, m, n, k, batch, s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, *s_bias, alpha, beta)
