@@ -246,24 +246,31 @@ def test_ops_served_on_the_autograd_key_serve_inference_mode_too():
     assert_close(got, call(to_reference), got.dtype)
 
 
+def _weighted_calls(m: torch.Tensor) -> dict:
+    """op served on the Autograd key -> a call of it on (t, w), differentiable in both."""
+    import torch.nn.functional as F
+
+    return {
+        "rms_norm": lambda t, w: F.rms_norm(t, (40,), w, 1e-6),
+        "layer_norm": lambda t, w: F.layer_norm(t, (40,), w, w),
+        "linear": lambda t, w: F.linear(t, m.to(t.dtype) * w),
+        "to.dtype": lambda t, w: (t * w).to(torch.float16),
+        "_pad_circular": lambda t, w: F.pad((t * w)[None], (2, 3), mode="circular"),
+        "outer": lambda t, w: torch.outer(t[0], w),
+    }
+
+
 def test_torch_func_transforms_through_ops_served_on_the_autograd_key():
     """Inside torch.func's transforms (grad, vmap) tensors are functorch's wrappers, and an
     autograd.Function cannot be applied from inside the Autograd key: an op served there
     takes aten's composite, whose smaller ops run flag_gems' kernels on the unwrapped
     tensors. (Before, rms_norm under torch.func.grad raised.)"""
-    import torch.nn.functional as F
-
     g = torch.Generator(device=DEVICE).manual_seed(5)
     x, w, m = (torch.randn(*s, device=DEVICE, generator=g) for s in ((4, 40), (40,), (6, 40)))
-    losses = {
-        "rms_norm": lambda t, w: F.rms_norm(t, (40,), w, 1e-6).pow(2).sum(),
-        "layer_norm": lambda t, w: F.layer_norm(t, (40,), w, w).pow(2).sum(),
-        "linear": lambda t, w: F.linear(t, m.to(t.dtype) * w).pow(2).sum(),
-        "to.dtype": lambda t, w: (t * w).to(torch.float16).float().pow(2).sum(),
-        "_pad_circular": lambda t, w: F.pad((t * w)[None], (2, 3), mode="circular").pow(2).sum(),
-        "outer": lambda t, w: torch.outer(t[0], w).pow(2).sum(),
-    }
-    for name, loss in losses.items():
+    for name, call in _weighted_calls(m).items():
+        def loss(t, w, call=call):
+            return call(t, w).to(t.dtype).pow(2).sum()
+
         expect = torch.func.grad(loss, argnums=(0, 1))(x.double(), w.double())
         batch = torch.stack([x, 2 * x])
         with count_kernels() as ran, flag_gems.use_gems():
@@ -284,18 +291,10 @@ def test_forward_mode_ad_through_ops_served_on_the_autograd_key():
     level is open they take aten's composite, op by op. (Before, rms_norm and layer_norm
     returned no tangent at all.)"""
     import torch.autograd.forward_ad as fwAD
-    import torch.nn.functional as F
 
     g = torch.Generator(device=DEVICE).manual_seed(7)
     x, tx, w, m = (torch.randn(*s, device=DEVICE, generator=g) for s in ((4, 40), (4, 40), (40,), (6, 40)))
-    calls = {
-        "rms_norm": lambda t, w: F.rms_norm(t, (40,), w, 1e-6),
-        "layer_norm": lambda t, w: F.layer_norm(t, (40,), w, w),
-        "linear": lambda t, w: F.linear(t, m.to(t.dtype)),
-        "to.dtype": lambda t, w: t.to(torch.float16),
-        "outer": lambda t, w: torch.outer(t[0], w),
-    }
-    for name, call in calls.items():
+    for name, call in _weighted_calls(m).items():
         with fwAD.dual_level():
             expect = fwAD.unpack_dual(call(fwAD.make_dual(x.double(), tx.double()), w.double())).tangent
         with flag_gems.use_gems(), fwAD.dual_level():
