@@ -97,6 +97,11 @@ def _as_wrapped(value: Any, args: tuple) -> torch.Tensor:
 _ENTRIES: dict[str, OpEntry] = {}
 
 
+class Unsupported(NotImplementedError):
+    """Raised by an op, before it changes anything, for a call its kernels do not cover
+    (a complex or uint16 tensor, say): the op's wrapper hands the call to aten instead."""
+
+
 def register(*names: str, autograd: bool = False, off_via: str | None = None) -> Callable[[Callable], Callable]:
     """Declare ``fn`` as flag_gems' implementation of the aten overloads ``names``.
 
@@ -244,6 +249,8 @@ def _wrap(entry: OpEntry) -> Callable[..., Any]:
             local.inside = True
             try:
                 return fn(*args, **kwargs)
+            except Unsupported:
+                pass  # aten's kernel takes the call, below
             finally:
                 local.inside = False
         return entry.call_original(args, kwargs)

@@ -66,13 +66,14 @@ def _trunc_div(a, b):
 @triton.jit
 def _floor_div(a, b):
     if a.dtype.is_floating():
-        # torch's (Python's) floor division: from the remainder, so a // b is exact
-        # where a / b rounds up to an integer.
-        q = _trunc(a / b)
-        mod = a - q * b
+        # torch's (Python's) floor division, from fmod's remainder: exact where a / b
+        # rounds up to an integer, NaN for an infinite dividend, -1 for -5 // inf
+        mod = a % b  # (a float % is C's fmod)
+        q = (a - mod) / b
         q = tl.where((mod != 0) & ((b < 0) != (mod < 0)), q - 1, q)
         fq = tl.floor(q)
         r = tl.where(q - fq > 0.5, fq + 1, fq)
+        r = tl.where(q == 0, (a / b) * 0.0, r)  # a zero quotient keeps a / b's sign
         r = tl.where(b == 0, a / b, r)
     else:
         q = a // b
@@ -85,23 +86,41 @@ def _int_pow(a, b):
     # square and multiply; negative exponents: 1 and -1 keep their magnitude, others -> 0
     r = a * 0 + 1
     base = a
-    e = tl.where(b < 0, 0, b)
+    if a.dtype.is_int_unsigned():
+        e = b
+    else:
+        e = tl.where(b < 0, 0, b)
     while tl.max(e, axis=0) > 0:
         r = tl.where((e & 1) != 0, r * base, r)
         base = base * base
         e = e >> 1
-    neg = tl.where(a == 1, 1, tl.where(a == -1, tl.where((b & 1) != 0, -1, 1), 0))
-    return tl.where(b < 0, neg, r)
+    if not a.dtype.is_int_unsigned():
+        neg = tl.where(a == 1, 1, tl.where(a == -1, tl.where((b & 1) != 0, -1, 1), 0))
+        r = tl.where(b < 0, neg, r)
+    return r
+
+
+@triton.jit
+def _sign_bit(a):
+    # set for negative numbers, -0.0 and -inf alike (a < 0 misses -0.0)
+    if a.dtype == tl.float64:
+        s = a.to(tl.int64, bitcast=True) < 0
+    else:
+        s = a.to(tl.int32, bitcast=True) < 0
+    return s
 
 
 @triton.jit
 def _float_pow(a, b):
+    # C's pow: |a| ** b, negated for a negative base (-0.0 and -inf too) and an odd
+    # integer b; NaN for a finite negative base and a non-integer b; 1 for b == 0,
+    # a == 1 and (-1) ** +-inf
     r = tl.exp2(b * tl.log2(tl.abs(a)))
-    integral = tl.floor(b) == b
+    integral = tl.floor(b) == b  # (true for +-inf)
     odd = integral & (tl.floor(b * 0.5) * 2 != b)
-    r = tl.where((a < 0) & odd, -r, r)
-    r = tl.where((a < 0) & (tl.floor(b) != b), float("nan"), r)
-    return tl.where((b == 0) | (a == 1), 1.0, r)
+    r = tl.where(_sign_bit(a) & odd, -r, r)
+    r = tl.where((a < 0) & (a > float("-inf")) & (tl.floor(b) != b), float("nan"), r)
+    return tl.where((b == 0) | (a == 1) | ((a == -1) & (tl.abs(b) == float("inf"))), 1.0, r)
 
 
 @triton.jit

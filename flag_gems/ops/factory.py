@@ -17,7 +17,7 @@ import triton.language as tl
 from flag_gems.ops._reduce_common import cached_launch
 from flag_gems.registry import as_from_outside, aten_fallback, register, switched_on
 from flag_gems.utils import cdiv
-from flag_gems.utils.pointwise import CONFIGS, DEFAULT, HALF, INT32_MAX, TL_DTYPES, Pointwise, compute_dtype
+from flag_gems.utils.pointwise import CONFIGS, DEFAULT, HALF, INT32_MAX, TL_DTYPES, Pointwise, checked_scalar, compute_dtype
 from tuner.launch import int_spec
 from tuner.libtuner import libtuner
 
@@ -33,8 +33,8 @@ def _identity(x):
 
 # The source is loaded in its compute dtype (fp32 for half types) and the store casts it
 # to the destination's dtype.
-COPY = Pointwise("copy", _identity)
-FILL = Pointwise("fill", _identity)
+COPY = Pointwise("copy", _identity, out_checks=("overlap",))  # (casts into any dtype)
+FILL = Pointwise("fill", _identity, out_checks=())  # (and fills an expanded tensor, as torch)
 
 
 def _supported(*tensors: torch.Tensor) -> bool:
@@ -108,6 +108,7 @@ def _fill(out: torch.Tensor, value: Any) -> torch.Tensor:
     # the destination's type, as torch does.
     if isinstance(value, torch.Tensor):
         return FILL(value.expand(out.shape) if value.device == out.device else value.item(), out=out, compute=compute_dtype(out.dtype))
+    value = checked_scalar(value, out.dtype)
     if isinstance(value, float) and out.dtype in HALF:
         value = float(torch.tensor(value, dtype=out.dtype))  # round on the host: exact in fp32
     return FILL(value, out=out, compute=compute_dtype(out.dtype))
@@ -215,7 +216,16 @@ def _arange_len(start: Scalar, end: Scalar, step: Scalar) -> int:
 def arange_out(start: Scalar, end: Scalar, step: Scalar = 1, *, out: torch.Tensor) -> torch.Tensor:
     if out.dtype not in TL_DTYPES or out.dtype == torch.bool:
         return aten_fallback("arange.start_out")(start, end, step, out=out)
-    n = _arange_len(start, end, step)
+    if not out.dtype.is_floating_point:
+        # torch takes the bounds in the accumulate type (int64) first: arange(0, 2.5,
+        # dtype=int64) is [0, 1], a step of 0.25 is 0; int64's length comes from those
+        ints = int(start), int(end), int(step)
+        if ints[2] == 0:
+            raise RuntimeError("step must be nonzero")
+        n = _arange_len(*ints) if out.dtype == torch.int64 else _arange_len(start, end, step)
+        start, step = ints[0], ints[2]
+    else:
+        n = _arange_len(start, end, step)
     if out.numel() != n:
         out.resize_(n)
     if n == 0:

@@ -2,8 +2,11 @@
 
 gather/scatter walk the index tensor (rank <= 6, padded with size-1 dims); the "indexed"
 tensor's offset takes the index value along ``dim`` and the walk position elsewhere.
-Indices are not bounds-checked on the device (an out-of-range index is undefined, as
-in a CUDA kernel without device asserts); negative indices are not wrapped.
+Out-of-range indices: an index tensor in host memory is checked as torch checks it (an
+error); on a GPU that check would cost a synchronization (torch's CUDA kernels use device
+asserts), so there the kernels mask any index outside the indexed dim: nothing outside
+the tensors is read or written (a read gives 0, a write is skipped), and with Triton's
+debug mode (``TRITON_DEBUG=1``) a device assert reports it.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import triton.language as tl
 from flag_gems.ops._tensor_nd import MAX_RANK, finish_out, out_buffer
 from flag_gems.registry import aten_fallback, register
 from flag_gems.utils import cdiv
+from flag_gems.utils.pointwise import checked_scalar
 from tuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -51,9 +55,11 @@ def index_select_rows_kernel(x, idx, out, rows, K, D, inner, ROWS: tl.constexpr,
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     rm = row < rows
     src = tl.load(idx + row % K, mask=rm, other=0).to(tl.int64)
+    ok = (src >= 0) & (src < D)
+    tl.device_assert(ok | ~rm, "index_select(): index out of range")
     base = ((row // K) * D + src) * inner
     m = rm[:, None] & (cols < inner)[None, :]
-    v = tl.load(x + base[:, None] + cols[None, :], mask=m)
+    v = tl.load(x + base[:, None] + cols[None, :], mask=m & ok[:, None], other=0)
     tl.store(out + (row * inner)[:, None] + cols[None, :], v, mask=m)
 
 
@@ -66,17 +72,34 @@ def index_select_kernel(x, idx, out, n, K, D, inner, BLOCK: tl.constexpr):
     j = (i // inner) % K
     o = i // (inner * K)
     src_j = tl.load(idx + j, mask=m, other=0).to(tl.int64)
-    v = tl.load(x + (o * D + src_j) * inner + r, mask=m)
+    ok = (src_j >= 0) & (src_j < D)
+    tl.device_assert(ok | ~m, "index_select(): index out of range")
+    v = tl.load(x + (o * D + src_j) * inner + r, mask=m & ok, other=0)
     tl.store(out + i, v, mask=m)
+
+
+def check_index(index: torch.Tensor, size: int, what: str, error: type[Exception] = IndexError) -> None:
+    """torch's checks of an index tensor into a dim of ``size``: int32 / int64, and, in
+    host memory, every value in [0, size) (``what`` is the error's message there; on a
+    GPU the kernels mask what is out of range, see the module's docstring)."""
+    if index.dtype not in (torch.int64, torch.int32):
+        raise RuntimeError(f"Expected an index tensor of dtype int32 or int64, got {index.dtype}")
+    if index.device.type == "cpu" and index.numel():
+        lo, hi = int(index.min()), int(index.max())
+        if lo < 0 or hi >= size:
+            raise error(what.format(index=lo if lo < 0 else hi))
 
 
 def _index_select(x: torch.Tensor, dim: int, index: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     if index.dim() > 1:
         raise IndexError("index_select(): Index is supposed to be a vector")
+    if out is not None and out.dtype != x.dtype:
+        raise RuntimeError("index_select(): self and result must have the same scalar type")
     if x.dim() == 0:  # scalar self: nothing to gather along
         res = aten_fallback("index_select")(x, dim, index)
         return res if out is None else finish_out(out, res)
     dim = _norm_dim(dim, x.dim())
+    check_index(index, x.shape[dim], "index out of range in self")
     xs, index = x.contiguous(), index.reshape(-1).contiguous()
     K, D = index.numel(), x.shape[dim]
     shape = list(x.shape)
@@ -117,15 +140,15 @@ def _walk(i, a_off, b_off, i_off, O, A, B, I):
 @libtuner(configs=_CONFIGS, key=["n"], strategy=["log"], default=_DEFAULT, restore_value=["a"])  # (ADD: a += ...)
 @triton.jit
 def gather_scatter_kernel(
-    idx, a, b, n, AD, value,
+    idx, a, b, n, AD, AN, value,
     O0, O1, O2, O3, O4, O5,
     I0, I1, I2, I3, I4, I5,
     A0, A1, A2, A3, A4, A5,
     B0, B1, B2, B3, B4, B5,
     MODE: tl.constexpr, HAS_SRC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """``a`` is the indexed tensor (strides A, dim stride AD); ``b`` the dense one (B).
-    GATHER: b[walk] = a[idx]; STORE: a[idx] = b[walk] (or value); ADD: a[idx] += ..."""
+    """``a`` is the indexed tensor (strides A, dim stride AD, AN long); ``b`` the dense one
+    (B). GATHER: b[walk] = a[idx]; STORE: a[idx] = b[walk] (or value); ADD: a[idx] += ..."""
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
     z = tl.zeros([BLOCK], dtype=tl.int64)
@@ -137,10 +160,13 @@ def gather_scatter_kernel(
     i, a_off, b_off, i_off = _walk(i, a_off, b_off, i_off, O1, A1, B1, I1)
     i, a_off, b_off, i_off = _walk(i, a_off, b_off, i_off, O0, A0, B0, I0)
     j = tl.load(idx + i_off, mask=m, other=0).to(tl.int64)
+    ok = (j >= 0) & (j < AN)
+    tl.device_assert(ok | ~m, "gather/scatter: index out of bounds")
     a_off += j * AD
     if MODE == 0:
-        tl.store(b + b_off, tl.load(a + a_off, mask=m), mask=m)
+        tl.store(b + b_off, tl.load(a + a_off, mask=m & ok, other=0), mask=m)
     else:
+        m = m & ok
         if HAS_SRC:
             v = tl.load(b + b_off, mask=m)
         else:
@@ -161,25 +187,35 @@ def _launch(index: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None, dim: i
         return
     A = list(a.stride())
     AD, A[dim] = A[dim], 0
+    AN = a.shape[dim]
     B = list(b.stride()) if b is not None else [0] * index.dim()
     O = _pad6(list(index.shape), 1)
     grid = lambda META: (cdiv(n, META["BLOCK"]),)
     gather_scatter_kernel[grid](
-        index, a, b if b is not None else a, n, AD, value,
+        index, a, b if b is not None else a, n, AD, AN, value,
         *O, *_pad6(list(index.stride()), 0), *_pad6(A, 0), *_pad6(B, 0),
         MODE=mode, HAS_SRC=b is not None,
     )
 
 
-def _check(x: torch.Tensor, dim: int, index: torch.Tensor, name: str) -> int:
-    if index.dtype != torch.int64:
-        raise RuntimeError(f"{name}(): Expected dtype int64 for index")
+def _check(x: torch.Tensor, dim: int, index: torch.Tensor, name: str, src: torch.Tensor | None = None) -> int:
+    """torch's checks of a gather / scatter call; returns ``dim`` normalized."""
+    if index.dtype not in (torch.int64, torch.int32):
+        raise RuntimeError(f"{name}(): Expected dtype int32/int64 for index")
+    dim = _norm_dim(dim, x.dim())
+    if index.numel() == 0:  # an empty index does nothing, whatever its rank
+        return dim
     if max(index.dim(), 1) != max(x.dim(), 1):
         raise RuntimeError(f"Index tensor must have the same number of dimensions as {name} tensors")
-    dim = _norm_dim(dim, x.dim())
     for d in range(index.dim()):
         if d != dim and index.shape[d] > x.shape[d]:
             raise RuntimeError(f"Size does not match at dimension {d} expected index {tuple(index.shape)} to be smaller than self {tuple(x.shape)} apart from dimension {dim}")
+    if src is not None:
+        if src.dim() != index.dim() and index.numel():
+            raise RuntimeError("Index tensor must have the same number of dimensions as src tensor")
+        if any(i > s for i, s in zip(index.shape, src.shape)):
+            raise RuntimeError(f"Expected index {list(index.shape)} to be no larger than self {list(x.shape)} apart from dimension {dim} and to be no larger size than src {list(src.shape)}")
+    check_index(index, max(x.shape[dim] if x.dim() else 1, 0), f"index {{index}} is out of bounds for dimension {dim} with size {x.shape[dim] if x.dim() else 1}", RuntimeError)
     return dim
 
 
@@ -189,6 +225,8 @@ def _as1d(t: torch.Tensor) -> torch.Tensor:
 
 def _gather(x: torch.Tensor, dim: int, index: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     dim = _check(x, dim, index, "gather")
+    if out is not None and out.dtype != x.dtype:
+        raise RuntimeError(f"Expected out tensor to have dtype {x.dtype}, but got {out.dtype} instead")
     buf = torch.empty(size=index.shape, dtype=x.dtype, device=x.device) if out is None else out_buffer(out, index.shape, x.dtype)
     if index.dim() > MAX_RANK:
         res = aten_fallback("gather")(x, dim, index)
@@ -209,11 +247,14 @@ def gather_out(x: torch.Tensor, dim: int, index: torch.Tensor, *, sparse_grad: b
 
 def _scatter_into(target: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Tensor | None, value, reduce: str | None) -> torch.Tensor:
     """Scatter into ``target`` in place (any strides); returns ``target``."""
-    dim = _check(target, dim, index, "scatter")
-    if src is not None:
-        if src.dim() != index.dim() and index.numel():
-            raise RuntimeError("Index tensor must have the same number of dimensions as src tensor")
-        src = src.to(target.dtype)
+    if src is not None and src.dtype != target.dtype:
+        raise RuntimeError("scatter(): Expected self.dtype to be equal to src.dtype")
+    dim = _check(target, dim, index, "scatter", src)
+    if any(st == 0 and n > 1 for st, n in zip(target.stride(), target.shape)):
+        raise RuntimeError("unsupported operation: more than one element of the written-to tensor refers to a single memory location. "
+                           "Please clone() the tensor before performing the operation.")
+    if index.numel() == 0:
+        return target
     if reduce is None:
         _launch(_as1d(index), _as1d(target), None if src is None else _as1d(src), dim, STORE, value)
         return target
@@ -228,6 +269,7 @@ def _scatter_into(target: torch.Tensor, dim: int, index: torch.Tensor, src: torc
 
 
 def _scalar(value, dtype: torch.dtype):
+    value = checked_scalar(value, dtype)
     return float(value) if dtype.is_floating_point else (bool(value) if dtype == torch.bool else int(value))
 
 

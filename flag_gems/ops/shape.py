@@ -13,6 +13,7 @@ import triton.language as tl
 from flag_gems.ops._tensor_nd import COPY, MAX_RANK, PAD, WRAP, drop_unit_dims, finish_out, merge_dims, nd_gather, out_buffer
 from flag_gems.registry import aten_fallback, register
 from flag_gems.utils import cdiv, next_power_of_2
+from flag_gems.utils.pointwise import checked_scalar
 from tuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,15 @@ def constant_pad_nd(x: torch.Tensor, pad: Sequence[int], value: float = 0) -> to
     for k in range(len(pad) // 2):  # pairs start from the last dim
         lo[x.dim() - 1 - k], hi[x.dim() - 1 - k] = pad[2 * k], pad[2 * k + 1]
     out_shape = [s + a + b for s, a, b in zip(x.shape, lo, hi)]
+    if any(s + min(a, 0) + min(b, 0) < 0 for s, a, b in zip(x.shape, lo, hi)):  # torch crops before it pads
+        raise RuntimeError(f"narrow(): length must be non-negative (padding {pad} crops more than the input {tuple(x.shape)} holds)")
     if any(s < 0 for s in out_shape):
         raise RuntimeError(f"The input size {tuple(x.shape)} with padding {pad} gives a negative output size {out_shape}")
     if x.dim() > MAX_RANK:
         return aten_fallback("constant_pad_nd")(x, pad, value)
     out = torch.empty(size=out_shape, dtype=x.dtype, device=x.device)
-    fill = value if x.is_floating_point() or x.is_complex() else (bool(value) if x.dtype == torch.bool else int(value))
+    fill = checked_scalar(value, x.dtype)
+    fill = fill if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool else int(fill)
     return nd_gather(x, out, strides=list(x.stride()), src_shape=list(x.shape), lo=lo, mode=PAD, fill=fill)
 
 

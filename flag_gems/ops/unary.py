@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from flag_gems.registry import register
-from flag_gems.utils.pointwise import Pointwise, inplace
+from flag_gems.utils.pointwise import Pointwise, checked_scalar, inplace
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _silu(x):
 @triton.jit
 def _gelu(x):
     r = 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
-    return tl.where(x < -20.0, 0.0, r)  # below -20 gelu underflows; -inf * 0 would be NaN
+    return tl.where(x < -20.0, x * 0.0, r)  # below -20 gelu underflows to -0.0 (NaN at -inf, as torch)
 
 
 @triton.jit
@@ -98,7 +98,7 @@ def _gelu_tanh(x):
     # (the exp overflows to inf for very negative x, which the where covers)
     z2 = 1.5957691216057308 * (x + 0.044715 * x * x * x)
     r = x / (1.0 + tl.exp(-z2))
-    return tl.where(x < -20.0, 0.0, r)
+    return tl.where(x < -20.0, x * 0.0, r)
 
 
 @triton.jit
@@ -270,25 +270,35 @@ def gelu_backward(grad_output: torch.Tensor, self: torch.Tensor, *, approximate:
 # -- clamp ---------------------------------------------------------------------------------
 @triton.jit
 def _clamp(x, lo, hi):
-    return tl.where(x != x, x, tl.minimum(tl.maximum(x, lo), hi))
+    # a NaN input or bound gives NaN, as torch (x + lo + hi is NaN then)
+    return tl.where((x != x) | (lo != lo) | (hi != hi), x + lo + hi, tl.minimum(tl.maximum(x, lo), hi))
 
 
 @triton.jit
 def _clamp_min(x, lo):
-    return tl.where(x != x, x, tl.maximum(x, lo))
+    return tl.where((x != x) | (lo != lo), x + lo, tl.maximum(x, lo))
 
 
 @triton.jit
 def _clamp_max(x, hi):
-    return tl.where(x != x, x, tl.minimum(x, hi))
+    return tl.where((x != x) | (hi != hi), x + hi, tl.minimum(x, hi))
 
 
 CLAMP, CLAMP_MIN, CLAMP_MAX = Pointwise("clamp", _clamp), Pointwise("clamp_min", _clamp_min), Pointwise("clamp_max", _clamp_max)
 
 
+def _bound(b: Any, dtype: torch.dtype) -> Any:
+    """A clamp bound that the result keeps ``dtype`` with (not a float bound of an integer
+    tensor, which makes the result float) must fit it, as in torch."""
+    if b is None or isinstance(b, (bool, torch.Tensor)) or dtype == torch.bool or isinstance(b, float) and not dtype.is_floating_point:
+        return b
+    return checked_scalar(b, dtype)
+
+
 def _clamp_call(self: torch.Tensor, lo: Any, hi: Any, out: torch.Tensor | None, in_place: bool = False) -> torch.Tensor:
     if lo is None and hi is None:
         raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+    lo, hi = _bound(lo, self.dtype), _bound(hi, self.dtype)
     op, args = (CLAMP, (self, lo, hi)) if lo is not None and hi is not None else (CLAMP_MIN, (self, lo)) if hi is None else (CLAMP_MAX, (self, hi))
     return inplace(op, *args) if in_place else op(*args, out=out)
 
@@ -354,10 +364,10 @@ def where_out(condition: torch.Tensor, self: Operand, other: Operand, *, out: to
 @register("masked_fill.Scalar", "masked_fill.Tensor")
 def masked_fill(self: torch.Tensor, mask: torch.Tensor, value: Operand) -> torch.Tensor:
     _check_masked(mask, value)
-    return MASKED_FILL(self, mask, value)
+    return MASKED_FILL(self, mask, checked_scalar(value, self.dtype))
 
 
 @register("masked_fill_.Scalar", "masked_fill_.Tensor")
 def masked_fill_(self: torch.Tensor, mask: torch.Tensor, value: Operand) -> torch.Tensor:
     _check_masked(mask, value)
-    return MASKED_FILL(self, mask, value, out=self)
+    return MASKED_FILL(self, mask, checked_scalar(value, self.dtype), out=self)

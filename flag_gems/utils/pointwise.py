@@ -37,12 +37,14 @@ from __future__ import annotations
 import functools
 import linecache
 import logging
+import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 import triton
 import triton.language as tl
 
+from flag_gems.registry import Unsupported
 from tuner import launch as _launch
 from tuner.launch import int_spec
 from tuner.libtuner import libtuner
@@ -208,8 +210,12 @@ class Pointwise:
     promoted dtype: "default", "int_to_float", "bool" or "first" (the first argument's
     dtype, as masked_fill)."""
 
-    def __init__(self, name: str, scalar_fn: Any, *, promote: Sequence[int] | None = None, rule: str = "default") -> None:
+    def __init__(self, name: str, scalar_fn: Any, *, promote: Sequence[int] | None = None, rule: str = "default",
+                 out_checks: tuple[str, ...] = ("cast", "overlap")) -> None:
         self.name = name
+        # torch's checks of a given ``out`` (see _check_out): a copy casts into any dtype,
+        # a fill also writes an expanded tensor
+        self.cast_check, self.overlap_check = "cast" in out_checks, "overlap" in out_checks
         self.scalar_fn = scalar_fn
         self.n_in = len(scalar_fn.arg_names)
         self.promote = tuple(range(self.n_in)) if promote is None else tuple(promote)
@@ -312,7 +318,8 @@ class Pointwise:
                             if fast:
                                 out = _empty_like(t0) if same_dtype else _empty_like(t0, dtype=odt)
                         elif isinstance(out, _Tensor) and out.shape == shape and out.is_contiguous():
-                            out_bool = out.dtype == _BOOL
+                            _check_out(out, odt if self.cast_check else None, False)  # (contiguous: no overlap)
+                            out_bool = out_bool or out.dtype == _BOOL  # (a bool result into a wider out: 1, not 2)
                         else:
                             fast = False
                         if fast:
@@ -330,15 +337,21 @@ class Pointwise:
                 done = self._relaunch(hit, args, out)
                 if done is not None:
                     return done
+        if any(isinstance(a, _Tensor) and a.dtype not in TL_DTYPES or type(a) is complex for a in args):
+            raise Unsupported(f"{self.name}: no flag_gems kernel for these dtypes")
         rule_out, rule_compute = self.dtypes(args)
         compute = compute or rule_compute
+        odt = out_dtype or rule_out
+        if compute not in TL_DTYPES or (out.dtype if out is not None else odt) not in TL_DTYPES:
+            raise Unsupported(f"{self.name}: no flag_gems kernel for {compute} arithmetic into {odt}")
+        if out is not None:
+            _check_out(out, rule_out if self.cast_check else None, self.overlap_check)
         tensors = [a for a in args if isinstance(a, _Tensor)]
         if tensors:
             shape = _broadcast_shape(tensors)
         else:
             shape = out.shape if out is not None else torch.Size()
         if out is None:
-            odt = out_dtype or rule_out
             out = _new_output(tensors, shape, odt)
         elif out.shape != shape:
             if any(a is out for a in args):
@@ -347,7 +360,7 @@ class Pointwise:
             gkey = None  # resized: its key described the old shape
         if out.numel() == 0:
             return out
-        kernel, call = self.launch(args, out, compute)
+        kernel, call = self.launch(args, out, compute, rule_out == _BOOL)
         if gkey is not None and all(c is a for c, a in zip(call, args)):  # no argument converted
             self._direct[gkey] = _direct(kernel, call, self.n_in, None if gkey[-1] is _GIVEN else odt, shape)
         return out
@@ -398,15 +411,17 @@ class Pointwise:
         first = next(a for a in args if isinstance(a, _Tensor))
         return odt, kernel, casts, odt == first.dtype, odt == torch.bool, int_checks
 
-    def launch(self, args: Sequence[Any], out: torch.Tensor, compute: torch.dtype) -> tuple[Any, tuple]:
-        """The general path's launch: (the kernel, the arguments it was called with)."""
+    def launch(self, args: Sequence[Any], out: torch.Tensor, compute: torch.dtype, bool_result: bool = False) -> tuple[Any, tuple]:
+        """The general path's launch: (the kernel, the arguments it was called with).
+        ``bool_result``: the op's result is a bool, whatever ``out``'s dtype (True + True
+        written to an int64 ``out`` is 1)."""
         args = [_as_operand(a, out, compute, i in self.promote) for i, a in enumerate(args)]
         is_tensor = tuple(isinstance(a, _Tensor) for a in args)
         rank, extra, int64 = _layout(out.shape, out.stride(), tuple((a.shape, a.stride()) for a in args if isinstance(a, _Tensor)))
         numel = out.numel()
         casts = [_cast_dtype(a, compute, i in self.promote) for i, a in enumerate(args)]
         kernel = self.kernel(is_tensor, rank)
-        call = (*args, out, numel, *extra, *casts, out.dtype == torch.bool, int64)
+        call = (*args, out, numel, *extra, *casts, bool_result or out.dtype == torch.bool, int64)
         kernel.run(*call, grid=lambda meta: ((numel + meta["BLOCK"] - 1) // meta["BLOCK"],))
         return kernel, call
 
@@ -529,11 +544,52 @@ def _expanded_strides(ts: Sequence[int], st: Sequence[int], shape: Sequence[int]
     return [0] * pad + [0 if ts[i] == 1 and shape[pad + i] != 1 else st[i] for i in range(len(ts))]
 
 
+def _check_out(out: torch.Tensor, result: torch.dtype | None, overlap: bool) -> None:
+    """torch's checks of an ``out=`` tensor: it can hold the ``result`` dtype, and (with
+    ``overlap``) no two of its elements share memory (an expanded tensor)."""
+    if result is not None and not torch.can_cast(result, out.dtype):
+        raise RuntimeError(f"result type {_dtype_name(result)} can't be cast to the desired output type {_dtype_name(out.dtype)}")
+    if overlap and any(st == 0 and n > 1 for st, n in zip(out.stride(), out.shape)):
+        raise RuntimeError("unsupported operation: more than one element of the written-to tensor refers to a single memory location. "
+                           "Please clone() the tensor before performing the operation.")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def checked_scalar(value: Any, dtype: torch.dtype) -> Any:
+    """A Python ``value`` to store into ``dtype`` elements (a fill, a pad, a clamp bound):
+    truthiness for bool, and torch's error where it does not fit (c10's ``overflows``:
+    infinities and NaN fit a float dtype; an unsigned dtype takes a negative int of its
+    width, which wraps). Tensors and other types pass unchanged."""
+    if isinstance(value, torch.Tensor) or dtype.is_complex:
+        return value
+    if dtype == torch.bool:
+        return bool(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if dtype.is_floating_point:
+        top = torch.finfo(dtype).max
+        bad = isinstance(value, float) and math.isfinite(value) and abs(value) > top or isinstance(value, int) and abs(value) > top
+    else:
+        info = torch.iinfo(dtype)
+        if isinstance(value, float):
+            bad = not info.min <= value <= info.max  # (NaN and infinities too)
+        elif info.min == 0:
+            bad = value > info.max or -value > info.max
+        else:
+            bad = not info.min <= value <= info.max
+    if bad:
+        raise RuntimeError(f"value cannot be converted to type {_dtype_name(dtype)} without overflow")
+    return value
+
+
 def inplace(op: Pointwise, self: torch.Tensor, *args: Any) -> torch.Tensor:
     """``op(self, *args)`` written into ``self``, with torch's in-place cast check."""
     result, _ = op.dtypes((self, *args))
     if not torch.can_cast(result, self.dtype):
-        raise RuntimeError(f"result type {str(result).removeprefix('torch.')} can't be cast to the desired output type {str(self.dtype).removeprefix('torch.')}")
+        raise RuntimeError(f"result type {_dtype_name(result)} can't be cast to the desired output type {_dtype_name(self.dtype)}")
     return op(self, *args, out=self)
 
 
