@@ -29,7 +29,7 @@ def dropout_fwd_kernel(X, Y, Mask, n, p, scale, seed, offset, BLOCK: tl.constexp
     m = i < n
     keep = tl.rand(seed, (offset + i).to(tl.uint32)) >= p  # uint32 counter: wraps past 2**32
     x = tl.load(X + i, mask=m, other=0.0).to(tl.float32)
-    tl.store(Y + i, tl.where(keep, x * scale, 0.0), mask=m)
+    tl.store(Y + i, x * (keep.to(tl.float32) * scale), mask=m)  # x * mask * scale, as torch: a dropped NaN stays NaN
     tl.store(Mask + i, keep, mask=m)
 
 
@@ -40,7 +40,7 @@ def dropout_bwd_kernel(DY, Mask, DX, n, scale, BLOCK: tl.constexpr):
     m = i < n
     keep = tl.load(Mask + i, mask=m, other=0) != 0
     dy = tl.load(DY + i, mask=m, other=0.0).to(tl.float32)
-    tl.store(DX + i, tl.where(keep, dy * scale, 0.0), mask=m)
+    tl.store(DX + i, dy * (keep.to(tl.float32) * scale), mask=m)
 
 
 def _philox_seed() -> tuple[int, int]:
@@ -52,6 +52,10 @@ def _philox_seed() -> tuple[int, int]:
 def native_dropout(input: torch.Tensor, p: float, train: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
     if train is not None and not train:
         return input.clone(), torch.ones_like(input, dtype=torch.bool)
+    if not 0 <= p <= 1:
+        raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not input.is_floating_point():
+        raise RuntimeError(f"result type Float can't be cast to the desired output type {input.dtype}")
     x = input.contiguous()
     y = torch.empty_like(x)
     mask = torch.empty(size=x.shape, dtype=torch.bool, device=x.device)

@@ -221,7 +221,7 @@ def arange_out(start: Scalar, end: Scalar, step: Scalar = 1, *, out: torch.Tenso
         # dtype=int64) is [0, 1], a step of 0.25 is 0; int64's length comes from those
         ints = int(start), int(end), int(step)
         if ints[2] == 0:
-            raise RuntimeError("step must be nonzero")
+            raise ValueError("step must be nonzero")  # (torch's type for this check)
         n = _arange_len(*ints) if out.dtype == torch.int64 else _arange_len(start, end, step)
         start, step = ints[0], ints[2]
     else:

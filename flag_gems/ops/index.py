@@ -99,6 +99,8 @@ def _index_select(x: torch.Tensor, dim: int, index: torch.Tensor, out: torch.Ten
         res = aten_fallback("index_select")(x, dim, index)
         return res if out is None else finish_out(out, res)
     dim = _norm_dim(dim, x.dim())
+    if x.shape[dim] == 0 and index.numel():
+        raise RuntimeError("index_select(): self indexing axis dim should be positive")
     check_index(index, x.shape[dim], "index out of range in self")
     xs, index = x.contiguous(), index.reshape(-1).contiguous()
     K, D = index.numel(), x.shape[dim]

@@ -52,6 +52,8 @@ def repeat(x: torch.Tensor, repeats: Sequence[int]) -> torch.Tensor:
     src_shape = [1] * lead + list(x.shape)
     strides = [0] * lead + list(x.stride())
     out_shape = [r * s for r, s in zip(repeats, src_shape)]
+    if not out_shape:  # a 0-d tensor repeated by ()
+        return x.clone()
     out = torch.empty(size=out_shape, dtype=x.dtype, device=x.device)
     shape, src_shape, strides = drop_unit_dims(out_shape, src_shape, strides)
     if len(shape) > MAX_RANK:
