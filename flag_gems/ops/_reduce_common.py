@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from flag_gems.registry import Unsupported
 from flag_gems.utils import cdiv
 from tuner import launch as launching
 from tuner.kernel_hash import config_repr
@@ -66,6 +67,8 @@ class Layout:
 
 def _collapse(sizes: Sequence[int], strides: Sequence[int]) -> tuple[int, int] | None:
     """(numel, stride) of dims that address memory as one strided axis, else None."""
+    if 0 in sizes:  # nothing to address (an empty tensor's strides need not nest)
+        return 0, 1
     dims = [(n, s) for n, s in zip(sizes, strides) if n != 1]
     for (n0, s0), (n1, s1) in zip(dims, dims[1:]):
         if s0 != s1 * n1:
@@ -103,6 +106,8 @@ def layout(x: torch.Tensor, dims: Sequence[int]) -> Layout:
 def flat_layout(x: torch.Tensor) -> Layout:
     """All of ``x`` as one reduced axis."""
     x = x.reshape(-1)
+    if x.numel() > 1 and x.stride(0) != 1:  # (a strided 1-D tensor reshapes to itself)
+        x = x.contiguous()
     return _rows(x, 1, x.numel(), 0, 1)
 
 
@@ -113,7 +118,12 @@ def norm_dims(dim: Any, ndim: int) -> list[int]:
     if isinstance(dim, int):
         dim = [dim]
     n = max(ndim, 1)
+    for d in dim:
+        if not -n <= d < n:
+            raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {d})")
     out = sorted({d % n for d in dim})
+    if len(out) != len(dim):
+        raise RuntimeError(f"dim {next(d for d in dim if sum(e % n == d % n for e in dim) > 1)} appears multiple times in the list of dims")
     return out if ndim > 0 else []
 
 
@@ -402,3 +412,19 @@ ROWS_CLASSES = [
     (8192, [rcfg(8192, 1, 16), rcfg(8192, 1, 8), rcfg(4096, 1, 8)], rcfg(8192, 1, 16)),
     (1 << 62, [rcfg(4096, 1, 8), rcfg(8192, 1, 16), rcfg(2048, 1, 4)], rcfg(4096, 1, 8)),
 ]
+
+
+def check_norm_args(x: torch.Tensor, normalized_shape: Sequence[int], *params: torch.Tensor | None) -> None:
+    """torch's checks of a layer / RMS norm call: ``x`` ends in ``normalized_shape`` and
+    each given weight / bias has that shape. fp64 goes to aten: these kernels keep their
+    statistics in fp32."""
+    ns = tuple(normalized_shape)
+    if not ns or len(ns) > x.dim() or x.shape[x.dim() - len(ns):] != ns:
+        raise RuntimeError(f"Given normalized_shape={list(ns)}, expected input with shape [*, {', '.join(map(str, ns))}], "
+                           f"but got input of size{list(x.shape)}")
+    for p in params:
+        if p is not None and p.shape != ns:
+            raise RuntimeError(f"Expected weight to be of same shape as normalized_shape, but got weight of shape {list(p.shape)} "
+                               f"and normalized_shape = {list(ns)}")
+    if x.dtype == torch.float64:
+        raise Unsupported("flag_gems' norm kernels compute in fp32")

@@ -40,14 +40,14 @@ def _x_offset(offs, t, HW, SW, sxn, sxc, sxh, sxw):
 @libtuner(configs=_CONFIGS, key=["N"], strategy=["log"], default=_DEFAULT)
 @triton.jit
 def _nll_fwd_kernel(
-    X, T, W, LOSS, PART_L, PART_W, N, HW, SW, sxn, sxc, sxh, sxw, ignore_index,
+    X, T, W, LOSS, PART_L, PART_W, N, HW, SW, sxn, sxc, sxh, sxw, ignore_index, C,
     HAS_W: tl.constexpr, REDUCE: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = offs < N
     t = tl.load(T + offs, mask=mask, other=0).to(tl.int64)
-    valid = mask & (t != ignore_index)
+    valid = mask & (t != ignore_index) & (t >= 0) & (t < C)  # (a target out of range reads nothing)
     t_safe = tl.where(valid, t, 0)
     if HAS_W:
         w = tl.load(W + t_safe, mask=valid, other=0.0).to(tl.float32)
@@ -87,13 +87,13 @@ def _nll_finish_kernel(PART_L, PART_W, OUT, TOTAL_W, P, MEAN: tl.constexpr, BLOC
 @libtuner(configs=_CONFIGS, key=["N"], strategy=["log"], default=_DEFAULT)
 @triton.jit
 def _nll_bwd_kernel(
-    G, T, W, TOTAL_W, DX, N, HW, SW, sdn, sdc, sdh, sdw, ignore_index,
+    G, T, W, TOTAL_W, DX, N, HW, SW, sdn, sdc, sdh, sdw, ignore_index, C,
     HAS_W: tl.constexpr, REDUCE: tl.constexpr, MEAN: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = offs < N
     t = tl.load(T + offs, mask=mask, other=0).to(tl.int64)
-    valid = mask & (t != ignore_index)
+    valid = mask & (t != ignore_index) & (t >= 0) & (t < C)  # (a target out of range reads nothing)
     t_safe = tl.where(valid, t, 0)
     if HAS_W:
         w = tl.load(W + t_safe, mask=valid, other=0.0).to(tl.float32)
@@ -128,7 +128,7 @@ def _nll_forward(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
         loss = torch.empty(size=target.shape, dtype=x.dtype, device=x.device)
         if n:
             grid = lambda META: (cdiv(n, META["BLOCK_N"]),)
-            _nll_fwd_kernel[grid](x, t, w, loss, loss, loss, n, hw, sw, *strides, ignore_index,
+            _nll_fwd_kernel[grid](x, t, w, loss, loss, loss, n, hw, sw, *strides, ignore_index, _classes(x),
                                   HAS_W=w is not None, REDUCE=False)
         return loss, total_w
     parts = max(cdiv(n, _MIN_BLOCK), 1)  # a larger tuned block fills fewer; the rest stay 0
@@ -136,7 +136,7 @@ def _nll_forward(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     part_w = torch.zeros(parts, dtype=torch.float32, device=x.device)
     if n:
         grid = lambda META: (cdiv(n, META["BLOCK_N"]),)
-        _nll_fwd_kernel[grid](x, t, w, part_l, part_l, part_w, n, hw, sw, *strides, ignore_index,
+        _nll_fwd_kernel[grid](x, t, w, part_l, part_l, part_w, n, hw, sw, *strides, ignore_index, _classes(x),
                               HAS_W=w is not None, REDUCE=True)
     out = torch.empty(size=(), dtype=x.dtype, device=x.device)
     _nll_finish_kernel[(1,)](part_l, part_w, out, total_w, parts, MEAN=reduction == MEAN)
@@ -153,16 +153,26 @@ def _nll_backward(grad_output: torch.Tensor, x: torch.Tensor, target: torch.Tens
     w = weight.contiguous() if weight is not None else None
     grid = lambda META: (cdiv(n, META["BLOCK_N"]),)
     _nll_bwd_kernel[grid](
-        grad_output.contiguous(), target.contiguous(), w, total_weight, dx, n, hw, sw, *strides, ignore_index,
+        grad_output.contiguous(), target.contiguous(), w, total_weight, dx, n, hw, sw, *strides, ignore_index, _classes(x),
         HAS_W=w is not None, REDUCE=reduction != NONE, MEAN=reduction == MEAN,
     )
     return dx
 
 
-def _ok(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, spatial: bool) -> bool:
-    """Inputs the kernels take; anything else goes to aten (its checks, its messages)."""
+def _classes(x: torch.Tensor) -> int:
+    return x.shape[1] if x.dim() > 1 else x.shape[0]
+
+
+def _ok(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, spatial: bool, ignore_index: int) -> bool:
+    """Inputs the kernels take; anything else goes to aten (its checks, its messages).
+    A target in host memory out of [0, classes) (but ignore_index) goes there for torch's
+    error; on a GPU the kernels treat such a target as ignored (no read outside x)."""
     if not x.is_floating_point() or target.dtype not in TARGET_DTYPES or target.device != x.device:
         return False
+    if target.device.type == "cpu" and target.numel():
+        live = target[target != ignore_index]
+        if live.numel() and (int(live.min()) < 0 or int(live.max()) >= _classes(x)):
+            return False
     if weight is not None and (weight.dim() != 1 or weight.numel() != (x.shape[1] if x.dim() > 1 else x.shape[0])):
         return False
     if spatial:
@@ -175,7 +185,7 @@ def _ok(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, spat
 @register("nll_loss_forward")
 def nll_loss_forward(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, reduction: int,
                      ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if not _ok(x, target, weight, spatial=False):
+    if not _ok(x, target, weight, False, ignore_index):
         return aten_fallback("nll_loss_forward")(x, target, weight, reduction, ignore_index)
     return _nll_forward(x, target, weight, reduction, ignore_index)
 
@@ -183,7 +193,7 @@ def nll_loss_forward(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
 @register("nll_loss_backward")
 def nll_loss_backward(grad_output: torch.Tensor, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                       reduction: int, ignore_index: int, total_weight: torch.Tensor) -> torch.Tensor:
-    if not _ok(x, target, weight, spatial=False):
+    if not _ok(x, target, weight, False, ignore_index):
         return aten_fallback("nll_loss_backward")(grad_output, x, target, weight, reduction, ignore_index, total_weight)
     return _nll_backward(grad_output, x, target, weight, reduction, ignore_index, total_weight)
 
@@ -191,7 +201,7 @@ def nll_loss_backward(grad_output: torch.Tensor, x: torch.Tensor, target: torch.
 @register("nll_loss2d_forward")
 def nll_loss2d_forward(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, reduction: int,
                        ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if not _ok(x, target, weight, spatial=True):
+    if not _ok(x, target, weight, True, ignore_index):
         return aten_fallback("nll_loss2d_forward")(x, target, weight, reduction, ignore_index)
     return _nll_forward(x, target, weight, reduction, ignore_index)
 
@@ -199,6 +209,6 @@ def nll_loss2d_forward(x: torch.Tensor, target: torch.Tensor, weight: torch.Tens
 @register("nll_loss2d_backward")
 def nll_loss2d_backward(grad_output: torch.Tensor, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                         reduction: int, ignore_index: int, total_weight: torch.Tensor) -> torch.Tensor:
-    if not _ok(x, target, weight, spatial=True):
+    if not _ok(x, target, weight, True, ignore_index):
         return aten_fallback("nll_loss2d_backward")(grad_output, x, target, weight, reduction, ignore_index, total_weight)
     return _nll_backward(grad_output, x, target, weight, reduction, ignore_index, total_weight)

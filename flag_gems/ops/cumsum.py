@@ -44,6 +44,7 @@ def cumsum(x: torch.Tensor, dim: int, *, dtype: torch.dtype | None = None) -> to
     out_dtype = dtype or (x.dtype if x.is_floating_point() else torch.int64)
     if x.is_complex() or out_dtype.is_complex:
         return aten_fallback("cumsum")(x, dim, dtype=dtype)
+    (dim,) = rc.norm_dims(dim, x.dim()) or [0]  # (torch's range check)
     out = torch.empty(size=x.shape, dtype=out_dtype, device=x.device)
     if x.numel() == 0:
         return out

@@ -162,6 +162,7 @@ def _stat_shape(x: torch.Tensor, axis: int) -> list[int]:
 def native_layer_norm(
     input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rc.check_norm_args(input, normalized_shape, weight, bias)
     M, N, stat_shape = _dims(input, normalized_shape)
     x = input.contiguous()
     dev = x.device
@@ -185,6 +186,7 @@ def layer_norm(
     ):
         # aten's composite: native_layer_norm (flag_gems') with autograd's backward (flag_gems')
         return as_from_outside(_COMPOSITE, input, normalized_shape, weight, bias, eps, cudnn_enable)
+    rc.check_norm_args(input, normalized_shape, weight, bias)
     M, N, _ = _dims(input, normalized_shape)
     x = input.contiguous()
     y = torch.empty_like(x)
@@ -244,6 +246,7 @@ def native_layer_norm_backward(
     bias: torch.Tensor | None,
     output_mask: Sequence[bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    rc.check_norm_args(input, normalized_shape)  # (fp64: aten's, as the forward)
     axis, M, N = _split(input, normalized_shape)
     x = input.contiguous()
     dy = grad_out.contiguous()

@@ -234,7 +234,8 @@ def _reduce_kernel(
         s2 = tl.sum(acc2, RAX)
         if FINAL:
             mean_d = s1 / p
-            var = tl.maximum(s2 - s1 * mean_d, 0.0) * scale
+            v = s2 - s1 * mean_d
+            var = tl.where(v < 0.0, 0.0, v) * scale  # (rounding can dip below 0; a NaN stays NaN)
             shift = tl.reshape(aux, [BLOCK_K])
             tl.store(OUT + o, var, mask=kmask)
             tl.store(OUT2 + o, shift + mean_d, mask=kmask)
@@ -660,6 +661,8 @@ def min_dim(x: torch.Tensor, dim: int, keepdim: bool = False) -> tuple[torch.Ten
 def _argext(x: torch.Tensor, dim: int | None, keepdim: bool, is_max: bool, name: str) -> torch.Tensor:
     if x.is_complex():
         return aten_fallback(name)(x, dim, keepdim)
+    if x.dtype == torch.bool:
+        raise RuntimeError(f"{name}(): does not support bool input")
     _check_nonempty(x, [] if dim is None else rc.norm_dims(dim, x.dim()), name)
     return _arg_reduce(x, dim, keepdim, is_max)[1]
 
@@ -677,6 +680,8 @@ def argmin(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> to
 # -- all / any --------------------------------------------------------------------------
 def _truth(x: torch.Tensor, dim: Any, keepdim: bool, op: int) -> torch.Tensor:
     out_dtype = torch.uint8 if x.dtype == torch.uint8 else torch.bool  # as aten
+    if isinstance(dim, (list, tuple)) and not dim:  # all / any over no dim: each element's truth
+        return (x != 0).to(out_dtype)
     return _run(x, dim, keepdim, op, out_dtype, rc.ACC_F32)
 
 

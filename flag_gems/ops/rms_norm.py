@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from flag_gems.fused.rms_norm import ROW_CONFIGS, ROW_DEFAULT, as_rows, rms_norm_rows
+from flag_gems.ops._reduce_common import check_norm_args
 from flag_gems.registry import register
 from flag_gems.utils import cdiv
 from tuner import libtuner
@@ -74,7 +75,10 @@ def rms_norm_bwd_dw_kernel(DY, X, Rstd, DW, M, N, BLOCK_M: tl.constexpr, BLOCK_N
 
 
 def _eps(x: torch.Tensor, eps: float | None) -> float:
-    return torch.finfo(x.dtype).eps if eps is None else eps
+    """torch's default: the epsilon of the dtype it computes in (fp32 for half types)."""
+    if eps is not None:
+        return eps
+    return torch.finfo(torch.float64 if x.dtype == torch.float64 else torch.float32).eps
 
 
 def _forward(x: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,6 +131,7 @@ class RmsNormFunction(torch.autograd.Function):
 
 @register("rms_norm", autograd=True)
 def rms_norm(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None = None, eps: float | None = None) -> torch.Tensor:
+    check_norm_args(input, normalized_shape, weight)
     if torch.is_grad_enabled() and (input.requires_grad or (weight is not None and weight.requires_grad)):
         return RmsNormFunction.apply(input, list(normalized_shape), weight, _eps(input, eps))
     # no graph to record: skip autograd.Function (its per-call cost is most of the launch's)

@@ -18,11 +18,11 @@ def t(values, dtype=torch.float32):
     return torch.tensor(values, dtype=dtype, device=DEVICE)
 
 
-def same_as_torch(fn):
-    """``fn()`` with flag_gems (a kernel must run) equals torch's ``fn()``, NaNs and the
-    sign of zero included."""
+def same_as_torch(fn, kernel: bool = True):
+    """``fn()`` with flag_gems (a kernel must run, with ``kernel``) equals torch's ``fn()``,
+    NaNs and the sign of zero included."""
     expect = fn()
-    with gems_ran():
+    with gems_ran() if kernel else flag_gems.use_gems():
         got = fn()
     assert got.dtype == expect.dtype and got.shape == expect.shape
     if got.is_floating_point():
@@ -71,6 +71,49 @@ def test_special_values(case, dtype):
         "gather int32 index", "scatter empty index", "repeat a 0-d tensor by ()"])
 def test_values_as_torch(fn):
     same_as_torch(fn)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda: torch.argmax(t([0., 9., 1., 9., 2., 9., 3.])[::2]),
+    lambda: torch.argmin(t([5., 1.]).expand(3, 2).t()),
+    lambda: torch.var_mean(t([1., NAN, 2.]))[0],
+    lambda: torch.var_mean(t([[1., NAN, 2.], [1., 2., 4.]]), 1)[0],
+    lambda: torch.zeros(3, 0, device=DEVICE).sum() + 1,
+], ids=["argmax of a strided 1-D tensor", "argmin of an expanded tensor", "var_mean of a NaN", "var_mean of a NaN row",
+        "sum of an empty 2-D tensor"])
+def test_reductions_as_torch(fn):
+    same_as_torch(fn)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda: torch.all(t([[0., 1.], [2., 3.]]), dim=()),
+    lambda: torch.zeros(2, 3, 0, device=DEVICE).amax(0),
+    lambda: torch.max(torch.zeros(2, 3, 0, device=DEVICE), 0)[0],
+], ids=["all over no dim", "amax of an empty dim", "max of an empty dim"])
+def test_reductions_without_work_as_torch(fn):
+    same_as_torch(fn, kernel=False)  # (nothing to launch: no kernel need run)
+
+
+def test_norms_and_softmax_leave_fp64_to_aten():
+    """These kernels keep statistics in fp32; fp64 calls get aten's fp64 results."""
+    x = t([[1000., 1000.0001, 999.9999, 1000.00005]], torch.float64)
+    wide, grouped = x * 1000, x.view(1, 4, 1).repeat(2, 1, 1)
+    for fn in (lambda: F.layer_norm(x, (4,)), lambda: torch.softmax(wide, 1), lambda: torch.log_softmax(wide, 1),
+               lambda: F.group_norm(grouped, 2)):
+        expect = fn()
+        with count_kernels() as launched, flag_gems.use_gems():
+            got = fn()
+        assert sum(launched.values()) == 0 and torch.equal(got, expect)
+    with flag_gems.use_gems():  # aten's composite of smaller ops, flag_gems' in fp64
+        got = F.rms_norm(x, (4,))
+    assert_close(got, F.rms_norm(x, (4,)), torch.float64)
+
+
+def test_rms_norm_default_eps_is_that_of_its_compute_dtype():
+    x = torch.full((1, 4), 0.01, dtype=torch.bfloat16, device=DEVICE)
+    with gems_ran():
+        y = F.rms_norm(x, (4,))
+    assert_close(y, to_reference(F.rms_norm(x.float(), (4,))), torch.bfloat16)  # ~1.0, not 0.11 (bf16's eps)
 
 
 def test_dropout_keeps_nan_of_dropped_elements():
@@ -128,6 +171,16 @@ def _bad_calls() -> dict:
         "scatter_add: src of another dtype": lambda: torch.scatter_add(torch.zeros(2, 3, device=DEVICE), 0, idx(1, 0, 1).view(1, 3), torch.ones(1, 3, dtype=torch.float64, device=DEVICE)),
         "scatter_: into an expanded tensor": lambda: torch.ones(1, 4, device=DEVICE).expand(3, 4).scatter_(0, idx(0).view(1, 1), 5.0),
         "scatter: fp16 value overflow": lambda: torch.scatter(h, 0, idx(1), 1e5),
+        "sum: dim out of range": lambda: torch.sum(x, dim=2),
+        "sum: a dim twice": lambda: torch.sum(x, dim=(0, 0)),
+        "amax: dim out of range": lambda: torch.amax(x, dim=-3),
+        "max: dim out of range": lambda: torch.max(x, 2),
+        "cumsum: dim out of range": lambda: torch.cumsum(x[0], 1),
+        "argmax: bool input": lambda: torch.argmax(t([False, True], torch.bool)),
+        "layer_norm: normalized_shape not the input's": lambda: F.layer_norm(torch.ones(2, 8, device=DEVICE), (4,)),
+        "rms_norm: normalized_shape not the input's": lambda: F.rms_norm(torch.ones(2, 8, device=DEVICE), (4,)),
+        "layer_norm: weight of another shape": lambda: F.layer_norm(x, (3,), torch.ones(2, device=DEVICE)),
+        "rms_norm: weight of another shape": lambda: F.rms_norm(x, (3,), torch.ones(2, device=DEVICE)),
         "dropout: p above 1": lambda: torch.ops.aten.native_dropout(torch.ones(4, device=DEVICE), 1.5, True),
         "dropout: integer input": lambda: torch.ops.aten.native_dropout(torch.ones(4, dtype=torch.long, device=DEVICE), 0.5, True),
     }
@@ -143,6 +196,8 @@ OUT_OF_RANGE = {
     "scatter_add negative": lambda x, i: torch.scatter_add(x, 0, i(-1).view(1, 1), torch.ones(1, 1, device=DEVICE)),
     "embedding past the end": lambda x, i: F.embedding(i(4), x),
     "index_select of an empty dim": lambda x, i: torch.index_select(x[:0], 0, i(0)),
+    "cross_entropy target past the end": lambda x, i: F.cross_entropy(x, i(1, 3, 0, 2)),
+    "cross_entropy negative target": lambda x, i: F.cross_entropy(x, i(1, -1, 0, 2)),
 }
 
 
