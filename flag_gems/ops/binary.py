@@ -118,7 +118,7 @@ def _float_pow(a, b):
     r = tl.exp2(b * tl.log2(tl.abs(a)))
     integral = tl.floor(b) == b  # (true for +-inf)
     odd = integral & (tl.floor(b * 0.5) * 2 != b)
-    r = tl.where(_sign_bit(a) & odd, -r, r)
+    r = tl.where(_sign_bit(a) & odd, r * -1.0, r)  # (compiled, -r is 0 - r: +0.0 for r = 0)
     r = tl.where((a < 0) & (a > float("-inf")) & (tl.floor(b) != b), float("nan"), r)
     return tl.where((b == 0) | (a == 1) | ((a == -1) & (tl.abs(b) == float("inf"))), 1.0, r)
 

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from flag_gems.registry import register
+from flag_gems.registry import Unsupported, register
 from flag_gems.utils import cdiv
 from tuner import libtuner
 
@@ -52,10 +52,8 @@ def _philox_seed() -> tuple[int, int]:
 def native_dropout(input: torch.Tensor, p: float, train: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
     if train is not None and not train:
         return input.clone(), torch.ones_like(input, dtype=torch.bool)
-    if not 0 <= p <= 1:
-        raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {p}")
-    if not input.is_floating_point():
-        raise RuntimeError(f"result type Float can't be cast to the desired output type {input.dtype}")
+    if not 0 <= p <= 1 or not input.is_floating_point():  # aten's call (an error on CPU)
+        raise Unsupported("native_dropout takes a float input and p in [0, 1]")
     x = input.contiguous()
     y = torch.empty_like(x)
     mask = torch.empty(size=x.shape, dtype=torch.bool, device=x.device)

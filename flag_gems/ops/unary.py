@@ -287,18 +287,9 @@ def _clamp_max(x, hi):
 CLAMP, CLAMP_MIN, CLAMP_MAX = Pointwise("clamp", _clamp), Pointwise("clamp_min", _clamp_min), Pointwise("clamp_max", _clamp_max)
 
 
-def _bound(b: Any, dtype: torch.dtype) -> Any:
-    """A clamp bound that the result keeps ``dtype`` with (not a float bound of an integer
-    tensor, which makes the result float) must fit it, as in torch."""
-    if b is None or isinstance(b, (bool, torch.Tensor)) or dtype == torch.bool or isinstance(b, float) and not dtype.is_floating_point:
-        return b
-    return checked_scalar(b, dtype)
-
-
 def _clamp_call(self: torch.Tensor, lo: Any, hi: Any, out: torch.Tensor | None, in_place: bool = False) -> torch.Tensor:
     if lo is None and hi is None:
         raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
-    lo, hi = _bound(lo, self.dtype), _bound(hi, self.dtype)
     op, args = (CLAMP, (self, lo, hi)) if lo is not None and hi is not None else (CLAMP_MIN, (self, lo)) if hi is None else (CLAMP_MAX, (self, hi))
     return inplace(op, *args) if in_place else op(*args, out=out)
 
