@@ -393,6 +393,13 @@ def suspended() -> Iterator[None]:
         forget_direct()  # what they filed meanwhile: "not kept"
 
 
+def values_unknown() -> bool:
+    """Inside ``suspended()``, where a caller may have stubbed every launch
+    (``tuner.pretune.no_launches``: a dry run's tensors hold no data): host checks of
+    tensor values (index bounds) must not decide anything there."""
+    return _suspended > 0
+
+
 def launcher(fn: Any) -> Launcher:
     """The launcher of a jit function (one per function, for the process's lifetime)."""
     found = _LAUNCHERS.get(id(fn))
