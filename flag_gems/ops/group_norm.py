@@ -13,7 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from flag_gems.registry import Unsupported, register
+from flag_gems.ops import _reduce_common as rc
+from flag_gems.registry import register
 from tuner import libtuner
 
 log = logging.getLogger(__name__)
@@ -113,16 +114,11 @@ def group_norm_bwd_dwdb_kernel(DY, X, Mean, Rstd, DW, DB, N, C, HxW, G, HAS_DW: 
         tl.store(DB + ch, tl.sum(db, axis=0).to(DB.dtype.element_ty))
 
 
-def _no_fp64(x: torch.Tensor) -> None:
-    if x.dtype == torch.float64:
-        raise Unsupported("flag_gems' group_norm computes in fp32")
-
-
 @register("native_group_norm")
 def native_group_norm(
     input: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, N: int, C: int, HxW: int, group: int, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _no_fp64(input)
+    rc.refuse_fp64(input, "group_norm")
     x = input.contiguous()
     y = torch.empty_like(x)
     # CPU aten keeps the stats in the input dtype; CUDA aten in fp32. fp32 is the safer choice.
@@ -143,7 +139,7 @@ def native_group_norm_backward(
     grad_out: torch.Tensor, input: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor | None,
     N: int, C: int, HxW: int, group: int, output_mask: Sequence[bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    _no_fp64(input)
+    rc.refuse_fp64(input, "group_norm")
     x = input.contiguous()
     dy = grad_out.contiguous()
     mean, rstd = mean.contiguous(), rstd.contiguous()

@@ -20,7 +20,7 @@ import triton.language as tl
 from flag_gems.ops._tensor_nd import MAX_RANK, finish_out, out_buffer
 from flag_gems.registry import aten_fallback, register
 from flag_gems.utils import cdiv
-from flag_gems.utils.pointwise import checked_scalar
+from flag_gems.utils.pointwise import check_no_internal_overlap, checked_scalar
 from tuner import launch as launching
 from tuner import libtuner
 
@@ -253,9 +253,7 @@ def _scatter_into(target: torch.Tensor, dim: int, index: torch.Tensor, src: torc
     if src is not None and src.dtype != target.dtype:
         raise RuntimeError("scatter(): Expected self.dtype to be equal to src.dtype")
     dim = _check(target, dim, index, "scatter", src)
-    if any(st == 0 and n > 1 for st, n in zip(target.stride(), target.shape)):
-        raise RuntimeError("unsupported operation: more than one element of the written-to tensor refers to a single memory location. "
-                           "Please clone() the tensor before performing the operation.")
+    check_no_internal_overlap(target)
     if index.numel() == 0:
         return target
     if reduce is None:

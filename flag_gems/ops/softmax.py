@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from flag_gems.ops import _reduce_common as rc
-from flag_gems.registry import Unsupported, aten_fallback, register
+from flag_gems.registry import aten_fallback, register
 from flag_gems.utils import cdiv
 
 log = logging.getLogger(__name__)
@@ -200,8 +200,7 @@ _PLANS = rc.PlanCache()
 
 
 def _backward(grad: torch.Tensor, out: torch.Tensor, dim: int, input_dtype: torch.dtype, log_: bool) -> torch.Tensor:
-    if out.dtype == torch.float64:
-        raise Unsupported("flag_gems' softmax computes in fp32")
+    rc.refuse_fp64(out, "softmax")
     grad, out = grad.contiguous(), out.contiguous()
     dx = torch.empty(size=out.shape, dtype=input_dtype, device=out.device)
     if out.numel() == 0:
@@ -213,15 +212,13 @@ def _backward(grad: torch.Tensor, out: torch.Tensor, dim: int, input_dtype: torc
 
 @register("_softmax")
 def softmax(x: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
-    if x.dtype == torch.float64:
-        raise Unsupported("flag_gems' softmax computes in fp32")
+    rc.refuse_fp64(x, "softmax")
     return _forward(x, dim, half_to_float, False, "_softmax")
 
 
 @register("_log_softmax")
 def log_softmax(x: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
-    if x.dtype == torch.float64:
-        raise Unsupported("flag_gems' log_softmax computes in fp32")
+    rc.refuse_fp64(x, "log_softmax")
     return _forward(x, dim, half_to_float, True, "_log_softmax")
 
 

@@ -549,7 +549,13 @@ def _check_out(out: torch.Tensor, result: torch.dtype | None, overlap: bool) -> 
     ``overlap``) no two of its elements share memory (an expanded tensor)."""
     if result is not None and not torch.can_cast(result, out.dtype):
         raise RuntimeError(f"result type {_dtype_name(result)} can't be cast to the desired output type {_dtype_name(out.dtype)}")
-    if overlap and any(st == 0 and n > 1 for st, n in zip(out.stride(), out.shape)):
+    if overlap:
+        check_no_internal_overlap(out)
+
+
+def check_no_internal_overlap(t: torch.Tensor) -> None:
+    """torch's error for a write into a tensor whose elements share memory (expanded)."""
+    if any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):
         raise RuntimeError("unsupported operation: more than one element of the written-to tensor refers to a single memory location. "
                            "Please clone() the tensor before performing the operation.")
 
