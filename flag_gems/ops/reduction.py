@@ -722,7 +722,8 @@ def var_mean(x: torch.Tensor, dim: Sequence[int] | None = None, *, correction: f
 def vector_norm(x: torch.Tensor, ord: float = 2, dim: Sequence[int] | None = None, keepdim: bool = False, *,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     out_dtype = dtype or x.dtype
-    if not x.is_floating_point() or not out_dtype.is_floating_point:
+    if not x.is_floating_point() or not out_dtype.is_floating_point or torch.promote_types(x.dtype, out_dtype) != out_dtype:
+        # (a narrowing dtype: aten's error)
         return aten_fallback("linalg_vector_norm")(x, ord, dim, keepdim, dtype=dtype)
     src = x.to(out_dtype) if dtype is not None else x
     dims = rc.norm_dims(dim, x.dim())

@@ -190,6 +190,7 @@ def _bad_calls() -> dict:
         "amax: dim out of range": lambda: torch.amax(x, dim=-3),
         "max: dim out of range": lambda: torch.max(x, 2),
         "cumsum: dim out of range": lambda: torch.cumsum(x[0], 1),
+        "vector_norm: a narrowing dtype": lambda: torch.linalg.vector_norm(x, dtype=torch.float16),
         "argmax: bool input": lambda: torch.argmax(t([False, True], torch.bool)),
         "layer_norm: normalized_shape not the input's": lambda: F.layer_norm(torch.ones(2, 8, device=DEVICE), (4,)),
         "rms_norm: normalized_shape not the input's": lambda: F.rms_norm(torch.ones(2, 8, device=DEVICE), (4,)),
