@@ -214,11 +214,12 @@ def _check(x: torch.Tensor, dim: int, index: torch.Tensor, name: str, src: torch
         if d != dim and index.shape[d] > x.shape[d]:
             raise RuntimeError(f"Size does not match at dimension {d} expected index {tuple(index.shape)} to be smaller than self {tuple(x.shape)} apart from dimension {dim}")
     if src is not None:
-        if src.dim() != index.dim() and index.numel():
+        if src.dim() != index.dim():
             raise RuntimeError("Index tensor must have the same number of dimensions as src tensor")
         if any(i > s for i, s in zip(index.shape, src.shape)):
             raise RuntimeError(f"Expected index {list(index.shape)} to be no larger than self {list(x.shape)} apart from dimension {dim} and to be no larger size than src {list(src.shape)}")
-    check_index(index, max(x.shape[dim] if x.dim() else 1, 0), f"index {{index}} is out of bounds for dimension {dim} with size {x.shape[dim] if x.dim() else 1}", RuntimeError)
+    size = x.shape[dim] if x.dim() else 1
+    check_index(index, size, f"index {{index}} is out of bounds for dimension {dim} with size {size}", RuntimeError)
     return dim
 
 

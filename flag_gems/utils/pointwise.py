@@ -565,7 +565,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def checked_scalar(value: Any, dtype: torch.dtype) -> Any:
-    """A Python ``value`` to store into ``dtype`` elements (a fill, a pad, a clamp bound):
+    """A Python ``value`` to store into ``dtype`` elements (a fill, a pad, a scatter value):
     truthiness for bool, and torch's error where it does not fit (c10's ``overflows``:
     infinities and NaN fit a float dtype; an unsigned dtype takes a negative int of its
     width, which wraps). Tensors and other types pass unchanged."""
