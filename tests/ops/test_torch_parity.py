@@ -43,7 +43,9 @@ VALUE_CASES = {
     "floor division by and of infinities": lambda dt: torch.div(t([INF, -INF, -5., 0., -5., 7., -7.5, 0.], dt),
                                                                 t([2., 2., INF, -INF, -INF, 2., 2.5, -3.], dt), rounding_mode="floor"),
     "clamp with a NaN tensor bound": lambda dt: torch.clamp(t([1., 2., 3.], dt), min=t([NAN, 0., 0.], dt), max=t([5., NAN, 1.], dt)),
-    "gelu of -inf": lambda dt: F.gelu(t([-INF, 1., INF], dt)),
+    # (+inf is left out of the erf form: torch's AVX-512 CPU kernel makes it NaN in fp32,
+    # its AVX2 one and its fp64 kernel inf, as flag_gems)
+    "gelu of -inf": lambda dt: F.gelu(t([-INF, 1., 40.], dt)),
     "gelu (tanh) of -inf": lambda dt: F.gelu(t([-INF, 1., INF], dt), approximate="tanh"),
 }
 
