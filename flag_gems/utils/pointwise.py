@@ -60,6 +60,7 @@ TL_DTYPES: dict[torch.dtype, Any] = {
 }
 HALF = (torch.float16, torch.bfloat16)
 INT32_MAX = 2**31 - 1
+EXACT_LIMIT = 4096  # exact-size direct launches kept per op
 
 # Memory-bound kernels: a few block sizes; 1024 x 4 warps (8 fp32 per thread) is a good
 # default on a big GPU.
@@ -226,10 +227,15 @@ class Pointwise:
         self._plans: dict[tuple, Any] = {}
         # (default dtype, (dtype, 0-d?) or scalar type of each argument) -> dtypes()
         self._dtypes: dict[tuple, tuple[torch.dtype, torch.dtype]] = {}
-        # (plan key, numel's log bucket, numel 16-divisible[, a given output's dtype]) ->
-        # _Direct, or None where the kernel was not kept (the interpreter); for
-        # all-aligned tensors. General-path keys (see _general_key) share the dict.
+        # (plan key, numel's log bucket, numel 16-divisible[, a given output's dtype]: see
+        # _bucket_key) -> _Direct, or None where the kernel was not kept (the interpreter);
+        # for all-aligned tensors. General-path keys (see _general_key) share the dict.
         self._direct: dict[tuple, Any] = _launch.direct_cache()
+        # (out_dtype, default dtype, each argument's dtype or scalar type, numel[, a given
+        # output's dtype]) -> (the runner of its grid, consts, odt, fn, and the Bound's
+        # device, current_device, current_stream): the hot path's one lookup, filled from
+        # _direct by _from_bucket
+        self._exact: dict[tuple, tuple] = _launch.direct_cache()
 
     def kernel(self, is_tensor: tuple[bool, ...], rank: int) -> Any:
         key = (is_tensor, rank)
@@ -283,28 +289,28 @@ class Pointwise:
                     key.append(type(a))
             else:
                 if t0 is not None and shape:
-                    key = tuple(key)
                     numel = t0.numel()
                     # -- the direct launch: this signature's kept kernel, no tuner, no launcher
-                    dkey = None
+                    ekey = None
                     if 0 < numel <= INT32_MAX and not ptrs & 15:
-                        dkey = (key, (numel - 1).bit_length(), not numel & 15)  # (numel-1).bit_length(): the tuner's log bucket
-                        if out is not None:  # out= / in place: the output's dtype too, if it is one the fast path takes
-                            given = isinstance(out, _Tensor) and out.shape == shape and out.is_contiguous() and not out.data_ptr() & 15
-                            dkey = (*dkey, out.dtype) if given else None
-                        hit = self._direct.get(dkey) if dkey is not None else None
-                        if hit is not None:
-                            bound, consts, block, odt, fn, _, _, _, _, _ = hit
-                            device = bound.device
-                            if bound.current_device() == device:  # (Bound.stream, inline: this is the hot path)
-                                dst = out if out is not None else _empty_like(t0) if odt is None else _empty_like(t0, dtype=odt)
-                                if not dst.data_ptr() & 15:  # always, from torch's allocators
-                                    grid = ((numel + block - 1) // block, 1, 1)
-                                    run = bound.kept.runners.get(grid) or bound.runner(grid)
-                                    run(*args, dst, numel, *consts, stream=bound.current_stream(device))
-                                    if _launch.observer is not None:
-                                        _launch.observer(fn)
-                                    return dst
+                        key.append(numel)
+                        if out is None:
+                            ekey = tuple(key)
+                        elif isinstance(out, _Tensor) and out.shape == shape and out.is_contiguous() and not out.data_ptr() & 15:
+                            key.append(out.dtype)  # out= / in place: the output's dtype too
+                            ekey = tuple(key)
+                        if ekey is not None:
+                            hit = self._exact.get(ekey) or self._from_bucket(ekey, len(args) + 2)
+                            if hit is not None:
+                                run, consts, odt, fn, device, current_device, current_stream = hit
+                                if current_device() == device:  # (Bound.stream, inline: this is the hot path)
+                                    dst = out if out is not None else _empty_like(t0) if odt is None else _empty_like(t0, dtype=odt)
+                                    if not dst.data_ptr() & 15:  # always, from torch's allocators
+                                        run(*args, dst, numel, *consts, stream=current_stream(device))
+                                        if _launch.observer is not None:
+                                            _launch.observer(fn)
+                                        return dst
+                    key = tuple(key[:len(args) + 2])  # the signature: dtypes and scalar types
                     plan = self._plans.get(key, _NO_PLAN)
                     if plan is _NO_PLAN:
                         plan = self._plans[key] = self._plan(args, out_dtype)
@@ -326,8 +332,8 @@ class Pointwise:
                             if numel:
                                 call = (*args, out, numel, *casts, out_bool, numel > INT32_MAX)
                                 kernel.run(*call, grid=lambda meta: ((numel + meta["BLOCK"] - 1) // meta["BLOCK"],))
-                                if dkey is not None:
-                                    self._direct[dkey] = _direct(kernel, call, self.n_in, None if same_dtype else odt)
+                                if ekey is not None:
+                                    self._direct[_bucket_key(ekey, len(args) + 2)] = _direct(kernel, call, self.n_in, None if same_dtype else odt)
                             return out
         # -- the general path; a repeat of a call it launched before relaunches directly
         gkey = _general_key(args, out, out_dtype, compute)
@@ -364,6 +370,21 @@ class Pointwise:
         if gkey is not None and all(c is a for c, a in zip(call, args)):  # no argument converted
             self._direct[gkey] = _direct(kernel, call, self.n_in, None if gkey[-1] is _GIVEN else odt, shape)
         return out
+
+    def _from_bucket(self, ekey: tuple, n_sig: int) -> tuple | None:
+        """The direct launch of a fast-path call whose exact key (see __call__) is new, from
+        what a launch of the same signature in its tuner bucket kept (the same kernel and
+        config); filed under the exact key, whose runner fixes the grid. None if nothing."""
+        found = self._direct.get(_bucket_key(ekey, n_sig))
+        if found is None:
+            return None
+        numel = ekey[n_sig]
+        bound, consts, block, odt, fn = found[:5]
+        hit = (bound.runner(((numel + block - 1) // block, 1, 1)), consts, odt, fn, *bound[1:])  # (Bound's device and queries)
+        if len(self._exact) >= EXACT_LIMIT:  # many sizes (prefill lengths): keep the recent ones
+            self._exact.clear()
+        self._exact[ekey] = hit
+        return hit
 
     def _relaunch(self, hit: "_Direct", args: Sequence[Any], out: torch.Tensor | None) -> torch.Tensor | None:
         """The general path's direct relaunch of a filed call (see _general_key); None
@@ -468,6 +489,14 @@ def _direct(kernel: Any, call: tuple, n_in: int, odt: torch.dtype | None, shape:
     numel = shape.numel()
     run = bound.runner(((numel + block - 1) // block, 1, 1))
     return _Direct(bound, consts, block, odt, kernel.fn, shape, like, numel, run, alloc)
+
+
+def _bucket_key(ekey: tuple, n_sig: int) -> tuple:
+    """A fast-path call's key in the tuner's terms: the exact key's signature, numel's log
+    bucket and 16-divisibility (what the tuner and the launcher key on), a given output's
+    dtype."""
+    numel = ekey[n_sig]
+    return (ekey[:n_sig], (numel - 1).bit_length(), not numel & 15, *ekey[n_sig + 1:])
 
 
 _GIVEN = object()  # a general key's last item where the call gave ``out``

@@ -77,6 +77,23 @@ def test_out_and_in_place_calls_launch_directly_too(op):
     assert op.log[-2][2][3] is out and op.log[-1][2][3] is a
 
 
+def test_a_new_size_in_a_launched_bucket_launches_directly_with_its_own_grid(op, monkeypatch):
+    """The hot path's exact-size entries come from the bucket's kept kernel: a new numel of
+    the same log bucket and 16-divisibility takes no tuner, and gets its own grid."""
+    op(x(96), x(96), 2)  # 96 and 112: one bucket, both 16-divisible
+    a, b = x(112), x(112)
+    op(a, b, 2)
+    op(a, b, 2)
+    assert paths(op) == ["tuner", "triton", "fast", "fast"]
+    block = next(iter(op.kernel((True, True, False), 0).cache.values()))["BLOCK"]
+    assert [e[1] for e in op.log[2:]] == [(triton.cdiv(112, block), 1, 1)] * 2
+    assert op.log[-1][2][4] == 112
+    monkeypatch.setattr("flag_gems.utils.pointwise.EXACT_LIMIT", 2)
+    for n in (80, 128):  # the bucket's other sizes; the third exact entry clears the two before it
+        op(x(n), x(n), 2)
+    assert paths(op)[-2:] == ["fast"] * 2 and list(op._exact) == [next(iter(op._exact))] and next(iter(op._exact))[-1] == 128
+
+
 @pytest.mark.parametrize("change", ["dtype", "int_one", "int_16", "bucket", "not_16_divisible", "misaligned", "device", "out"])
 def test_what_the_keys_would_see_goes_through_them(op, change):
     a, b, alpha, n = x(96), x(96), 2, 96
