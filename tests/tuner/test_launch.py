@@ -238,3 +238,15 @@ def test_a_replay_relaunches_its_steps_on_the_tensors_it_is_given():
         partial = launch.Replay((x,))
         partial.launch(copy_scaled, (2,), *args, **cfg)
         assert not partial.complete
+
+
+def test_a_process_that_sees_one_device_skips_the_current_device_query(monkeypatch):
+    """torch.cuda.current_device() is Python on every launch; with one visible device the
+    answer cannot change. Any other query, or more devices, keeps the query."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    fixed = launch._device_query(torch.cuda.current_device)
+    assert fixed is not torch.cuda.current_device and fixed() == 0
+    other = lambda: 3  # noqa: E731 (another backend's query)
+    assert launch._device_query(other) is other
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert launch._device_query(torch.cuda.current_device) is torch.cuda.current_device
