@@ -197,7 +197,11 @@ STATE = _State()
 # Depth of flag_gems op calls on this thread. aten ops called *inside* an op (allocation,
 # a .contiguous(), the Triton interpreter's own tensor copies) go straight to aten: no
 # wrapper overhead, and no recursion into flag_gems.
-_local = threading.local()
+class _Depth(threading.local):
+    inside = False  # (a class default: every thread starts outside, with no getattr default)
+
+
+_local = _Depth()
 
 
 def switched_on(name: str) -> Callable[[], bool]:
@@ -212,7 +216,7 @@ def as_from_outside(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` as if called from outside any flag_gems op: the aten ops it
     calls take flag_gems' kernels again. For an op that hands a case back to aten's
     composite of smaller ops (which flag_gems also serves)."""
-    was = getattr(_local, "inside", False)
+    was = _local.inside
     _local.inside = False
     try:
         return fn(*args, **kwargs)
@@ -241,7 +245,7 @@ def _wrap(entry: OpEntry) -> Callable[..., Any]:
     transforms, forward_ad = _TRANSFORMS_ACTIVE, _FORWARD_AD
 
     def impl(*args: Any, **kwargs: Any) -> Any:
-        if entry.on and not getattr(local, "inside", False) and (
+        if entry.on and not local.inside and (
                 plain is None or type(args[0]) in plain and not transforms() and forward_ad._current_level < 0):
             rec = STATE.recorder
             if rec is not None:

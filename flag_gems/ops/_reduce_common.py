@@ -414,19 +414,29 @@ ROWS_CLASSES = [
 ]
 
 
+_F64 = torch.float64
+
+
 def check_norm_args(x: torch.Tensor, normalized_shape: Sequence[int], *params: torch.Tensor | None) -> None:
     """torch's checks of a layer / RMS norm call: ``x`` ends in ``normalized_shape`` and
     each given weight / bias has that shape. fp64 goes to aten: these kernels keep their
     statistics in fp32."""
     ns = tuple(normalized_shape)
-    if not ns or len(ns) > x.dim() or x.shape[x.dim() - len(ns):] != ns:
+    shape = x.shape  # (read once: each read makes a torch.Size; this runs on every call)
+    k = len(ns)
+    if k == 1:  # the common case, without slicing a Size
+        ok = len(shape) > 0 and shape[-1] == ns[0]
+    else:
+        ok = 0 < k <= len(shape) and shape[len(shape) - k:] == ns
+    if not ok:
         raise RuntimeError(f"Given normalized_shape={list(ns)}, expected input with shape [*, {', '.join(map(str, ns))}], "
-                           f"but got input of size{list(x.shape)}")
+                           f"but got input of size{list(shape)}")
     for p in params:
         if p is not None and p.shape != ns:
             raise RuntimeError(f"Expected weight to be of same shape as normalized_shape, but got weight of shape {list(p.shape)} "
                                f"and normalized_shape = {list(ns)}")
-    refuse_fp64(x, "layer / RMS norm")
+    if x.dtype is _F64:
+        raise Unsupported("flag_gems' layer / RMS norm computes in fp32")
 
 
 def refuse_fp64(x: torch.Tensor, op: str) -> None:
