@@ -10,11 +10,18 @@ it, on one GPU, every case in turn round after round (best loop of each):
 - ``compiled.run(...)``, the launcher object the runner calls, with no launch metadata
   and no hooks: what the runner's own Python (``launch_metadata``, the hook knobs) adds.
   This reaches into Triton's internals for the measurement only; flag_gems never does;
-- torch's own add, an ``empty_like``, a ``data_ptr()`` and the current-stream query.
+- the runner with the public hook knobs (``knobs.runtime.launch_enter_hook`` / ``_exit_``)
+  set to None around its loop: what Triton's empty ``HookChain`` defaults cost per launch
+  (flag_gems leaves the knobs alone: a None knob breaks ``.add``, how proton attaches);
+- torch's own add, an ``empty_like``, a ``data_ptr()``, the current-stream query and
+  ``torch.cuda.current_device()`` (which tuner.launch skips in a one-device process).
 
     PYTHONPATH=.:benchmarks python benchmarks/bench_triton_launch.py
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import triton
@@ -36,6 +43,20 @@ def _add5(a, b, c, d, out, n, BLOCK: tl.constexpr):
     m = offs < n
     s = tl.load(a + offs, mask=m) + tl.load(b + offs, mask=m) + tl.load(c + offs, mask=m) + tl.load(d + offs, mask=m)
     tl.store(out + offs, s, mask=m)
+
+
+@contextmanager
+def _hooks_none() -> Iterator[None]:
+    """Triton's launch hook knobs set to None (the pre-HookChain "no hook"), then restored."""
+    from triton import knobs
+
+    rt = knobs.runtime
+    enter, leave = rt.launch_enter_hook, rt.launch_exit_hook
+    rt.launch_enter_hook = rt.launch_exit_hook = None
+    try:
+        yield
+    finally:
+        rt.launch_enter_hook, rt.launch_exit_hook = enter, leave
 
 
 def main() -> None:
@@ -67,8 +88,11 @@ def main() -> None:
         "empty_like": lambda: torch.empty_like(x),
         "data_ptr()": lambda: x.data_ptr(),
         "current stream (Triton's driver)": lambda: get_stream(dev),
+        "torch.cuda.current_device()": torch.cuda.current_device,
     }
-    best = host_us_interleaved({name: (f, None) for name, f in cases.items()}, n=3000, rounds=12)
+    timed = {name: (f, None) for name, f in cases.items()}
+    timed["runner, tensors (3 pointers), hook knobs None"] = (cases["runner, tensors (3 pointers)"], _hooks_none)
+    best = host_us_interleaved(timed, n=3000, rounds=12)
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, Triton {triton.__version__}\n")
     print("| case | host us per call |\n|---|---|")
     for name, us in best.items():
