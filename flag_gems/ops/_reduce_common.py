@@ -435,11 +435,10 @@ def check_norm_args(x: torch.Tensor, normalized_shape: Sequence[int], *params: t
         if p is not None and p.shape != ns:
             raise RuntimeError(f"Expected weight to be of same shape as normalized_shape, but got weight of shape {list(p.shape)} "
                                f"and normalized_shape = {list(ns)}")
-    if x.dtype is _F64:
-        raise Unsupported("flag_gems' layer / RMS norm computes in fp32")
+    refuse_fp64(x, "layer / RMS norm")
 
 
 def refuse_fp64(x: torch.Tensor, op: str) -> None:
     """Hand an fp64 call to aten: ``op``'s kernels keep their statistics in fp32."""
-    if x.dtype == torch.float64:
+    if x.dtype is _F64:
         raise Unsupported(f"flag_gems' {op} computes in fp32")

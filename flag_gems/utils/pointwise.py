@@ -380,7 +380,7 @@ class Pointwise:
             return None
         numel = ekey[n_sig]
         bound, consts, block, odt, fn = found[:5]
-        hit = (bound.runner(((numel + block - 1) // block, 1, 1)), consts, odt, fn, *bound[1:])  # (Bound's device and queries)
+        hit = (bound.runner(((numel + block - 1) // block, 1, 1)), consts, odt, fn, bound.device, bound.current_device, bound.current_stream)
         if len(self._exact) >= EXACT_LIMIT:  # many sizes (prefill lengths): keep the recent ones
             self._exact.clear()
         self._exact[ekey] = hit
